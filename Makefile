@@ -1,0 +1,39 @@
+# One Makefile for humans and CI. `make demo` and `make test` bootstrap .venv on a fresh machine.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is pinned here only: any other torch request pulls a multi-GB CUDA build on these machines.
+TORCH_BOOTSTRAP ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_BOOTSTRAP)"
+	$(PIP) install --quiet -e ".[dev]"
+	@touch $@
+
+demo: venv
+	$(VENV)/bin/torchkeep demo
+
+# The whole suite, slow tests included (no GPU needed; GPU tests skip cleanly).
+test: venv
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/mypy
+
+bench: venv
+	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

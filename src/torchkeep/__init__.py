@@ -1,0 +1,69 @@
+"""torchkeep: save, restore, export and serve PyTorch models — safely, exactly, fast.
+
+Public API only; the logic lives in private modules. Each area keeps its imports on its own
+lines so that work on different areas does not collide here.
+
+Example:
+    >>> import torch, torchkeep as tk, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "weights.safetensors")
+    >>> tk.save(torch.nn.Linear(2, 2).state_dict(), path)
+    >>> sorted(tk.load(path))
+    ['bias', 'weight']
+"""
+
+from . import errors
+from ._api import load, save
+from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from ._version import __version__
+from .errors import (
+    CheckpointLockedError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    DistributedCheckpointError,
+    ExportError,
+    ExportParityError,
+    FormatVersionError,
+    MigrationError,
+    MissingDependencyError,
+    MissingObjectError,
+    ModelNotRegisteredError,
+    PredictorError,
+    PredictorInputError,
+    RegistryError,
+    StateMismatchError,
+    TorchkeepError,
+    UnsupportedValueError,
+)
+
+__all__ = [
+    # files and trees
+    "load",
+    "save",
+    # training checkpoints
+    "CheckpointInfo",
+    "load_checkpoint",
+    "read_info",
+    "save_checkpoint",
+    # errors
+    "CheckpointLockedError",
+    "CheckpointNotFoundError",
+    "CheckpointWriteError",
+    "CorruptCheckpointError",
+    "DistributedCheckpointError",
+    "ExportError",
+    "ExportParityError",
+    "FormatVersionError",
+    "MigrationError",
+    "MissingDependencyError",
+    "MissingObjectError",
+    "ModelNotRegisteredError",
+    "PredictorError",
+    "PredictorInputError",
+    "RegistryError",
+    "StateMismatchError",
+    "TorchkeepError",
+    "UnsupportedValueError",
+    "errors",
+    "__version__",
+]

@@ -1,0 +1,6 @@
+"""``python -m torchkeep`` runs the CLI."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""Training checkpoints: named stateful objects + epoch/step/metrics/extra + RNG + environment.
+
+A checkpoint is one torchkeep file whose tree is ``{object name: state_dict, ...}`` plus the
+reserved ``__extra__`` and ``__rng__`` entries, so tensor names read ``model/net.0.weight`` and
+``optimizer/state/0/exp_avg``. Everything a listing needs (epoch, step, metrics, object kinds,
+environment) sits in the ``torchkeep.checkpoint`` header section, readable without touching data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from . import _codec, _format
+from ._format import MapLocation
+from ._storage import atomic_write
+from .errors import (
+    CorruptCheckpointError,
+    MissingObjectError,
+    StateMismatchError,
+    UnsupportedValueError,
+)
+
+__all__ = [
+    "CheckpointInfo",
+    "collect_state",
+    "environment",
+    "load_checkpoint",
+    "read_info",
+    "restore_state",
+    "save_checkpoint",
+    "unwrap_model",
+    "write_checkpoint",
+]
+
+SECTION = "checkpoint"
+EXTRA_KEY = "__extra__"
+RNG_KEY = "__rng__"
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file says about itself (and, after a load, what was restored).
+
+    Example:
+        >>> info = CheckpointInfo(path="ckpt.safetensors", epoch=3, step=1200)
+        >>> info.epoch, info.step
+        (3, 1200)
+    """
+
+    path: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: Any = None
+    created_at: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    size_bytes: int | None = None
+    objects: dict[str, str] = field(default_factory=dict)  # name -> kind (module, optimizer, ...)
+    rng: bool = False
+    #: after ``load_checkpoint(strict=False)``: per object, keys that were missing / unexpected /
+    #: skipped because their shapes differ.
+    missing_keys: dict[str, list[str]] = field(default_factory=dict)
+    unexpected_keys: dict[str, list[str]] = field(default_factory=dict)
+    mismatched_keys: dict[str, list[str]] = field(default_factory=dict)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware facts recorded with every checkpoint."""
+    from . import __version__
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "torchkeep": __version__,
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+    if torch.cuda.is_available():
+        env["cudnn"] = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env
+
+
+def unwrap_model(model: Any) -> Any:
+    """Strip DataParallel / DistributedDataParallel / torch.compile wrappers.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> unwrap_model(torch.nn.DataParallel(net)) is net
+        True
+    """
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _kind(obj: Any) -> str:
+    if isinstance(obj, torch.nn.Module):
+        return "module"
+    if isinstance(obj, torch.optim.Optimizer):
+        return "optimizer"
+    if isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+        return "scheduler"
+    if isinstance(obj, torch.amp.GradScaler):
+        return "scaler"
+    return "object"
+
+
+def _check_stateful(name: str, obj: Any) -> None:
+    if name.startswith("__"):
+        raise ValueError(f"object name {name!r} is reserved (names starting with '__' belong to torchkeep)")
+    if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+        raise TypeError(
+            f"{name}= must have state_dict() and load_state_dict() methods; got {type(obj).__qualname__}. "
+            "Pass plain values through extra= instead."
+        )
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(legacy=True),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].to("cpu", torch.uint8).contiguous())
+    if "cuda" in state and torch.cuda.is_available():
+        saved = [s.to("cpu", torch.uint8).contiguous() for s in state["cuda"]]
+        for i, s in enumerate(saved[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+
+
+def _jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise UnsupportedValueError(
+                    f"metrics[{k!r}]: a metric must be a number, got a tensor of shape {tuple(v.shape)}"
+                )
+            v = v.item()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        if not isinstance(v, (int, float, str, bool)) and v is not None:
+            raise UnsupportedValueError(
+                f"metrics[{k!r}]: metrics must be numbers (or str/bool/None), got {type(v).__qualname__}; "
+                "put richer values in extra="
+            )
+        if isinstance(v, float) and not math.isfinite(v):
+            v = str(v)  # JSON has no nan/inf; listing shows them as text
+        out[str(k)] = v
+    return out
+
+
+def collect_state(
+    objects: Mapping[str, Any],
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Any = None,
+    rng: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Snapshot named objects into ``(tree_value, section)`` ready for :func:`write_checkpoint`.
+
+    The tree value still references live tensors; copy them (``.clone()``/to host) before
+    mutating the objects if the write happens later.
+    """
+    tree: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
+    model_entry = None
+    for name, obj in objects.items():
+        _check_stateful(name, obj)
+        if isinstance(obj, torch.nn.Module):
+            obj = unwrap_model(obj)
+            if model_entry is None:
+                model_entry = _registry_entry(obj)
+        kinds[name] = _kind(obj)
+        tree[name] = obj.state_dict()
+    if extra is not None:
+        tree[EXTRA_KEY] = extra
+    if rng:
+        tree[RNG_KEY] = _rng_state()
+    section: dict[str, Any] = {
+        "epoch": epoch,
+        "step": step,
+        "metrics": _jsonable_metrics(metrics),
+        "objects": kinds,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "env": environment(),
+        "rng": rng,
+        "extra": extra is not None,
+    }
+    if model_entry is not None:
+        section["model"] = model_entry
+    return tree, section
+
+
+def _registry_entry(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The registry entry of a registered model (None when the registry does not know it)."""
+    try:
+        from ._registry import model_entry  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # the registry lands separately; until then no model is registered
+        return None
+    entry: dict[str, Any] | None = model_entry(model)
+    return entry
+
+
+def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[str, Any]) -> int:
+    """Encode ``tree`` and stream it with ``section`` to an open destination. Returns bytes written."""
+    enc = _codec.encode(dict(tree))
+    extra_sections: dict[str, Any] = {SECTION: dict(section)}
+    if section.get("model") is not None:
+        extra_sections["model"] = section["model"]
+    return _format.write(dest, enc.tensors, tree=enc.tree, sections=extra_sections)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Any = None,
+    rng: bool = True,
+    **objects: Any,
+) -> CheckpointInfo:
+    """Save a training checkpoint: every named stateful object, progress, RNG and environment.
+
+    ``objects`` are things with ``state_dict()``/``load_state_dict()`` (``model=``,
+    ``optimizer=``, ``scheduler=``, ``scaler=``, your own classes). Wrapped models (DataParallel,
+    DDP, ``torch.compile``) are saved unwrapped. The write is atomic: a crash leaves the previous
+    file at ``path`` intact.
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = torch.optim.Adam(model.parameters())
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.safetensors")
+        >>> info = tk.save_checkpoint(path, model=model, optimizer=opt, epoch=5, extra={"update_steps": 7})
+        >>> tk.load_checkpoint(path, model=model, optimizer=opt).extra["update_steps"]
+        7
+    """
+    tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
+    with atomic_write(path) as f:
+        size = write_checkpoint(f, tree, section)
+    info = _info_from_section(os.fspath(path), section, size)
+    info.extra = extra
+    return info
+
+
+def _info_from_section(path: str | None, section: Any, size: int | None) -> CheckpointInfo:
+    if not isinstance(section, dict):
+        raise CorruptCheckpointError(f"{path}: checkpoint section is not an object", path=path)
+    metrics = section.get("metrics") or {}
+    objects = section.get("objects") or {}
+    return CheckpointInfo(
+        path=path,
+        epoch=section.get("epoch"),
+        step=section.get("step"),
+        metrics=dict(metrics) if isinstance(metrics, dict) else {},
+        created_at=section.get("created_at"),
+        env=section.get("env") or {},
+        model=section.get("model"),
+        size_bytes=size,
+        objects=dict(objects) if isinstance(objects, dict) else {},
+        rng=bool(section.get("rng")),
+    )
+
+
+def read_info(path: str | os.PathLike[str] | _format.Reader) -> CheckpointInfo:
+    """Read a checkpoint's info from its header only (no tensor data is read or verified).
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.safetensors")
+        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(1, 1), step=10)
+        >>> read_info(path).step
+        10
+    """
+    reader = path if isinstance(path, _format.Reader) else _format.open_file(path)
+    section = reader.section(SECTION)
+    if section is None:
+        raise CorruptCheckpointError(
+            f"{reader.path}: not a training checkpoint (no {SECTION} section); load it with tk.load()",
+            path=reader.path,
+            reason="not a checkpoint",
+        )
+    return _info_from_section(reader.path, section, reader.size)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    map_location: MapLocation = None,
+    strict: bool = True,
+    rng: bool = True,
+    verify: bool = True,
+    **objects: Any,
+) -> CheckpointInfo:
+    """Restore named objects (and RNG state) from a checkpoint; return its :class:`CheckpointInfo`.
+
+    Each keyword object gets ``load_state_dict`` with the state saved under the same name. With
+    ``strict=True`` a model whose keys or shapes differ raises :class:`StateMismatchError`
+    listing missing, unexpected and mis-shaped keys; ``strict=False`` loads what fits and reports
+    the rest in the returned info. ``map_location`` applies to tensors handed to objects (models
+    copy into their own parameters, so a CPU checkpoint loads into a GPU model and back).
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.safetensors")
+        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(2, 2), epoch=1)
+        >>> tk.load_checkpoint(path, model=torch.nn.Linear(2, 2), map_location="cpu").epoch
+        1
+    """
+    reader = _format.open_file(path)
+    info = read_info(reader)
+    if verify:
+        reader.verify()
+    tree = _codec.decode(reader.tree, lambda n: reader.tensor(n, map_location)) if reader.tree is not None else {}
+    restore_state(tree, objects, info, strict=strict, rng=rng)
+    return info
+
+
+def restore_state(
+    tree: Mapping[str, Any], objects: Mapping[str, Any], info: CheckpointInfo, *, strict: bool, rng: bool
+) -> None:
+    """Load each object's state from a decoded checkpoint tree; fill ``info`` with what happened."""
+    available = [k for k in tree if not k.startswith("__")]
+    for name, obj in objects.items():
+        _check_stateful(name, obj)
+        if name not in tree:
+            raise MissingObjectError(
+                f"{info.path}: the checkpoint holds no {name!r}; it holds {available}. "
+                f"Pass only those names, or save {name}= when writing the checkpoint.",
+                name=name,
+                available=available,
+            )
+        target = unwrap_model(obj) if isinstance(obj, torch.nn.Module) else obj
+        saved_kind, kind = info.objects.get(name), _kind(target)
+        if saved_kind is not None and saved_kind != kind:
+            raise StateMismatchError(
+                f"{info.path}: {name}= holds the state of a {saved_kind}, but a {kind} "
+                f"({type(target).__qualname__}) was passed; pass the matching object"
+            )
+        state = tree[name]
+        if isinstance(target, torch.nn.Module):
+            _load_module(name, target, state, info, strict=strict)
+        else:
+            target.load_state_dict(state)
+    info.extra = tree.get(EXTRA_KEY)
+    if rng and RNG_KEY in tree:
+        _set_rng_state(tree[RNG_KEY])
+
+
+def _load_module(
+    name: str, module: torch.nn.Module, state: Mapping[str, Any], info: CheckpointInfo, *, strict: bool
+) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and isinstance(own[k], torch.Tensor)
+        and state[k].shape != own[k].shape
+    ]
+    if strict and (missing or unexpected or mismatched):
+        lines = [f"{info.path}: {name}= does not match the checkpoint's state"]
+        if missing:
+            lines.append(f"  missing in checkpoint ({len(missing)}): {', '.join(missing[:10])}")
+        if unexpected:
+            lines.append(f"  unexpected in checkpoint ({len(unexpected)}): {', '.join(unexpected[:10])}")
+        for k, saved, expected in mismatched[:10]:
+            lines.append(f"  shape mismatch {k}: checkpoint {list(saved)} vs model {list(expected)}")
+        lines.append("Build the model with the same architecture, or pass strict=False to load what fits.")
+        raise StateMismatchError("\n".join(lines), missing=missing, unexpected=unexpected, mismatched=mismatched)
+    skip = {k for k, _, _ in mismatched}
+    filtered = {k: v for k, v in state.items() if k not in skip}
+    module.load_state_dict(filtered, strict=False)
+    info.missing_keys[name] = missing
+    info.unexpected_keys[name] = unexpected
+    info.mismatched_keys[name] = sorted(skip)

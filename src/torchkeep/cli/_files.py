@@ -1,0 +1,147 @@
+"""``torchkeep inspect`` and ``torchkeep verify``: look inside files without loading them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import _checkpoint, _format
+from ..errors import TorchkeepError
+
+__all__ = ["describe", "register"]
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
+    """A JSON-able description of a file: kind, checkpoint/model info, tensors, metadata."""
+    reader = _format.open_file(path)
+    out: dict[str, Any] = {
+        "path": path,
+        "size_bytes": reader.size,
+        "format": "torchkeep" if reader.is_torchkeep else "safetensors",
+    }
+    section = reader.section(_checkpoint.SECTION)
+    if section is not None:
+        info = _checkpoint.read_info(reader)
+        out["checkpoint"] = {
+            "epoch": info.epoch,
+            "step": info.step,
+            "metrics": info.metrics,
+            "objects": info.objects,
+            "created_at": info.created_at,
+            "rng": info.rng,
+            "env": info.env,
+        }
+    model = reader.section("model")
+    if model is not None:
+        out["model"] = model
+    tensors = []
+    for name in reader.names:
+        ti = reader.info(name)
+        tensors.append(
+            {
+                "name": name,
+                "dtype": str(ti.dtype).removeprefix("torch."),
+                "shape": list(ti.shape),
+                "bytes": ti.nbytes,
+                "device": ti.device,
+                "xxh3": ti.checksum,
+            }
+        )
+    out["tensors"] = tensors
+    out["tensor_bytes"] = sum(t["bytes"] for t in tensors)
+    out["metadata"] = {k: v for k, v in reader.metadata.items() if not k.startswith(_format.META_PREFIX)}
+    if verify:
+        reader.verify()
+        out["verified"] = True
+    return out
+
+
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A torchkeep or safetensors file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also check every tensor's checksum.")] = False,
+    limit: Annotated[int, typer.Option(help="Show at most this many tensors (0: all).")] = 50,
+) -> None:
+    """Show what a file holds: checkpoint info, model entry, tensors, metadata."""
+    desc = describe(str(file), verify=verify)
+    if as_json:
+        typer.echo(json.dumps(desc, indent=2, default=str))
+        return
+    console = Console()
+    console.print(
+        f"[bold]{file}[/bold]  {desc['format']} file, {_human(desc['size_bytes'])}, {len(desc['tensors'])} tensors"
+    )
+    ckpt = desc.get("checkpoint")
+    if ckpt:
+        console.print(
+            f"[bold]checkpoint[/bold]  epoch={ckpt['epoch']} step={ckpt['step']} created={ckpt['created_at']} "
+            f"rng={'yes' if ckpt['rng'] else 'no'}"
+        )
+        if ckpt["metrics"]:
+            console.print("  metrics: " + ", ".join(f"{k}={v}" for k, v in ckpt["metrics"].items()))
+        console.print("  objects: " + ", ".join(f"{k} ({v})" for k, v in ckpt["objects"].items()))
+        env = ckpt["env"]
+        console.print(
+            "  env: "
+            + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "numpy", "torchkeep", "cuda") if env.get(k))
+        )
+    if desc.get("model"):
+        m = desc["model"]
+        console.print(f"[bold]model[/bold]  {m.get('name')} v{m.get('version')} ({m.get('target')})")
+    table = Table("tensor", "dtype", "shape", "size", "device", box=None, header_style="bold")
+    shown = desc["tensors"] if limit <= 0 else desc["tensors"][:limit]
+    for t in shown:
+        table.add_row(t["name"], t["dtype"], str(tuple(t["shape"])), _human(t["bytes"]), t["device"])
+    console.print(table)
+    if len(shown) < len(desc["tensors"]):
+        console.print(f"... {len(desc['tensors']) - len(shown)} more (use --limit 0 to show all)")
+    console.print(f"tensor data: {_human(desc['tensor_bytes'])}")
+    if desc["metadata"]:
+        console.print("metadata: " + json.dumps(desc["metadata"]))
+    if verify:
+        console.print("[green]all checksums match[/green]")
+
+
+def verify(
+    files: Annotated[list[Path], typer.Argument(help="Files to check.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Check every tensor's checksum. Exit 1, one line per bad file, if any fails."""
+    results = []
+    for f in files:
+        try:
+            reader = _format.open_file(f)
+            reader.verify()
+            results.append({"path": str(f), "ok": True, "tensors": len(reader.names)})
+        except TorchkeepError as exc:
+            results.append({"path": str(f), "ok": False, "error": str(exc).splitlines()[0]})
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if r["ok"]:
+                typer.secho(f"ok   {r['path']} ({r['tensors']} tensors)", fg=typer.colors.GREEN)
+            else:
+                typer.secho(f"BAD  {r['error']}", fg=typer.colors.RED, err=True)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    app.command()(inspect)
+    app.command()(verify)

@@ -1,0 +1,231 @@
+"""Every error torchkeep raises, in one tree.
+
+Each class also inherits the builtin a caller would naturally catch, so code written for
+``torch.load``/``open`` keeps working (``except FileNotFoundError`` still catches a missing
+checkpoint). Messages say what was found, what was expected, and what to do; the fields carry
+the same facts for programs.
+
+```
+TorchkeepError
+├── CheckpointNotFoundError      (FileNotFoundError)   no file / no checkpoint where one was asked for
+├── CorruptCheckpointError       (ValueError)          bytes on disk are not a valid torchkeep file
+├── FormatVersionError           (ValueError)          written by a newer torchkeep than this one
+├── UnsupportedValueError        (TypeError)           a value the codec cannot store without pickle
+├── StateMismatchError           (RuntimeError)        keys/shapes differ between file and object
+├── MissingObjectError           (KeyError)            the file does not hold the object asked for
+├── CheckpointWriteError         (OSError)             a save failed; earlier files are untouched
+├── CheckpointLockedError        (RuntimeError)        another process writes to this directory
+├── RegistryError                (LookupError)         registry name collisions, unknown names
+│   ├── ModelNotRegisteredError                        file names a class this process lacks
+│   └── MigrationError                                 no path from the file's version to the code's
+├── ExportError                  (RuntimeError)        an exporter failed (names format and step)
+│   └── ExportParityError                              an artifact disagrees with eager outputs
+├── PredictorError               (RuntimeError)        a runtime could not load or run an artifact
+│   └── PredictorInputError      (ValueError)          inputs do not match the predictor's specs
+├── DistributedCheckpointError   (RuntimeError)        sharded (multi-process) checkpoint problems
+└── MissingDependencyError       (ImportError)         an optional extra is not installed
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CheckpointLockedError",
+    "CheckpointNotFoundError",
+    "CheckpointWriteError",
+    "CorruptCheckpointError",
+    "DistributedCheckpointError",
+    "ExportError",
+    "ExportParityError",
+    "FormatVersionError",
+    "MigrationError",
+    "MissingDependencyError",
+    "MissingObjectError",
+    "ModelNotRegisteredError",
+    "PredictorError",
+    "PredictorInputError",
+    "RegistryError",
+    "StateMismatchError",
+    "TorchkeepError",
+    "UnsupportedValueError",
+]
+
+
+class TorchkeepError(Exception):
+    """Root of every error raised by torchkeep.
+
+    Example:
+        >>> import torchkeep as tk
+        >>> try:
+        ...     tk.load("does-not-exist.safetensors")
+        ... except tk.TorchkeepError as exc:
+        ...     print(type(exc).__name__)
+        CheckpointNotFoundError
+    """
+
+    def __str__(self) -> str:
+        # KeyError (a base of MissingObjectError) repr()s its message; keep messages readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointNotFoundError(TorchkeepError, FileNotFoundError):
+    """No file, or no checkpoint, exists where one was asked for."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CorruptCheckpointError(TorchkeepError, ValueError):
+    """A file is not a valid torchkeep/safetensors file, or a checksum does not match.
+
+    Attributes:
+        path: the file.
+        tensor: the tensor name when one tensor is at fault, else None.
+        reason: what is wrong, in a few words.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, tensor: str | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.tensor = tensor
+        self.reason = reason
+
+
+class FormatVersionError(TorchkeepError, ValueError):
+    """The file was written in a format version this torchkeep does not know."""
+
+    def __init__(self, message: str, *, path: str | None = None, found: str = "", supported: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.found = found
+        self.supported = supported
+
+
+class UnsupportedValueError(TorchkeepError, TypeError):
+    """A value cannot be stored without pickle. ``path`` is where it sits in the tree."""
+
+    def __init__(self, message: str, *, path: str = "", value_type: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.value_type = value_type
+
+
+class StateMismatchError(TorchkeepError, RuntimeError):
+    """A state dict does not fit the object it is loaded into (strict loading)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+
+
+class MissingObjectError(TorchkeepError, KeyError):
+    """The file does not hold an object that the caller asked to restore."""
+
+    def __init__(self, message: str, *, name: str = "", available: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.name = name
+        self.available = list(available)
+
+
+class CheckpointWriteError(TorchkeepError, OSError):
+    """Writing a checkpoint failed. Nothing that existed before the call was changed."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CheckpointLockedError(TorchkeepError, RuntimeError):
+    """Another live process holds the write lock of a checkpoint directory."""
+
+    def __init__(self, message: str, *, path: str | None = None, holder: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.holder = holder
+
+
+class RegistryError(TorchkeepError, LookupError):
+    """Registry misuse: a name registered twice, an unknown name, a bad migration."""
+
+
+class ModelNotRegisteredError(RegistryError):
+    """The file names a model class or factory that is not registered in this process."""
+
+    def __init__(self, message: str, *, name: str = "", module: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+        self.module = module
+
+
+class MigrationError(RegistryError):
+    """No chain of migrations leads from the file's version to the code's version."""
+
+
+class ExportError(TorchkeepError, RuntimeError):
+    """An exporter failed. ``format`` and ``step`` say where."""
+
+    def __init__(self, message: str, *, format: str = "", step: str = "") -> None:
+        super().__init__(message)
+        self.format = format
+        self.step = step
+
+
+class ExportParityError(ExportError):
+    """An exported artifact's outputs differ from eager PyTorch beyond tolerance."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        format: str = "",
+        output: str = "",
+        max_abs_error: float = float("nan"),
+        max_rel_error: float = float("nan"),
+    ) -> None:
+        super().__init__(message, format=format, step="verify")
+        self.output = output
+        self.max_abs_error = max_abs_error
+        self.max_rel_error = max_rel_error
+
+
+class PredictorError(TorchkeepError, RuntimeError):
+    """A runtime could not load or run an artifact."""
+
+
+class PredictorInputError(PredictorError, ValueError):
+    """Inputs do not match the predictor's input specs (names, ranks, dtypes, static dims)."""
+
+
+class DistributedCheckpointError(TorchkeepError, RuntimeError):
+    """A sharded checkpoint is incomplete, inconsistent, or used in the wrong process group."""
+
+
+class MissingDependencyError(TorchkeepError, ImportError):
+    """An optional dependency is missing; the message names the ``pip install`` to run."""
+
+    def __init__(self, message: str, *, package: str = "", extra: str = "") -> None:
+        super().__init__(message)
+        self.package = package
+        self.extra = extra
+
+
+def missing_dependency(package: str, extra: str, feature: str) -> MissingDependencyError:
+    """Build the standard error for a missing optional dependency."""
+    return MissingDependencyError(
+        f"{feature} needs the optional package '{package}', which is not installed. "
+        f"Install it with: pip install 'torchkeep[{extra}]'",
+        package=package,
+        extra=extra,
+    )
