@@ -35,6 +35,7 @@ from .errors import (
     TorchkeepError,
     UnsupportedValueError,
 )
+from .export import ExportReport, export
 
 __all__ = [
     # files and trees
@@ -45,6 +46,9 @@ __all__ = [
     "load_checkpoint",
     "read_info",
     "save_checkpoint",
+    # export for deployment
+    "ExportReport",
+    "export",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",

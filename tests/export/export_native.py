@@ -1,0 +1,49 @@
+"""Run an artifact with the format's own runtime (torch.export.load, onnxruntime, torch.jit.load, AOTI).
+
+Tests use this to prove each artifact works for someone who never heard of torchkeep, and
+(until ``torchkeep.runtime.load_predictor`` lands in this branch) as the parity runner.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path.parent / "export.json").read_text())
+
+
+def load_native(path: Path, backend: str, device: str = "cpu") -> Callable[..., Any]:
+    """A callable with the model's calling convention, built on the format's own runtime."""
+    path = Path(path)
+    if backend == "pt2":
+        module = torch.export.load(str(path)).module()
+        return module  # type: ignore[no-any-return]
+    if backend == "torchscript":
+        return torch.jit.load(str(path), map_location=device)  # type: ignore[no-any-return]
+    if backend == "aoti":
+        return torch._inductor.aoti_load_package(str(path))  # type: ignore[no-any-return]
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        manifest = _manifest(path)
+        out_names = [o["name"] for o in manifest["outputs"]]
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            values = dict(zip(names, args, strict=True)) if args else kwargs
+            feed = {k: v.detach().cpu().numpy() for k, v in values.items()}
+            outs = [torch.from_numpy(np.asarray(o)) for o in session.run(None, feed)]
+            if manifest["output_structure"] == "dict":
+                return dict(zip(out_names, outs, strict=True))
+            return outs[0] if manifest["output_structure"] == "tensor" else tuple(outs)
+
+        return run
+    raise AssertionError(f"no native runner for {backend}")
