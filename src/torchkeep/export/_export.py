@@ -24,7 +24,7 @@ import torch
 import xxhash
 
 from .. import _format
-from .._manifest import write_manifest
+from .._manifest import MANIFEST_VERSION, write_manifest
 from .._version import __version__
 from ..errors import ExportError, MissingDependencyError, PredictorError
 from . import _parity
@@ -340,7 +340,7 @@ def export(
                         os.replace(f, dest)
                         moved.append(dest)
                     res.files, res.file = moved, moved[0]
-            final = manifest(out)
+            final = {"manifest_version": MANIFEST_VERSION, **manifest(out)}
             write_manifest(out, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -116,15 +116,20 @@ class EagerReference:
                 logger.debug("no float64 reference (%s); comparing in the model's dtype", exc)
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Eager outputs (on the CPU) for ``inputs`` (moved to the examples' device)."""
+        device = self.examples.inputs[0].device
+        inputs = [t.to(device) for t in inputs]
         with torch.no_grad():
             if self.double is not None:
                 try:
                     wide = [t.double() if t.dtype.is_floating_point else t for t in inputs]
-                    return self.examples.flatten_outputs(self.examples.call(self.double, wide))
+                    outs = self.examples.flatten_outputs(self.examples.call(self.double, wide))
+                    return [o.cpu() for o in outs]
                 except Exception as exc:
                     logger.debug("float64 reference failed (%s); comparing in the model's dtype", exc)
                     self.double = None
-            return self.examples.flatten_outputs(self.examples.call(self.model, list(inputs)))
+            outs = self.examples.flatten_outputs(self.examples.call(self.model, list(inputs)))
+            return [o.cpu() for o in outs]
 
 
 def load_runner(path: Path, backend: str, device: str) -> Runner:
