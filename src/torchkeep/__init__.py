@@ -14,6 +14,8 @@ Example:
 from . import errors
 from ._api import load, save
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from ._modelfile import load_model, save_model
+from ._registry import migration, model_entry, register
 from ._version import __version__
 from .errors import (
     CheckpointLockedError,
@@ -45,6 +47,12 @@ __all__ = [
     "load_checkpoint",
     "read_info",
     "save_checkpoint",
+    # models that rebuild themselves
+    "load_model",
+    "migration",
+    "model_entry",
+    "register",
+    "save_model",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
