@@ -13,6 +13,7 @@ Example:
 
 from . import errors
 from ._api import load, save
+from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from ._modelfile import load_model, save_model
 from ._registry import migration, model_entry, register
@@ -48,11 +49,15 @@ __all__ = [
     "read_info",
     "save_checkpoint",
     # models that rebuild themselves
+    "Finding",
+    "RoundtripResult",
+    "audit",
     "load_model",
     "migration",
     "model_entry",
     "register",
     "save_model",
+    "verify_roundtrip",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
