@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from export_native import load_native
-from models import MLP, CNN, DataDependent, TokenModel
+from models import CNN, MLP, DataDependent, TokenModel
 from torch import nn
 
 import torchkeep as tk
@@ -49,7 +49,9 @@ def test_dict_inputs_with_token_ids(tmp_path: Path) -> None:
     model = TokenModel().eval()
     ids = torch.tensor([[3, 17, 42, 8, 0, 5]])
     mask = torch.ones(1, 6)
-    report = tk.export(model, {"input_ids": ids, "attention_mask": mask}, tmp_path, formats=["pt2", "onnx", "torchscript"])
+    report = tk.export(
+        model, {"input_ids": ids, "attention_mask": mask}, tmp_path, formats=["pt2", "onnx", "torchscript"]
+    )
     assert report.ok, report.table()
     assert [(s.name, s.shape, s.dtype) for s in report.inputs] == [
         ("input_ids", (None, 6), "int64"),

@@ -33,9 +33,21 @@ def test_missing_tensorrt_is_a_clear_error(tmp_path: Path) -> None:
 def test_no_removed_tensorrt_apis_are_used() -> None:
     source = Path(trt_export.__file__).read_text()
     code = source.split('"""', 2)[2]  # the module docstring names the removed APIs on purpose
-    for removed in ("max_workspace_size", "fp16_mode", "build_cuda_engine", "get_binding", "execute_v2", "EXPLICIT_BATCH"):
+    for removed in (
+        "max_workspace_size",
+        "fp16_mode",
+        "build_cuda_engine",
+        "get_binding",
+        "execute_v2",
+        "EXPLICIT_BATCH",
+    ):
         assert removed not in code, removed
-    for current in ("build_serialized_network", "set_memory_pool_limit", "create_optimization_profile", "STRONGLY_TYPED"):
+    for current in (
+        "build_serialized_network",
+        "set_memory_pool_limit",
+        "create_optimization_profile",
+        "STRONGLY_TYPED",
+    ):
         assert current in code, current
 
 
@@ -47,7 +59,7 @@ def test_tensorrt_engine_fp32_dynamic_batch(tmp_path: Path) -> None:
     assert report.ok, report.table()
     meta = json.loads((tmp_path / "model.engine.json").read_text())
     assert meta["compute_capability"] == list(torch.cuda.get_device_capability())
-    assert meta["tensorrt_version"] and meta["profile"]["min"] == 1
+    assert meta["tensorrt"] and meta["profile"]["min"] == 1
     run = load_native(tmp_path / "model.engine", "tensorrt")
     for batch in (1, 3, 17):
         x = torch.randn(batch, 3, 16, 16, device="cuda")

@@ -208,6 +208,7 @@ def export(
     rtol: float | None = None,
     atol: float | None = None,
     continue_on_error: bool = False,
+    progress: Callable[[str, str], None] | None = None,
     **options: Any,
 ) -> ExportReport:
     """Export ``model`` to deployment formats, check each artifact against eager, write ``export.json``.
@@ -231,6 +232,8 @@ def export(
         atol: absolute tolerance for every output (default: by output dtype).
         continue_on_error: record a failing format in the report and ``export.json`` and go on
             with the others instead of raising.
+        progress: called as ``progress(format, stage)`` with stage ``"export"``, ``"verify"``,
+            ``"ok"`` or ``"failed"`` (the CLI draws its progress with it).
         **options: format options, see :class:`ExportOptions` (``opset=``,
             ``torchscript_method=``, ``tensorrt_precision=``, ...).
 
@@ -251,6 +254,11 @@ def export(
         (['pt2', 'torchscript'], (None, 10))
     """
     opts = ExportOptions.from_kwargs(options)
+
+    def notify(fmt: str, stage: str) -> None:
+        if progress is not None:
+            progress(fmt, stage)
+
     fmts = _normalize_formats(formats)
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}", step="inputs")
@@ -293,6 +301,7 @@ def export(
                 results[fmt] = res
                 path = staging / f"model{exporter.suffix}"
                 logger.info("%s: exporting", fmt)
+                notify(fmt, "export")
                 started = time.perf_counter()
                 try:
                     show = fmt == "torchscript" and opts.torchscript_warnings
@@ -303,6 +312,7 @@ def export(
                     res.export_seconds = time.perf_counter() - started
                     if verify and reference is not None:
                         started = time.perf_counter()
+                        notify(fmt, "verify")
                         res.ok = True  # so the staging manifest lists it for the predictor
                         write_manifest(staging, manifest(staging))
                         device = "cuda" if fmt == "tensorrt" else (opts.device or str(examples.inputs[0].device))
@@ -323,15 +333,18 @@ def export(
                         res.verify_seconds = time.perf_counter() - started
                     res.ok = True
                     logger.info("%s: ok (%s)", fmt, ", ".join(f.name for f in res.files))
+                    notify(fmt, "ok")
                 except MissingDependencyError as exc:
                     if not continue_on_error:
                         raise
                     _record_failure(res, str(exc), "import")
+                    notify(fmt, "failed")
                 except Exception as exc:
                     err = _as_export_error(fmt, exc)
                     if not continue_on_error:
                         raise err from exc
                     _record_failure(res, str(err), err.step)
+                    notify(fmt, "failed")
             for res in results.values():
                 if res.ok:
                     moved = []

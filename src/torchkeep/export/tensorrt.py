@@ -16,7 +16,7 @@ An engine only runs on the TensorRT version and GPU architecture that built it, 
 ``model.engine.json`` records both; the runtime compares them before deserializing and refuses
 a mismatched engine with a clear error instead of crashing::
 
-    {"tensorrt_version": "10.7.0", "compute_capability": [9, 0], "device_name": "NVIDIA H100",
+    {"tensorrt": "10.7.0", "compute_capability": [9, 0], "device_name": "NVIDIA H100",
      "precision": "fp32", "strongly_typed": false, "workspace_bytes": 1073741824,
      "profile": {"min": 1, "opt": 8, "max": 64},
      "inputs": [TensorSpec.to_json...], "outputs": [...]}
@@ -108,7 +108,7 @@ class TensorRTExporter:
             shutil.rmtree(tmp, ignore_errors=True)
         path.write_bytes(engine)
         meta = {
-            "tensorrt_version": str(trt.__version__),
+            "tensorrt": str(trt.__version__),
             "compute_capability": list(torch.cuda.get_device_capability()),
             "device_name": torch.cuda.get_device_name(),
             "precision": options.tensorrt_precision,
@@ -189,7 +189,7 @@ class TensorRTExporter:
             "precision": options.tensorrt_precision,
             "workspace_bytes": options.tensorrt_workspace_bytes,
             "profile": meta.get("profile"),
-            "tensorrt_version": meta.get("tensorrt_version"),
+            "tensorrt_version": meta.get("tensorrt"),
             "compute_capability": meta.get("compute_capability"),
             "metadata_file": files[1].name if len(files) > 1 else None,
         }
