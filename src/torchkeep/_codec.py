@@ -213,7 +213,7 @@ class _Encoder:
         key: tuple[Any, ...] = (
             (str(t.device), t.untyped_storage().data_ptr(), t.is_conj(), t.is_neg())
             if t.numel()
-            else ("empty", id(node))
+            else ("empty", id(t))  # the same empty tensor twice is still one tensor
         )
         self._by_storage.setdefault(key, []).append((node, t, path))
         return node
@@ -255,9 +255,18 @@ class _Encoder:
                 self.tensors[node["ref"]] = t.detach()
                 continue
             base = _covering_tensor([t for _, t, _ in group])
-            if base is None:  # overlapping views with no single cover: store independent copies
+            if base is None:
+                # Views with no single contiguous cover: store each distinct view once (the same
+                # view saved twice still comes back as one tensor).
+                stored: list[tuple[dict[str, Any], torch.Tensor]] = []
                 for node, t, _ in group:
-                    self.tensors[node["ref"]] = t.detach()
+                    twin = next((n for n, s in stored if _same_view(t, s)), None)
+                    if twin is None:
+                        stored.append((node, t))
+                        self.tensors[node["ref"]] = t.detach()
+                    else:
+                        del self.tensors[node["ref"]]
+                        node["ref"] = twin["ref"]
                 continue
             base_node, base_t, _ = next(g for g in group if g[1] is base)
             self.tensors[base_node["ref"]] = base_t.detach()

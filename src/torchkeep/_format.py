@@ -477,7 +477,7 @@ class Reader:
         if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
             raise _bad(path, "header entry must have exactly dtype, shape and data_offsets", tensor=name)
         st_dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-        if st_dtype not in _FROM_ST:
+        if not isinstance(st_dtype, str) or st_dtype not in _FROM_ST:
             raise _bad(path, f"unknown dtype {st_dtype!r}", tensor=name)
         if not _shape(shape):
             raise _bad(path, f"shape {shape!r} is not a list of at most 64 non-negative ints", tensor=name)
