@@ -121,7 +121,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Check every tensor's checksum. Exit 1, one line per bad file, if any fails."""
-    results = []
+    results: list[dict[str, Any]] = []
     for f in files:
         try:
             reader = _format.open_file(f)
