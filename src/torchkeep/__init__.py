@@ -14,6 +14,7 @@ Example:
 from . import errors
 from ._api import load, save
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from ._sampler import ResumableLoader, ResumableSampler
 from ._version import __version__
 from .errors import (
     CheckpointLockedError,
@@ -45,6 +46,8 @@ __all__ = [
     "load_checkpoint",
     "read_info",
     "save_checkpoint",
+    "ResumableLoader",
+    "ResumableSampler",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
