@@ -15,6 +15,7 @@ from . import errors
 from ._api import load, save
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from ._sampler import ResumableLoader, ResumableSampler
+from ._stateful import upgrade_state
 from ._version import __version__
 from .errors import (
     CheckpointLockedError,
@@ -48,6 +49,7 @@ __all__ = [
     "save_checkpoint",
     "ResumableLoader",
     "ResumableSampler",
+    "upgrade_state",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",

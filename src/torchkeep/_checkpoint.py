@@ -29,6 +29,7 @@ from .errors import (
     CorruptCheckpointError,
     MissingObjectError,
     StateMismatchError,
+    TorchkeepError,
     UnsupportedValueError,
 )
 
@@ -454,6 +455,11 @@ def restore_state(
 def _load_object(name: str, target: Any, state: Any, info: CheckpointInfo, *, strict: bool) -> None:
     try:
         target.load_state_dict(state)
+    except TorchkeepError as exc:  # e.g. tk.upgrade_state refusing a newer version: already clear
+        if strict:
+            raise
+        logger.warning("%s: %s= skipped: %s", info.path, name, exc)
+        info.skipped[name] = str(exc)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         # torch's optimizers raise ValueError when parameter groups differ in number or size.
         message = (
