@@ -12,7 +12,11 @@ import sys
 import typer
 
 from ..errors import TorchkeepError
-from . import _demo, _diff, _files
+# One command module per line (keeps parallel work from colliding here).
+from . import _demo
+from . import _diff
+from . import _files
+from . import _model
 
 __all__ = ["app", "main"]
 
@@ -24,7 +28,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_files, _diff, _demo):
+_COMMAND_MODULES = (
+    _files,
+    _diff,
+    _model,
+    _demo,
+)
+
+for _module in _COMMAND_MODULES:
     _module.register(app)
 
 
