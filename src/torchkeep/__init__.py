@@ -35,6 +35,15 @@ from .errors import (
     TorchkeepError,
     UnsupportedValueError,
 )
+from .manager import (
+    CheckpointManager,
+    KeepAny,
+    KeepBestK,
+    KeepEveryNSteps,
+    KeepLastN,
+    KeepNewerThan,
+    list_checkpoints,
+)
 
 __all__ = [
     # files and trees
@@ -45,6 +54,14 @@ __all__ = [
     "load_checkpoint",
     "read_info",
     "save_checkpoint",
+    # checkpoint manager
+    "CheckpointManager",
+    "KeepAny",
+    "KeepBestK",
+    "KeepEveryNSteps",
+    "KeepLastN",
+    "KeepNewerThan",
+    "list_checkpoints",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
