@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _format
-from .._checkpoint import CheckpointInfo, read_info
+from .._checkpoint import SECTION, CheckpointInfo, read_info
 from .._storage import LocalStorage, Storage
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
-from ._policies import Record
+from ._policies import KeepBestK, Record
 
 __all__ = [
+    "best_first",
     "CheckpointEntry",
     "checkpoint_name",
     "list_checkpoints",
@@ -37,6 +38,7 @@ __all__ = [
     "read_entry",
     "scan",
     "storage_path",
+    "verify_entry",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ PREFIX = "ckpt-"
 SUFFIX = ".safetensors"
 _NAME_RE = re.compile(r"^ckpt-(\d{9,})-(\d{8}T\d{6}Z)\.safetensors$")
 _TS_FORMAT = "%Y%m%dT%H%M%SZ"
+#: Key in the checkpoint section where the manager records its monitor/mode.
+MANAGER_KEY = "manager"
 
 
 def checkpoint_name(step: int, when: _dt.datetime | None = None) -> str:
@@ -91,6 +95,8 @@ class CheckpointEntry:
     kind: str = "file"
     info: CheckpointInfo | None = None
     error: str | None = None
+    #: ``{"monitor": ..., "mode": ...}`` of the manager that saved it (so ``ls`` can mark "best").
+    manager: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -136,8 +142,18 @@ class CheckpointEntry:
             "metrics": dict(info.metrics) if info else {},
             "size_bytes": info.size_bytes if info else None,
             "status": self.status,
+            "monitor": (self.manager or {}).get("monitor"),
             "error": self.error,
         }
+
+
+def best_first(entries: list[CheckpointEntry], monitor: str | None, mode: str = "min") -> list[CheckpointEntry]:
+    """Readable entries that record ``monitor``, best first (ties: newer first)."""
+    if not monitor:
+        return []
+    ok = [e for e in entries if e.ok]
+    ranking = KeepBestK(1, monitor, mode).ranking([e.record() for e in ok])
+    return [ok[i] for i in ranking]
 
 
 def open_storage(
@@ -169,7 +185,7 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
     path = storage_path(storage, name)
     entry = CheckpointEntry(name=name, step=step, timestamp=ts, path=path)
     try:
-        entry.info = _read_header(storage, name)
+        entry.info, entry.manager = _read_header(storage, name)
         entry.info.path = path
     except CheckpointNotFoundError:
         return None  # deleted since it was listed
@@ -178,15 +194,38 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
     return entry
 
 
-def _read_header(storage: Storage, name: str) -> CheckpointInfo:
-    if isinstance(storage, LocalStorage):
-        return read_info(storage.path(name))
+def _read_header(storage: Storage, name: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
     read_head = getattr(storage, "read_head", None)
-    if read_head is not None:
+    if isinstance(storage, LocalStorage):
+        reader = _format.open_file(storage.path(name))
+    elif read_head is not None:
         head, size = read_head(name)
-        return read_info(_format.Reader(head, size, storage_path(storage, name)))
-    with storage.local_path(name) as p:
-        return read_info(p)
+        reader = _format.Reader(head, size, storage_path(storage, name))
+    else:
+        with storage.local_path(name) as p:
+            reader = _format.open_file(p, mmap=False)
+    try:
+        info = read_info(reader)
+        section = reader.section(SECTION)
+    finally:
+        reader.close()
+    manager = section.get(MANAGER_KEY) if isinstance(section, dict) else None
+    return info, manager if isinstance(manager, dict) else None
+
+
+def verify_entry(storage: Storage, entry: CheckpointEntry) -> None:
+    """Check every tensor checksum of ``entry``; on failure mark it corrupt (``status``, ``error``)."""
+    if not entry.ok:
+        return
+    try:
+        with storage.local_path(entry.name) as p:
+            reader = _format.open_file(p)
+            try:
+                reader.verify()
+            finally:
+                reader.close()
+    except (CorruptCheckpointError, FormatVersionError, CheckpointNotFoundError) as exc:
+        entry.error = str(exc)
 
 
 def scan(storage: Storage, cache: dict[str, CheckpointEntry] | None = None) -> list[CheckpointEntry]:
@@ -209,13 +248,21 @@ def scan(storage: Storage, cache: dict[str, CheckpointEntry] | None = None) -> l
 
 
 def list_checkpoints(
-    directory: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+    directory: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None, verify: bool = False
 ) -> list[CheckpointEntry]:
     """List a checkpoint directory without opening it for writing (no lock, nothing changes).
+
+    Headers only, unless ``verify=True``, which also checks every tensor checksum (and downloads
+    remote files to do so).
 
     Example:
         >>> import tempfile
         >>> list_checkpoints(tempfile.mkdtemp())
         []
     """
-    return scan(open_storage(directory, storage_options=storage_options, create=False))
+    storage = open_storage(directory, storage_options=storage_options, create=False)
+    entries = scan(storage)
+    if verify:
+        for e in entries:
+            verify_entry(storage, e)
+    return entries

@@ -42,7 +42,16 @@ from ..errors import (
     TorchkeepError,
 )
 from ._async import BackgroundSaver, _BufferPool, snapshot
-from ._listing import CheckpointEntry, checkpoint_name, open_storage, parse_name, scan, storage_path
+from ._listing import (
+    MANAGER_KEY,
+    CheckpointEntry,
+    best_first,
+    checkpoint_name,
+    open_storage,
+    parse_name,
+    scan,
+    storage_path,
+)
 from ._lock import DirectoryLock
 from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, Policy
 
@@ -166,11 +175,7 @@ class CheckpointManager:
         return entries[0].info if entries else None
 
     def _best_first(self, entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
-        if not self.monitor:
-            return []
-        ok = [e for e in entries if e.ok]
-        ranking = KeepBestK(1, self.monitor, self.mode).ranking([e.record() for e in ok])
-        return [ok[i] for i in ranking]
+        return best_first(entries, self.monitor, self.mode)
 
     # -- saving -------------------------------------------------------------------------------
     def save(
@@ -225,6 +230,8 @@ class CheckpointManager:
                 f"could not collect the state for step {step}: {type(exc).__name__}: {exc}. "
                 "Nothing was written; earlier checkpoints are unchanged."
             ) from exc
+        if self.monitor:
+            section[MANAGER_KEY] = {"monitor": self.monitor, "mode": self.mode}
         name = checkpoint_name(step)
         path = storage_path(self._storage, name)
         if self._saver is None:
@@ -269,7 +276,9 @@ class CheckpointManager:
         with self._mutex:
             parsed = parse_name(name)
             assert parsed is not None  # made by checkpoint_name
-            self._cache[name] = CheckpointEntry(name=name, step=parsed[0], timestamp=parsed[1], path=path, info=info)
+            self._cache[name] = CheckpointEntry(
+                name=name, step=parsed[0], timestamp=parsed[1], path=path, info=info, manager=section.get(MANAGER_KEY)
+            )
             for old in replaced:
                 if old.name != name:
                     self._delete(old)
