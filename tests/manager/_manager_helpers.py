@@ -41,7 +41,7 @@ def fill_disk_after(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     """Make every atomic_write in torchkeep._storage fail with ENOSPC after ``limit`` bytes."""
 
     def failing_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        f = builtins.open(path, mode, *args, **kwargs)
+        f = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 - handed to the caller's with
         return FailingFile(f, limit) if "x" in mode or "w" in mode else f
 
     monkeypatch.setattr(_storage, "open", failing_open, raising=False)
