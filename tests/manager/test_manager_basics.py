@@ -327,11 +327,47 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, Any], error: type[Excep
 
 def test_bad_step_and_closed_manager(tmp_path: Path) -> None:
     mgr = tk.CheckpointManager(tmp_path, model=make()[0])
-    with pytest.raises(ValueError, match="non-negative int"):
-        mgr.save(step=-1)
+    for bad in (-1, True, 1.5, "3"):
+        with pytest.raises(ValueError, match="non-negative int"):
+            mgr.save(step=bad)  # type: ignore[arg-type]
+    assert mgr.checkpoints == []
     with pytest.raises(ValueError, match="monitor="):
         mgr.restore("best")
     mgr.close()
     mgr.close()
     with pytest.raises(tk.CheckpointWriteError, match="closed"):
         mgr.save(step=1)
+
+
+def test_numpy_and_tensor_steps(tmp_path: Path) -> None:
+    import numpy as np
+
+    with tk.CheckpointManager(tmp_path, model=make()[0]) as mgr:
+        mgr.save(step=np.int64(3))  # type: ignore[arg-type]
+        mgr.save(step=torch.tensor(4))  # type: ignore[arg-type]
+        assert [c.step for c in mgr.checkpoints] == [3, 4]
+
+
+def test_dropped_manager_releases_the_lock(tmp_path: Path) -> None:
+    import gc
+
+    mgr = tk.CheckpointManager(tmp_path, model=make()[0])
+    with pytest.raises(tk.CheckpointLockedError, match="this very process"):
+        tk.CheckpointManager(tmp_path, model=make()[0])
+    del mgr
+    gc.collect()
+    tk.CheckpointManager(tmp_path, model=make()[0]).close()
+
+
+def test_async_overwrite_and_keep_newer_than(tmp_path: Path) -> None:
+    import datetime as dt
+
+    model, _ = make()
+    retention = tk.KeepNewerThan(dt.timedelta(hours=1))
+    with tk.CheckpointManager(tmp_path, async_save=True, retention=retention, model=model) as mgr:
+        mgr.save(step=1, metrics={"v": 1})
+        with pytest.raises(tk.CheckpointWriteError, match="already has a checkpoint"):
+            mgr.save(step=1)
+        mgr.save(step=1, metrics={"v": 2}, overwrite=True)
+        mgr.wait()
+        assert [(c.step, c.metrics) for c in mgr.checkpoints] == [(1, {"v": 2})]

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import weakref
 from typing import Any
 
 from ..errors import CheckpointLockedError
@@ -79,6 +80,7 @@ class DirectoryLock:
         self.directory = directory
         self.path = os.path.join(directory, LOCK_NAME)
         self._fd: int | None = None
+        self._finalizer: weakref.finalize[Any, DirectoryLock] | None = None
 
     @property
     def held(self) -> bool:
@@ -102,11 +104,19 @@ class DirectoryLock:
 
     def _locked_error(self, info: dict[str, Any]) -> CheckpointLockedError:
         holder = _holder_text(info)
+        if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+            advice = (
+                "The holder is this very process: close() the other manager first (e.g. after running a "
+                "notebook cell twice), or use the manager as a context manager."
+            )
+        else:
+            advice = (
+                "Only one process may save into a checkpoint directory: stop the other run, use another "
+                f"directory, or open this one with read_only=True to restore only. If that process is gone "
+                f"for good (e.g. its host died), delete {self.path}."
+            )
         return CheckpointLockedError(
-            f"{self.directory} is being written by another CheckpointManager ({holder}). "
-            "Only one process may save into a checkpoint directory: stop the other run, use another "
-            f"directory, or open this one with read_only=True to restore only. If that process is gone "
-            f"for good (e.g. its host died), delete {self.path}.",
+            f"{self.directory} is being written by another CheckpointManager ({holder}). {advice}",
             path=self.directory,
             holder=holder,
         )
@@ -144,7 +154,7 @@ class DirectoryLock:
                 logger.info("taking over the stale lock of %s in %s", _holder_text(previous), self.directory)
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(self._content()).encode("utf-8"), 0)
-            self._fd = fd
+            self._hold(fd)
             return
         raise self._locked_error(self._read())  # pragma: no cover - lock file churning endlessly
 
@@ -163,7 +173,12 @@ class DirectoryLock:
         except FileExistsError:
             raise self._locked_error(self._read()) from None
         os.write(fd, json.dumps(self._content()).encode("utf-8"))
+        self._hold(fd)
+
+    def _hold(self, fd: int) -> None:
         self._fd = fd
+        # A manager dropped without close() must not hold the directory until the process ends.
+        self._finalizer = weakref.finalize(self, os.close, fd)
 
     def release(self) -> None:
         """Give the lock up (removes the lock file). Safe to call twice."""
@@ -172,4 +187,6 @@ class DirectoryLock:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # while still locked, so nobody else's lock file is removed
-        os.close(fd)
+        if self._finalizer is not None:
+            self._finalizer()  # closes fd, once
+            self._finalizer = None

@@ -18,6 +18,7 @@ retention exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import warnings
@@ -210,7 +211,13 @@ class CheckpointManager:
                 f"{self.directory} was opened with read_only=True; open it without read_only to save",
                 path=self.directory,
             )
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        try:
+            if isinstance(step, bool):
+                raise TypeError
+            step = operator.index(step)  # numpy and 0-d integer tensors too
+        except TypeError:
+            raise ValueError(f"step must be a non-negative int, got {step!r}") from None
+        if step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         if self._saver is not None:
             self._saver.wait()  # one save in flight; raises the previous save's error
