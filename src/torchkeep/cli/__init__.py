@@ -6,17 +6,13 @@ traceback); usage errors exit 2.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import typer
 
 from ..errors import TorchkeepError
-# One command module per line (keeps parallel work from colliding here).
-from . import _demo
-from . import _diff
-from . import _files
-from . import _model
 
 __all__ = ["app", "main"]
 
@@ -28,15 +24,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# One command module per line (keeps parallel work from colliding here); each has register(app).
 _COMMAND_MODULES = (
-    _files,
-    _diff,
-    _model,
-    _demo,
+    "_files",
+    "_diff",
+    "_model",
+    "_ls",
+    "_demo",
 )
 
-for _module in _COMMAND_MODULES:
-    _module.register(app)
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"{__name__}.{_name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
