@@ -38,6 +38,7 @@ from .errors import (
     TorchkeepError,
     UnsupportedValueError,
 )
+from .runtime import Predictor, TensorSpec, load_predictor
 
 __all__ = [
     # files and trees
@@ -58,6 +59,10 @@ __all__ = [
     "register",
     "save_model",
     "verify_roundtrip",
+    # inference runtimes
+    "Predictor",
+    "TensorSpec",
+    "load_predictor",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
