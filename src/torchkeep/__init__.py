@@ -49,6 +49,7 @@ from .manager import (
     KeepNewerThan,
     list_checkpoints,
 )
+from .runtime import Predictor, TensorSpec, load_predictor
 
 __all__ = [
     # files and trees
@@ -80,6 +81,10 @@ __all__ = [
     "KeepLastN",
     "KeepNewerThan",
     "list_checkpoints",
+    # inference runtimes
+    "Predictor",
+    "TensorSpec",
+    "load_predictor",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
