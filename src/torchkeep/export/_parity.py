@@ -135,7 +135,7 @@ class EagerReference:
 def load_runner(path: Path, backend: str, device: str) -> Runner:
     """Load an artifact the way users do: ``torchkeep.runtime.load_predictor``."""
     try:
-        from ..runtime import load_predictor  # type: ignore[attr-defined,unused-ignore]
+        from ..runtime import load_predictor
     except ImportError as exc:  # pragma: no cover - only before the runtime package exists
         raise PredictorError(
             "verification needs torchkeep.runtime.load_predictor, which this build lacks; pass verify=False"
