@@ -1,7 +1,7 @@
-"""Run an artifact with the format's own runtime (torch.export.load, onnxruntime, torch.jit.load, AOTI).
+"""Run an artifact with the format's own runtime (torch.export.load, onnxruntime, torch.jit.load, AOTI, TensorRT).
 
-Tests use this to prove each artifact works for someone who never heard of torchkeep, and
-(until ``torchkeep.runtime.load_predictor`` lands in this branch) as the parity runner.
+Tests use this to prove each artifact works for someone who never heard of torchkeep; tk.export's
+own parity check goes through ``torchkeep.load_predictor``.
 """
 
 from __future__ import annotations

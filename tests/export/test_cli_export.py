@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from torchkeep import runtime
-
 ROOT = Path(__file__).resolve().parents[2]
 
 MODELS = """
@@ -40,10 +38,6 @@ class TwoInputs(torch.nn.Module):
         return self.emb(ids).sum(1) + self.lin(x)
 """
 
-needs_runtime = pytest.mark.skipif(
-    not hasattr(runtime, "load_predictor"), reason="verification needs torchkeep.runtime.load_predictor"
-)
-
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", COLUMNS="200")
@@ -67,7 +61,6 @@ def model_files(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_cli_exports_the_tutorial_formats(model_files: Path) -> None:
-    verify = [] if hasattr(runtime, "load_predictor") else ["--no-verify"]
     proc = _run(
         [
             "export",
@@ -83,7 +76,6 @@ def test_cli_exports_the_tutorial_formats(model_files: Path) -> None:
             "1,10",
             "--opset",
             "18",
-            *verify,
         ],
         model_files,
     )
@@ -99,7 +91,6 @@ def test_cli_exports_the_tutorial_formats(model_files: Path) -> None:
 
 
 @pytest.mark.slow
-@needs_runtime
 def test_cli_two_inputs_json_and_parity(model_files: Path) -> None:
     proc = _run(
         [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_models import CNN, MLP, DataDependent, TokenModel
 from export_native import load_native
-from models import CNN, MLP, DataDependent, TokenModel
 from torch import nn
 
 import torchkeep as tk

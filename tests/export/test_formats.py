@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+from export_models import cases
 from export_native import load_native
-from models import cases
 
 import torchkeep as tk
 from torchkeep._manifest import read_manifest

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from models import MLP
+from export_models import MLP
 
 import torchkeep as tk
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_models import CNN, MLP
 from export_native import load_native
-from models import CNN, MLP
 
 import torchkeep as tk
 from torchkeep.export import tensorrt as trt_export
