@@ -249,3 +249,31 @@ def test_report_table_lists_every_format(tmp_path: Path) -> None:
     table = report.table()
     assert "pt2" in table and "ok" in table
     assert "tensorrt" in table and "FAILED" in table
+
+
+class ShapeCheck(nn.Module):
+    """Correct for every batch, but tracing it emits a TracerWarning."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 0:
+            return x + 1
+        return x
+
+
+def test_exporter_warnings_are_recorded_not_shown(tmp_path: Path) -> None:
+    stages: list[tuple[str, str]] = []
+    report = tk.export(
+        ShapeCheck(), torch.randn(1, 3), tmp_path, formats=["torchscript"], progress=lambda f, s: stages.append((f, s))
+    )
+    assert any("TracerWarning" in w for w in report["torchscript"].warnings)
+    assert read_manifest(tmp_path)["artifacts"]["torchscript"]["warnings"] == report["torchscript"].warnings
+    assert stages == [("torchscript", "export"), ("torchscript", "verify"), ("torchscript", "ok")]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_torchscript_warnings_can_be_shown(tmp_path: Path) -> None:
+    with pytest.warns(torch.jit.TracerWarning):
+        report = tk.export(
+            ShapeCheck(), torch.randn(1, 3), tmp_path, formats=["torchscript"], torchscript_warnings=True
+        )
+    assert report["torchscript"].warnings == []

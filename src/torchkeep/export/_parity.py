@@ -8,7 +8,9 @@ shaped and typed like the examples:
 * bool inputs: rows of the example, resampled (a mask keeps a realistic pattern);
 * inputs without a batch dimension: the example itself.
 
-The reference is the eager model in float64 where it runs in float64 (else in its own dtype).
+The reference is the eager model in float64 where it runs in float64 (else in its own dtype;
+models with more than 2 GiB of weights are compared in their own dtype, since a float64 copy
+would double their memory).
 The artifact runs through a *runner*: by default ``torchkeep.runtime.load_predictor(path,
 backend=...)``, the very code users load artifacts with, so a passing check means the artifact
 works the way it will be used.
