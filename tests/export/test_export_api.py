@@ -45,6 +45,7 @@ def test_tk_export_is_the_function_and_the_package_stays_importable() -> None:
         assert exporter.name == name
 
 
+@pytest.mark.slow
 def test_dict_inputs_with_token_ids(tmp_path: Path) -> None:
     model = TokenModel().eval()
     ids = torch.tensor([[3, 17, 42, 8, 0, 5]])

@@ -40,12 +40,8 @@ def _flat(out: Any) -> list[torch.Tensor]:
 def _params() -> list[Any]:
     out = []
     for name in cases():
-        formats = ["pt2", "onnx", "torchscript"]
-        marks = []
-        if name in AOTI_CASES:
-            formats.append("aoti")
-            marks.append(pytest.mark.slow)
-        out.append(pytest.param(name, formats, id=name, marks=marks))
+        formats = ["pt2", "onnx", "torchscript", *(["aoti"] if name in AOTI_CASES else [])]
+        out.append(pytest.param(name, formats, id=name, marks=pytest.mark.slow))
     return out
 
 

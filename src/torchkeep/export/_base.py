@@ -66,17 +66,31 @@ def summarize_error(exc: BaseException, *, limit: int = 600) -> str:
 _DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 
+# Backends that log chatter at WARNING during a normal export (e.g. torch.onnx's "torchvision is
+# not installed" lines); quiet while we export unless torchkeep's own logging is at DEBUG.
+_CHATTY_LOGGERS = ("torch", "onnxscript", "onnx_ir")
+
+
 @contextlib.contextmanager
 def capture_warnings(fmt: str, collected: list[str]) -> Iterator[None]:
     """Route the warnings an exporter emits to logging instead of the user's terminal.
 
     Exporters warn a lot (deprecations of TorchScript, onnxscript internals, TracerWarnings).
     Deprecations go to DEBUG; anything else goes to INFO and, once per message, into
-    ``collected`` (the report and ``export.json`` keep them).
+    ``collected`` (the report and ``export.json`` keep them). The backends' own loggers are
+    raised to ERROR meanwhile, unless torchkeep logs at DEBUG (``torchkeep --debug``).
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
+    quiet = not logger.isEnabledFor(logging.DEBUG)
+    levels = {name: logging.getLogger(name).level for name in _CHATTY_LOGGERS} if quiet else {}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
     for w in caught:
         text = f"{w.category.__name__}: {w.message}"
         if issubclass(w.category, _DEPRECATIONS):

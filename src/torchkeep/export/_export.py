@@ -316,20 +316,21 @@ def export(
                         res.ok = True  # so the staging manifest lists it for the predictor
                         write_manifest(staging, manifest(staging))
                         device = "cuda" if fmt == "tensorrt" else (opts.device or str(examples.inputs[0].device))
-                        runner = _parity.load_runner(res.file, exporter.backend, device)
                         half = fmt == "tensorrt" and opts.tensorrt_precision == "fp16"
-                        res.parity, res.tolerance = _parity.check_parity(
-                            fmt,
-                            runner,
-                            reference,
-                            examples,
-                            sizes=sizes,
-                            rtol=rtol,
-                            atol=atol,
-                            seed=opts.verify_seed,
-                            device=device,
-                            tolerance_dtype=torch.float16 if half else None,
-                        )
+                        with capture_warnings(fmt, res.warnings):
+                            runner = _parity.load_runner(res.file, exporter.backend, device)
+                            res.parity, res.tolerance = _parity.check_parity(
+                                fmt,
+                                runner,
+                                reference,
+                                examples,
+                                sizes=sizes,
+                                rtol=rtol,
+                                atol=atol,
+                                seed=opts.verify_seed,
+                                device=device,
+                                tolerance_dtype=torch.float16 if half else None,
+                            )
                         res.verify_seconds = time.perf_counter() - started
                     res.ok = True
                     logger.info("%s: ok (%s)", fmt, ", ".join(f.name for f in res.files))
