@@ -52,9 +52,11 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("cli")
     (tmp_path / "models.py").write_text(MODELS)
     script = (
-        "import models, torchkeep as tk\n"
+        "import models, torch, torchkeep as tk\n"
         "tk.save_model(models.MyModel(), 'model.safetensors')\n"
         "tk.save_model(models.TwoInputs(), 'two.safetensors')\n"
+        "m = models.MyModel()\n"
+        "tk.save_checkpoint('ckpt.safetensors', model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), step=3)\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{tmp_path}")
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, timeout=120)
@@ -130,3 +132,13 @@ def test_cli_bad_input_is_one_line_and_nonzero(model_files: Path) -> None:
     assert proc.returncode == 1  # the registered class was never imported
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert not (model_files / "never").exists()
+
+
+@pytest.mark.slow
+def test_cli_exports_from_a_training_checkpoint(model_files: Path) -> None:
+    proc = _run(
+        ["export", "ckpt.safetensors", "-m", "models", "--pt2", "--input-shape", "1,10", "-o", "from_ckpt"], model_files
+    )
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((model_files / "from_ckpt" / "export.json").read_text())
+    assert manifest["artifacts"]["pt2"]["ok"] and manifest["source"]["file"] == "ckpt.safetensors"
