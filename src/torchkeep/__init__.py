@@ -13,7 +13,12 @@ Example:
 
 from . import errors
 from ._api import load, save
+from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from ._modelfile import load_model, save_model
+from ._registry import migration, model_entry, register
+from ._sampler import ResumableLoader, ResumableSampler
+from ._stateful import upgrade_state
 from ._version import __version__
 from .errors import (
     CheckpointLockedError,
@@ -44,6 +49,7 @@ from .manager import (
     KeepNewerThan,
     list_checkpoints,
 )
+from .runtime import Predictor, TensorSpec, load_predictor
 
 __all__ = [
     # files and trees
@@ -54,6 +60,19 @@ __all__ = [
     "load_checkpoint",
     "read_info",
     "save_checkpoint",
+    "ResumableLoader",
+    "ResumableSampler",
+    "upgrade_state",
+    # models that rebuild themselves
+    "Finding",
+    "RoundtripResult",
+    "audit",
+    "load_model",
+    "migration",
+    "model_entry",
+    "register",
+    "save_model",
+    "verify_roundtrip",
     # checkpoint manager
     "CheckpointManager",
     "KeepAny",
@@ -62,6 +81,10 @@ __all__ = [
     "KeepLastN",
     "KeepNewerThan",
     "list_checkpoints",
+    # inference runtimes
+    "Predictor",
+    "TensorSpec",
+    "load_predictor",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
