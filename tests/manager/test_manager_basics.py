@@ -400,3 +400,14 @@ def np_int(v: int) -> Any:
     import numpy as np
 
     return np.int64(v)
+
+
+def test_lock_file_that_cannot_be_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchkeep.manager import _lock
+
+    def denied(path: str, *args: Any, **kwargs: Any) -> int:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(_lock.os, "open", denied)
+    with pytest.raises(tk.CheckpointWriteError, match=r"Permission denied.*read_only=True"):
+        tk.CheckpointManager(tmp_path, model=make()[0])
