@@ -94,3 +94,23 @@ def test_failed_upload_leaves_bucket_unchanged(s3_url: str, s3_options: dict[str
         with pytest.raises(tk.CheckpointWriteError, match="could not upload"):
             mgr.save(step=2)
         assert [c.step for c in mgr.checkpoints] == [1]
+
+
+def test_upload_in_progress_is_never_listed(s3_url: str, s3_options: dict[str, Any]) -> None:
+    model = torch.nn.Linear(64, 64)
+    seen_during_upload: list[list[int]] = []
+    with tk.CheckpointManager(s3_url, storage_options=s3_options, model=model) as mgr:
+        mgr.save(step=1)
+        storage: Any = mgr._storage
+        real_put = storage.fs.put_file
+
+        def watched_put(local: str, remote: str, **kwargs: Any) -> None:
+            # the whole file is staged locally and verified before the first byte goes out
+            assert tk.read_info(local).step == 2
+            seen_during_upload.append([e.step for e in tk.list_checkpoints(s3_url, storage_options=s3_options)])
+            real_put(local, remote, **kwargs)
+
+        storage.fs.put_file = watched_put
+        mgr.save(step=2)
+    assert seen_during_upload == [[1]]
+    assert [e.step for e in tk.list_checkpoints(s3_url, storage_options=s3_options)] == [1, 2]
