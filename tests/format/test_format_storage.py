@@ -25,7 +25,7 @@ def test_failure_while_writing_keeps_the_old_file(tmp_path: Path, monkeypatch: p
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(_storage.os, "fsync", disk_full)
-    with pytest.raises(tk.CheckpointWriteError, match="No space left on device.*previous file there is unchanged"):
+    with pytest.raises(tk.CheckpointWriteError, match=r"No space left on device.*previous file there is unchanged"):
         tk.save({"w": torch.ones(4)}, path)
     monkeypatch.undo()
     assert path.read_bytes() == before and _no_temporaries(tmp_path)
