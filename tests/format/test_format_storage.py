@@ -70,3 +70,12 @@ def test_local_storage_lists_commits_and_sweeps_temporaries(tmp_path: Path) -> N
     store.delete("a.safetensors")
     store.delete("a.safetensors")  # missing is not an error
     assert store.list() == []
+
+
+def test_saving_over_a_loaded_file_keeps_the_loaded_tensors_valid(tmp_path: Path) -> None:
+    # The rename gives the new file a new inode: the old mapping (lazy tensors) stays intact.
+    path = tmp_path / "w.safetensors"
+    tk.save({"w": torch.arange(1000.0)}, path)
+    lazy = tk.load(path, verify=False)["w"]
+    tk.save({"w": torch.zeros(3)}, path)
+    assert float(lazy.sum()) == sum(range(1000)) and tk.load(path)["w"].tolist() == [0.0, 0.0, 0.0]
