@@ -15,10 +15,10 @@ from . import errors
 from ._api import load, save
 from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
-from ._sampler import ResumableLoader, ResumableSampler
-from ._stateful import upgrade_state
 from ._modelfile import load_model, save_model
 from ._registry import migration, model_entry, register
+from ._sampler import ResumableLoader, ResumableSampler
+from ._stateful import upgrade_state
 from ._version import __version__
 from .errors import (
     CheckpointLockedError,
