@@ -311,6 +311,7 @@ def save_checkpoint(
         >>> tk.load_checkpoint(path, model=model, optimizer=opt).extra["update_steps"]
         7
     """
+    # (A multi-process run hands off to torch.distributed.checkpoint here, before anything is written.)
     tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
     with atomic_write(path) as f:
         size = write_checkpoint(f, tree, section)
@@ -383,17 +384,40 @@ def load_checkpoint(
         >>> tk.load_checkpoint(path, model=torch.nn.Linear(2, 2), map_location="cpu").epoch
         1
     """
+    # (A multi-process run hands off to torch.distributed.checkpoint here, before any file is read.)
     reader = _format.open_file(path)
     info = read_info(reader)
-    if verify:
-        reader.verify()
-    tree = (
-        _codec.decode(reader.tree, lambda n: _aligned(reader.tensor(n, map_location)))
-        if reader.tree is not None
-        else {}
-    )
+    wanted = [*objects, EXTRA_KEY] + ([RNG_KEY] if rng else [])
+    tree = _decode_subtrees(reader, wanted, map_location=map_location, verify=verify)
     restore_state(tree, objects, info, strict=strict, rng=rng)
     return info
+
+
+def _decode_subtrees(
+    reader: _format.Reader, names: list[str], *, map_location: MapLocation, verify: bool
+) -> dict[str, Any]:
+    """Decode (and verify) only the named top-level entries of a checkpoint tree.
+
+    Loading just the model of a checkpoint then neither checks nor moves the optimizer state.
+    Names the file does not hold are simply absent from the result.
+    """
+    root = reader.tree
+    items = root.get("items") if isinstance(root, dict) and root.get("t") in ("dict", "odict") else None
+    if not isinstance(items, dict):
+        raise CorruptCheckpointError(
+            f"{reader.path}: a checkpoint's object tree must be a dict of named objects", path=reader.path
+        )
+    selected = {k: v for k, v in items.items() if k in names}
+    if verify:
+        try:
+            refs = _codec.tensor_names(selected)
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{reader.path}: {exc}", path=reader.path, reason=exc.reason) from None
+        reader.verify([n for n in reader.names if n in refs])
+    tree: dict[str, Any] = _codec.decode(
+        {"t": "dict", "items": selected}, lambda n: _aligned(reader.tensor(n, map_location))
+    )
+    return tree
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
@@ -420,7 +444,8 @@ def restore_state(
     Every object is checked (names, kinds) before any is changed, so a wrong call leaves the
     caller's objects as they were.
     """
-    available = [k for k in tree if not k.startswith("__")]
+    # info.objects lists everything the file holds; the tree may hold only what was asked for.
+    available = list(info.objects) or [k for k in tree if not k.startswith("__")]
     targets: dict[str, Any] = {}
     for name, obj in objects.items():
         _check_stateful(name, obj)

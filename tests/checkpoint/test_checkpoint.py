@@ -317,3 +317,22 @@ def test_user_object_and_multistep_counter(tmp_path) -> None:
     info = tk.load_checkpoint(path, counter=c2, optimizer=opt2, scheduler=sched2)
     assert c2.n == 41 and info.objects["counter"] == "object"
     assert sched2.milestones == sched.milestones and type(sched2.milestones).__name__ == "Counter"
+
+
+def test_loading_some_objects_reads_and_verifies_only_those(tmp_path) -> None:
+    from torchkeep import _format
+
+    path = tmp_path / "c.safetensors"
+    model = Net()
+    opt = torch.optim.Adam(model.parameters())
+    _train(model, opt)
+    tk.save_checkpoint(path, model=model, optimizer=opt)
+    begin = _format.open_file(path).info("optimizer/state/0/exp_avg").begin
+    raw = bytearray(path.read_bytes())
+    raw[begin] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    plain = Net()
+    tk.load_checkpoint(path, model=plain)  # the damaged optimizer state is not needed
+    assert torch.equal(plain.fc1.weight, model.fc1.weight)
+    with pytest.raises(tk.CorruptCheckpointError, match="optimizer/state/0/exp_avg"):
+        tk.load_checkpoint(path, model=Net(), optimizer=torch.optim.Adam(Net().parameters()))
