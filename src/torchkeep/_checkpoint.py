@@ -13,8 +13,7 @@ import logging
 import math
 import os
 import platform
-import random
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -24,6 +23,7 @@ import torch
 
 from . import _codec, _format
 from ._format import MapLocation
+from ._state_io import aligned, alignment_order, pack, rng_state, set_rng_state, unpack
 from ._storage import atomic_write
 from .errors import (
     CorruptCheckpointError,
@@ -144,62 +144,6 @@ def _check_stateful(name: str, obj: Any) -> None:
         )
 
 
-# -- values torch keeps in state dicts that the codec does not store as such ------------------
-# MultiStepLR keeps its milestones in a collections.Counter, and its get_lr() relies on Counter
-# semantics (missing keys count 0), so a plain dict would break it after a load. Counters are
-# stored as {"__counter__": {...}} and turned back into Counters on restore.
-_COUNTER = "__counter__"
-
-
-def _pack(value: Any) -> Any:
-    if isinstance(value, Counter):
-        return {_COUNTER: {k: _pack(v) for k, v in value.items()}}
-    if type(value) in (dict, OrderedDict):
-        return type(value)((k, _pack(v)) for k, v in value.items())
-    if type(value) is list:
-        return [_pack(v) for v in value]
-    if type(value) is tuple:
-        return tuple(_pack(v) for v in value)
-    return value
-
-
-def _unpack(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and _COUNTER in value and isinstance(value[_COUNTER], dict):
-            return Counter(value[_COUNTER])
-        return type(value)((k, _unpack(v)) for k, v in value.items())
-    if type(value) is list:
-        return [_unpack(v) for v in value]
-    if type(value) is tuple:
-        return tuple(_unpack(v) for v in value)
-    return value
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(legacy=True),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        np.random.set_state(state["numpy"])
-    if "torch" in state:
-        torch.set_rng_state(state["torch"].to("cpu", torch.uint8).contiguous())
-    if "cuda" in state and torch.cuda.is_available():
-        saved = [s.to("cpu", torch.uint8).contiguous() for s in state["cuda"]]
-        for i, s in enumerate(saved[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
-
-
 def _jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in (metrics or {}).items():
@@ -246,11 +190,11 @@ def collect_state(
             if model_entry is None:
                 model_entry = _registry_entry(obj)
         kinds[name] = _kind(obj)
-        tree[name] = _pack(obj.state_dict())
+        tree[name] = pack(obj.state_dict())
     if extra is not None:
         tree[EXTRA_KEY] = extra
     if rng:
-        tree[RNG_KEY] = _rng_state()
+        tree[RNG_KEY] = rng_state()
     section: dict[str, Any] = {
         "epoch": epoch,
         "step": step,
@@ -279,38 +223,11 @@ def _registry_entry(model: torch.nn.Module) -> dict[str, Any] | None:
 def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[str, Any]) -> int:
     """Encode ``tree`` and stream it with ``section`` to an open destination. Returns bytes written."""
     enc = _codec.encode(dict(tree))
-    tensors = _alignment_order(enc.tensors)
+    tensors = alignment_order(enc.tensors)
     extra_sections: dict[str, Any] = {SECTION: dict(section)}
     if section.get("model") is not None:
         extra_sections["model"] = section["model"]
     return _format.write(dest, tensors, tree=enc.tree, sections=extra_sections)
-
-
-PAD_KEY = "__pad__"
-_PAD_DTYPES = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16}
-
-
-def _alignment_order(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Order tensors (and add small padding tensors) so that large tensors load 64-byte aligned.
-
-    The format lays tensors out packed, grouped by element size (largest first) in the order
-    given. Within each group, tensors whose size is a multiple of 64 bytes come first, then the
-    odd ones (step counters, scalars), then a zero tensor ``__pad__/<itemsize>`` that rounds the
-    group up to 64 bytes. Every large tensor then starts 64-byte aligned in the mapped file and
-    loads without a copy (see :func:`_aligned`). The padding is referenced by nothing.
-    """
-    groups: dict[int, list[tuple[str, torch.Tensor]]] = {}
-    for name, t in tensors.items():
-        groups.setdefault(t.element_size(), []).append((name, t))
-    out: dict[str, torch.Tensor] = {}
-    for size, members in groups.items():
-        members.sort(key=lambda item: (item[1].numel() * size) % _ALIGNMENT != 0)
-        out.update(members)
-        total = sum(t.numel() for _, t in members) * size
-        pad_dtype = _PAD_DTYPES.get(size)
-        if total % _ALIGNMENT and pad_dtype is not None:
-            out[f"{PAD_KEY}/{size}"] = torch.zeros((_ALIGNMENT - total % _ALIGNMENT) // size, dtype=pad_dtype)
-    return out
 
 
 def save_checkpoint(
@@ -443,25 +360,9 @@ def _decode_subtrees(
             raise CorruptCheckpointError(f"{reader.path}: {exc}", path=reader.path, reason=exc.reason) from None
         reader.verify([n for n in reader.names if n in refs])
     tree: dict[str, Any] = _codec.decode(
-        {"t": "dict", "items": selected}, lambda n: _aligned(reader.tensor(n, map_location))
+        {"t": "dict", "items": selected}, lambda n: aligned(reader.tensor(n, map_location))
     )
     return tree
-
-
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its data is 64-byte aligned, else an aligned copy.
-
-    Tensors mapped from the file are packed, so most sit at 4- or 8-byte boundaries. Vectorized
-    CPU kernels (dot products, reductions) split their work by alignment, so the same values at a
-    different alignment can round differently — enough to break bit-exact resume (LBFGS shows
-    it). Fresh allocations are 64-byte aligned, as in the run that saved the checkpoint.
-    """
-    if t.device.type == "cpu" and t.numel() and t.data_ptr() % _ALIGNMENT:
-        return t.clone()
-    return t
-
-
-_ALIGNMENT = 64
 
 
 def restore_state(
@@ -499,10 +400,10 @@ def restore_state(
         if name in modules:
             _load_module(name, target, tree[name], info)
         else:
-            _load_object(name, target, _unpack(tree[name]), info, strict=strict)
+            _load_object(name, target, unpack(tree[name]), info, strict=strict)
     info.extra = tree.get(EXTRA_KEY)
     if rng and RNG_KEY in tree:
-        _set_rng_state(tree[RNG_KEY])
+        set_rng_state(tree[RNG_KEY])
 
 
 def _load_object(name: str, target: Any, state: Any, info: CheckpointInfo, *, strict: bool) -> None:
