@@ -40,6 +40,16 @@ from .errors import (
     TorchkeepError,
     UnsupportedValueError,
 )
+from .manager import (
+    CheckpointManager,
+    KeepAny,
+    KeepBestK,
+    KeepEveryNSteps,
+    KeepLastN,
+    KeepNewerThan,
+    list_checkpoints,
+)
+from .runtime import Predictor, TensorSpec, load_predictor
 
 __all__ = [
     # files and trees
@@ -63,6 +73,18 @@ __all__ = [
     "register",
     "save_model",
     "verify_roundtrip",
+    # checkpoint manager
+    "CheckpointManager",
+    "KeepAny",
+    "KeepBestK",
+    "KeepEveryNSteps",
+    "KeepLastN",
+    "KeepNewerThan",
+    "list_checkpoints",
+    # inference runtimes
+    "Predictor",
+    "TensorSpec",
+    "load_predictor",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
