@@ -36,6 +36,7 @@ from .errors import (
 __all__ = ["load_model", "save_model"]
 
 logger = logging.getLogger(__name__)
+_LAZY = (torch.nn.parameter.UninitializedParameter, torch.nn.parameter.UninitializedBuffer)
 
 
 def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
@@ -83,6 +84,13 @@ def save_model(
         raise not_registered(model)
     state = model.state_dict()
     for key, value in state.items():
+        if isinstance(value, _LAZY):
+            raise UnsupportedValueError(
+                f"state_dict()[{key!r}] is an uninitialized lazy parameter; run one forward pass with a real "
+                "input (to fix the lazy modules' shapes) before saving",
+                path=key,
+                value_type=type(value).__qualname__,
+            )
         if not isinstance(value, torch.Tensor):
             raise UnsupportedValueError(
                 f"state_dict()[{key!r}] is a {type(value).__qualname__} (extra state), which a model file cannot "
@@ -233,8 +241,11 @@ def _load_state(
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    lazy = _LAZY  # lazy modules take their shape from the file
     mismatched = [
-        (k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in state and not isinstance(own[k], lazy) and state[k].shape != own[k].shape
     ]
     if strict and (missing or unexpected or mismatched):
         lines = [f"{path}: the rebuilt {reg.name!r} (version {reg.version}) does not match the file's state"]

@@ -286,6 +286,22 @@ def test_unregistered_model_and_unregistered_subclass(tmp_path: Path) -> None:
     assert not (tmp_path / "x.safetensors").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Lazy modules are a new feature:UserWarning")
+def test_lazy_modules_must_be_initialized_before_saving(tmp_path: Path) -> None:
+    @tk.register(name="lazy")
+    def lazy() -> nn.Module:
+        return nn.Sequential(nn.LazyLinear(3))
+
+    model = lazy()
+    with pytest.raises(tk.UnsupportedValueError, match="uninitialized lazy parameter; run one forward pass"):
+        tk.save_model(model, tmp_path / "lazy.safetensors")
+    model(torch.randn(2, 5))
+    tk.save_model(model, tmp_path / "lazy.safetensors")
+    assert load_file(str(tmp_path / "lazy.safetensors"))["0.weight"].shape == (3, 5)
+    x = torch.randn(2, 5)
+    assert torch.equal(tk.load_model(tmp_path / "lazy.safetensors")(x), model(x))
+
+
 def test_wrapped_models_save_unwrapped(tmp_path: Path) -> None:
     MLP = _make_mlp_class()
     model = MLP(MLPConfig())
