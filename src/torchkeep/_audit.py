@@ -95,9 +95,7 @@ def _storage_key(t: Any) -> tuple[str, int] | None:
 
 def _numel(module: nn.Module) -> int:
     return sum(
-        t.numel()
-        for t in module.state_dict().values()
-        if isinstance(t, torch.Tensor) and not isinstance(t, _LAZY)
+        t.numel() for t in module.state_dict().values() if isinstance(t, torch.Tensor) and not isinstance(t, _LAZY)
     )
 
 

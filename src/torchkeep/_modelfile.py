@@ -158,6 +158,7 @@ def _validated_entry(raw: Any, path: str) -> dict[str, Any]:
         not isinstance(raw, dict)
         or not isinstance(raw.get("name"), str)
         or type(raw.get("version")) is not int
+        or raw["version"] < 1
         or not isinstance(raw.get("target"), str)
         or "arguments" not in raw
     ):

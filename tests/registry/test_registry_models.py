@@ -437,6 +437,52 @@ def test_corrupt_model_section(tmp_path: Path) -> None:
         tk.load_model(path)
 
 
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"name": "x", "version": 0, "target": "a:b", "arguments": {"t": "dict", "items": {}}},
+        {"name": "x", "version": True, "target": "a:b", "arguments": {"t": "dict", "items": {}}},
+        {"name": "x", "version": 1, "target": "a:b"},
+        ["not", "an", "object"],
+    ],
+)
+def test_hostile_model_sections(tmp_path: Path, section: object) -> None:
+    path = tmp_path / "bad.safetensors"
+    with open(path, "wb") as f:
+        _format.write(f, {"w": torch.ones(1)}, sections={"model": section})
+    with pytest.raises(tk.CorruptCheckpointError, match="model section is malformed"):
+        tk.load_model(path, import_module=True)
+
+
+@pytest.mark.parametrize("target", ["os; import shutil:x", "../evil:x", "__main__:Net", ":x", "a b:c"])
+def test_import_module_refuses_odd_module_names(tmp_path: Path, target: str) -> None:
+    path = tmp_path / "odd.safetensors"
+    section = {"name": "odd", "version": 1, "target": target, "arguments": {"t": "dict", "items": {}}}
+    with open(path, "wb") as f:
+        _format.write(f, {"w": torch.ones(1)}, sections={"model": section})
+    with pytest.raises(tk.ModelNotRegisteredError, match="cannot be imported"):
+        tk.load_model(path, import_module=True)
+
+
+def test_arguments_referring_to_tensors_are_refused(tmp_path: Path) -> None:
+    @tk.register(name="t-args")
+    class TArgs(nn.Module):
+        def __init__(self, w: object = None) -> None:
+            super().__init__()
+
+    path = tmp_path / "t.safetensors"
+    section = {
+        "name": "t-args",
+        "version": 1,
+        "target": "m:TArgs",
+        "arguments": {"t": "dict", "items": {"w": {"t": "tensor", "ref": "w"}}},
+    }
+    with open(path, "wb") as f:
+        _format.write(f, {"w": torch.ones(1)}, sections={"model": section})
+    with pytest.raises(tk.CorruptCheckpointError, match="refer to tensor 'w'"):
+        tk.load_model(path)
+
+
 def test_dataclass_argument_class_not_loaded(tmp_path: Path, write_module) -> None:  # type: ignore[no-untyped-def]
     write_module(
         "cfg_only",
