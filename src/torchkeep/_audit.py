@@ -41,7 +41,7 @@ from torch import nn
 
 from .errors import ModelNotRegisteredError
 
-__all__ = ["Finding", "RoundtripResult", "audit", "verify_roundtrip"]
+__all__ = ["Finding", "RoundtripResult", "audit", "holds_unsaved_tensors", "verify_roundtrip"]
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +273,21 @@ def _non_persistent(model: nn.Module, findings: list[Finding]) -> None:
                     severity="warning",
                 )
             )
+
+
+def holds_unsaved_tensors(model: nn.Module) -> bool:
+    """Whether ``model`` holds any tensor or module outside its state dict (including
+    non-persistent buffers and aliases: a conservative check used before skipping weight init).
+    """
+    if any(m._non_persistent_buffers_set for m in model.modules()):
+        return True
+    walker = _Walker(model)
+    for prefix, module in model.named_modules():
+        derived = _derived_attributes(module)
+        for attr, value in vars(module).items():
+            if attr not in _MODULE_INTERNALS and attr not in derived:
+                walker.attribute(f"{prefix}.{attr}" if prefix else attr, value)
+    return bool(walker.findings)
 
 
 def audit(model: nn.Module) -> list[Finding]:

@@ -324,11 +324,68 @@ def load_model(
     config = _decode_arguments(entry, src)
     state = _state_from(reader, src, map_location, verify)
     config, state = migrate(reg, entry["version"], config, state, src)
-    model = rebuild(reg, config, source=src)
-    model.to(_target_device(state))
-    _load_state(model, state, reg, strict, src)
+    model = _build_on_meta(reg, config, state, src)
+    if model is not None:
+        # every tensor comes from the file: adopt the loaded tensors (mapped, not copied)
+        shared = _shared_slots(model)
+        model.load_state_dict(state, strict=True, assign=True)
+        for (first_module, kind, first_name), (module, _, name) in shared:
+            getattr(module, kind)[name] = getattr(first_module, kind)[first_name]
+    else:
+        model = rebuild(reg, config, source=src)
+        model.to(_target_device(state))
+        _load_state(model, state, reg, strict, src)
     _check_ties(model, entry, src)
     return model.eval()
+
+
+def _build_on_meta(
+    reg: RegisteredModel, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], src: str
+) -> torch.nn.Module | None:
+    """Build on the meta device (no weight initialization, no memory), or None if that is unsafe.
+
+    Skipping initialization is only correct when the file supplies *every* tensor the model
+    holds, with the same shapes and dtypes. Anything else — a constructor that fails on meta
+    tensors, non-persistent buffers, tensors outside the state dict, lazy parameters, keys,
+    shapes or dtypes that differ from the file — returns None and the caller builds the model
+    normally (running its initialization) and copies the state in.
+    """
+    from ._audit import holds_unsaved_tensors
+
+    try:
+        with torch.device("meta"):
+            model = rebuild(reg, config, source=src)
+    except Exception as exc:  # any constructor that needs real data: build normally instead
+        logger.debug("%s: meta build of %s failed (%s); building normally", src, reg.name, exc)
+        return None
+    own = model.state_dict(keep_vars=True)
+    if set(own) != set(state) or holds_unsaved_tensors(model):
+        return None
+    for k, t in own.items():
+        if isinstance(t, _LAZY) or not isinstance(t, torch.Tensor) or t.device.type != "meta":
+            return None
+        if t.shape != state[k].shape or t.dtype != state[k].dtype:
+            return None
+    return model
+
+
+def _shared_slots(
+    model: torch.nn.Module,
+) -> list[tuple[tuple[torch.nn.Module, str, str], tuple[torch.nn.Module, str, str]]]:
+    """Pairs (first holder, other holder) of parameters/buffers shared between modules (tied weights)."""
+    seen: dict[int, tuple[torch.nn.Module, str, str]] = {}
+    pairs = []
+    for module in model.modules():
+        for kind in ("_parameters", "_buffers"):
+            for name, t in getattr(module, kind).items():
+                if t is None:
+                    continue
+                slot = (module, kind, name)
+                if id(t) in seen:
+                    pairs.append((seen[id(t)], slot))
+                else:
+                    seen[id(t)] = slot
+    return pairs
 
 
 def _check_ties(model: torch.nn.Module, entry: Mapping[str, Any], path: str) -> None:

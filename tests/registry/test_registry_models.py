@@ -509,3 +509,91 @@ def test_dataclass_argument_class_not_loaded(tmp_path: Path, write_module) -> No
     with pytest.raises(tk.CorruptCheckpointError, match="import cfg_only before loading"):
         tk.load_model(path)
     assert tk.load_model(path, import_module=True).lin.in_features == 3  # opt-in imports it
+
+
+def _fast(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record whether each load_model call took the no-initialization (meta) path."""
+    from torchkeep import _modelfile
+
+    taken: list[bool] = []
+    original = _modelfile._build_on_meta
+
+    def spy(*args: object) -> object:
+        model = original(*args)  # type: ignore[arg-type]
+        taken.append(model is not None)
+        return model
+
+    monkeypatch.setattr(_modelfile, "_build_on_meta", spy)
+    return taken
+
+
+def test_fast_path_skips_init_maps_the_file_and_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    MLP = _make_mlp_class()
+    model = MLP(MLPConfig())
+    path = tmp_path / "m.safetensors"
+    tk.save_model(model, path)
+    before = path.read_bytes()
+    taken = _fast(monkeypatch)
+    rng = torch.get_rng_state()
+    loaded = tk.load_model(path)
+    assert taken == [True]
+    assert torch.equal(torch.get_rng_state(), rng)  # no weight init ran
+    assert all(p.device.type == "cpu" and p.requires_grad for p in loaded.parameters())
+    x = torch.randn(3, 4)
+    assert torch.equal(loaded(x), model(x))
+    loaded.train()
+    opt = torch.optim.SGD(loaded.parameters(), lr=0.5)
+    loaded(x).sum().backward()
+    opt.step()
+    assert not torch.equal(loaded(x), model(x))
+    assert path.read_bytes() == before  # the mapping is copy-on-write: the file never changes
+
+
+def test_fallbacks_build_normally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    @tk.register(name="np-buffer")
+    class NonPersistent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("pos", torch.arange(4), persistent=False)
+
+    @tk.register(name="needs-data")
+    class NeedsData(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            n = int(torch.tensor(3).item())  # impossible on the meta device
+            self.lin = nn.Linear(n, n)
+
+    @tk.register(name="trap")
+    class Trap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.offset = torch.ones(2)
+
+    taken = _fast(monkeypatch)
+    for cls in (NonPersistent, NeedsData, Trap):
+        path = tmp_path / f"{cls.__name__}.safetensors"
+        model = cls()
+        tk.save_model(model, path)
+        loaded = tk.load_model(path)
+        assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+        assert torch.equal(loaded.lin.weight, model.lin.weight)
+    assert taken == [False, False, False]
+    assert torch.equal(loaded.offset, torch.ones(2))  # built by __init__, not left on meta
+    assert torch.equal(tk.load_model(tmp_path / "NonPersistent.safetensors").pos, torch.arange(4))
+
+
+def test_dtype_of_the_constructor_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    @tk.register(name="halfable")
+    class Halfable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+    model = Halfable().half()
+    tk.save_model(model, tmp_path / "h.safetensors")
+    taken = _fast(monkeypatch)
+    loaded = tk.load_model(tmp_path / "h.safetensors")
+    assert taken == [False] and loaded.lin.weight.dtype == torch.float32
+    assert torch.equal(loaded.lin.weight, model.lin.weight.float())
