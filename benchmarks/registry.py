@@ -5,7 +5,9 @@ nn.Linear(``--dim``, ``--dim``) fp32 built by a registered factory; default 8 x 
 ``--quick``: 8 x 1024, 32 MiB). Each case is repeated ``--repeats`` times, median reported; the
 files are read once first so every load reads from the page cache. Loads include building the
 model (its constructor runs and initializes weights, as it does for every rebuild), which is
-listed on its own as "build only" so the file part can be read off.
+listed on its own as "build only" so the file part can be read off. tk.load_model maps the file,
+so its tensors are read when first used: the "+ first forward" column adds one forward pass to
+every case, which is what a server's first request sees.
 
 Usage::
 
@@ -97,6 +99,15 @@ def main() -> None:
                 assert torch.equal(fn()(x), expected), name
         load_times = {name: _median(fn, args.repeats) for name, fn in loads.items()}
 
+        def first_forward(fn: Callable[[], Any]) -> Callable[[], Any]:
+            def run() -> Any:
+                with torch.no_grad():
+                    return fn()(x)
+
+            return run
+
+        forward_times = {name: _median(first_forward(fn), args.repeats) for name, fn in loads.items()}
+
     print(f"model: {args.layers} x Linear({dim}, {dim}) fp32, {mib:.0f} MiB; median of {args.repeats}")
     print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())}\n")
     base = save_times["torch.save(model)"]
@@ -105,10 +116,12 @@ def main() -> None:
     for name, t in save_times.items():
         print(f"| {name:<55} | {t:7.3f} | {base / t:19.2f}x |")
     base = load_times["torch.load(whole model, weights_only=False)"]
-    print(f"\n| {'load (model ready to run)':<55} | seconds | vs torch.load(whole) |")
-    print(f"|{'-' * 57}|---------|----------------------|")
+    fbase = forward_times["torch.load(whole model, weights_only=False)"]
+    print(f"\n| {'load':<55} | seconds | vs torch.load(whole) | + first forward | vs torch.load(whole) |")
+    print(f"|{'-' * 57}|---------|----------------------|-----------------|----------------------|")
     for name, t in load_times.items():
-        print(f"| {name:<55} | {t:7.3f} | {base / t:19.2f}x |")
+        f = forward_times[name]
+        print(f"| {name:<55} | {t:7.3f} | {base / t:19.2f}x | {f:15.3f} | {fbase / f:19.2f}x |")
 
 
 if __name__ == "__main__":
