@@ -326,12 +326,8 @@ def load_model(
     config, state = migrate(reg, entry["version"], config, state, src)
     model = _build_on_meta(reg, config, state, src)
     if model is not None:
-        # every tensor comes from the file: adopt the loaded tensors (mapped, not copied)
-        shared = _shared_slots(model)
-        model.load_state_dict(state, strict=True, assign=True)
-        for (first_module, kind, first_name), (module, _, name) in shared:
-            getattr(module, kind)[name] = getattr(first_module, kind)[first_name]
-    else:
+        model = _adopt(model, state, src)
+    if model is None:
         model = rebuild(reg, config, source=src)
         model.to(_target_device(state))
         _load_state(model, state, reg, strict, src)
@@ -366,6 +362,21 @@ def _build_on_meta(
             return None
         if t.shape != state[k].shape or t.dtype != state[k].dtype:
             return None
+    return model
+
+
+def _adopt(model: torch.nn.Module, state: Mapping[str, torch.Tensor], src: str) -> torch.nn.Module | None:
+    """Give a meta-built model the file's tensors themselves (mapped, not copied); None if that fails."""
+    shared = _shared_slots(model)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except Exception as exc:  # a module whose custom loading does not support assign=True
+        logger.debug("%s: assign-loading failed (%s); building normally", src, exc)
+        return None
+    for (first_module, kind, first_name), (module, _, name) in shared:
+        getattr(module, kind)[name] = getattr(first_module, kind)[first_name]
+    if any(t.device.type == "meta" for t in (*model.parameters(), *model.buffers())):
+        return None
     return model
 
 

@@ -597,3 +597,20 @@ def test_dtype_of_the_constructor_wins(tmp_path: Path, monkeypatch: pytest.Monke
     loaded = tk.load_model(tmp_path / "h.safetensors")
     assert taken == [False] and loaded.lin.weight.dtype == torch.float32
     assert torch.equal(loaded.lin.weight, model.lin.weight.float())
+
+
+def test_custom_loading_that_ignores_assign_falls_back(tmp_path: Path) -> None:
+    @tk.register(name="custom-load")
+    class CustomLoad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(2))
+
+        def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # type: ignore[no-untyped-def]
+            with torch.no_grad():
+                self.w.copy_(state_dict[prefix + "w"])  # copies in place: assign=True has no effect
+
+    model = CustomLoad()
+    tk.save_model(model, tmp_path / "c.safetensors")
+    loaded = tk.load_model(tmp_path / "c.safetensors")
+    assert loaded.w.device.type == "cpu" and torch.equal(loaded.w, model.w)
