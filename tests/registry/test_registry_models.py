@@ -614,3 +614,18 @@ def test_custom_loading_that_ignores_assign_falls_back(tmp_path: Path) -> None:
     tk.save_model(model, tmp_path / "c.safetensors")
     loaded = tk.load_model(tmp_path / "c.safetensors")
     assert loaded.w.device.type == "cpu" and torch.equal(loaded.w, model.w)
+
+
+def test_checkpoint_of_a_registered_model_with_an_unstorable_argument(tmp_path: Path) -> None:
+    @tk.register(name="ckpt-act")
+    class CkptAct(nn.Module):
+        def __init__(self, act: object = torch.tanh) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+    path = tmp_path / "ckpt.safetensors"
+    with pytest.raises(tk.UnsupportedValueError, match="argument 'act' of ckpt-act"):
+        tk.save_checkpoint(path, model=CkptAct())
+    assert not path.exists()
+    tk.save_checkpoint(path, model=CkptAct(act="tanh"))
+    assert tk.read_info(path).model["arguments"]["items"] == {"act": "tanh"}  # type: ignore[index]
