@@ -25,7 +25,7 @@ from typing import Any
 from .. import _format
 from .._checkpoint import SECTION, CheckpointInfo, read_info
 from .._storage import LocalStorage, Storage
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from ..errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, FormatVersionError
 from ._policies import KeepBestK, Record
 
 __all__ = [
@@ -167,7 +167,16 @@ def open_storage(
         return FsspecStorage(text, storage_options=storage_options, create=create)
     if text.startswith("file://"):
         text = text[len("file://") :]
-    return LocalStorage(text, create=create)
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise CheckpointWriteError(
+            f"{text} is a file, but a checkpoint directory was expected; pass a directory path", path=text
+        )
+    try:
+        return LocalStorage(text, create=create)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            f"cannot create the checkpoint directory {text}: {exc.strerror or exc}", path=text
+        ) from exc
 
 
 def storage_path(storage: Storage, name: str) -> str:

@@ -345,6 +345,8 @@ class CheckpointManager:
         if self._saver is not None:
             self._saver.wait()
         entries = self.entries
+        if not isinstance(which, (str, bool)) and hasattr(which, "__index__"):
+            which = operator.index(which)  # numpy ints too
         if isinstance(which, int) and not isinstance(which, bool):
             matches = [e for e in entries if e.step == which]
             if not matches:
