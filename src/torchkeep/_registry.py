@@ -47,6 +47,7 @@ from .errors import (
     MigrationError,
     ModelNotRegisteredError,
     RegistryError,
+    TorchkeepError,
     UnsupportedValueError,
 )
 
@@ -481,7 +482,17 @@ def rebuild(reg: RegisteredModel, config: Mapping[str, Any], *, source: str = ""
         raise RegistryError(
             f"{where}the recorded arguments do not fit {reg.target}{sig}: {exc}; add a @tk.migration that fills them in"
         ) from exc
-    model = reg.builder(*bound.args, **bound.kwargs)
+    try:
+        model = reg.builder(*bound.args, **bound.kwargs)
+    except TorchkeepError:
+        raise
+    except Exception as exc:  # the constructor itself failed: say with which recorded arguments
+        shown = ", ".join(f"{k}={v!r}" for k, v in ordered.items())
+        if len(shown) > 300:
+            shown = shown[:300] + "..."
+        raise RegistryError(
+            f"{where}rebuilding {reg.name!r} failed: {reg.target}({shown}) raised {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, torch.nn.Module):
         raise RegistryError(f"{where}{reg.target} returned {type(model).__qualname__}, not an nn.Module")
     return model
