@@ -98,6 +98,7 @@ def save_model(
                 path=key,
                 value_type=type(value).__qualname__,
             )
+    _codec.encode(dict(state))  # the codec's checks: dense, non-meta, plain tensors (names the key)
     tied = _tied_groups(state)
     if tied:
         entry["tied"] = tied

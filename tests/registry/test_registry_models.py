@@ -629,3 +629,19 @@ def test_checkpoint_of_a_registered_model_with_an_unstorable_argument(tmp_path: 
     assert not path.exists()
     tk.save_checkpoint(path, model=CkptAct(act="tanh"))
     assert tk.read_info(path).model["arguments"]["items"] == {"act": "tanh"}  # type: ignore[index]
+
+
+def test_meta_and_sparse_state_are_refused_naming_the_key(tmp_path: Path) -> None:
+    @tk.register(name="odd-state")
+    def odd(kind: str) -> nn.Module:
+        m = nn.Linear(2, 2)
+        if kind == "meta":
+            return m.to("meta")
+        m.register_buffer("sparse", torch.eye(2).to_sparse())
+        return m
+
+    with pytest.raises(tk.UnsupportedValueError, match=r"\['weight'\]: meta tensors have no data"):
+        tk.save_model(odd("meta"), tmp_path / "m.safetensors")
+    with pytest.raises(tk.UnsupportedValueError, match=r"\['sparse'\].*to_dense"):
+        tk.save_model(odd("sparse"), tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
