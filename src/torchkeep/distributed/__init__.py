@@ -1,0 +1,85 @@
+"""Sharded checkpoints for multi-process training (DDP, FSDP2), through ``torch.distributed.checkpoint``.
+
+When a process group with more than one rank is initialized, :func:`torchkeep.save_checkpoint`
+writes a directory instead of a file::
+
+    step-100/
+      shard-00000-of-00002.safetensors   rank 0's chunks + its RNG state and extra
+      shard-00001-of-00002.safetensors   rank 1's chunks + its RNG state and extra
+      index.json                         DCP metadata as JSON; written last (the commit marker)
+
+and :func:`torchkeep.load_checkpoint` reads it back on any number of ranks (resharding), or on
+one process. ``tk.load(DIR)`` returns the full unsharded state; :func:`consolidate` writes it
+as one file. Nothing on any load path unpickles: DCP's pickled ``.metadata`` is replaced by
+JSON and its ``torch.save``'d non-tensor values by torchkeep-encoded bytes.
+
+``import torchkeep.distributed`` is light; ``torch.distributed.checkpoint`` is imported on the
+first sharded save or load.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._api import async_save_checkpoint, consolidate, load_checkpoint, load_full, save_checkpoint
+    from ._dcp import sweep
+    from ._index import read_index
+
+__all__ = [
+    "INDEX_NAME",
+    "async_save_checkpoint",
+    "consolidate",
+    "is_sharded_checkpoint",
+    "is_sharded_context",
+    "load_checkpoint",
+    "load_full",
+    "read_index",
+    "save_checkpoint",
+    "sweep",
+]
+
+#: The commit marker of a sharded checkpoint directory.
+INDEX_NAME = "index.json"
+
+_LAZY = {
+    "async_save_checkpoint": "_api",
+    "consolidate": "_api",
+    "load_checkpoint": "_api",
+    "load_full": "_api",
+    "save_checkpoint": "_api",
+    "sweep": "_dcp",
+    "read_index": "_index",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def is_sharded_context() -> bool:
+    """True when a process group with more than one rank is initialized (saves then shard).
+
+    Example:
+        >>> is_sharded_context()
+        False
+    """
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a directory holding a sharded checkpoint (committed or not).
+
+    Example:
+        >>> is_sharded_checkpoint("model.safetensors")
+        False
+    """
+    return os.path.isdir(path)
