@@ -66,6 +66,10 @@ def load(
         >>> tk.load(path, map_location="cpu")["w"].tolist()
         [0, 1, 2]
     """
+    from . import distributed
+
+    if distributed.is_sharded_checkpoint(path):  # a sharded checkpoint directory: the full state
+        return distributed.load_full(path, map_location=map_location, verify=verify)
     reader = _format.open_file(path, mmap=mmap)
     if verify:
         reader.verify()

@@ -268,6 +268,12 @@ def save_checkpoint(
         >>> tk.load_checkpoint(path, model=model, optimizer=opt).extra["update_steps"]
         7
     """
+    from . import distributed  # light; DCP itself is imported only for sharded saves
+
+    if distributed.is_sharded_context():
+        return distributed.save_checkpoint(
+            path, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, **objects
+        )
     tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
     with atomic_write(path) as f:
         size = write_checkpoint(f, tree, section)
@@ -340,6 +346,12 @@ def load_checkpoint(
         >>> tk.load_checkpoint(path, model=torch.nn.Linear(2, 2), map_location="cpu").epoch
         1
     """
+    from . import distributed
+
+    if distributed.is_sharded_checkpoint(path):
+        return distributed.load_checkpoint(
+            path, map_location=map_location, strict=strict, rng=rng, verify=verify, **objects
+        )
     reader = _format.open_file(path)
     info = read_info(reader)
     if verify:
