@@ -10,13 +10,11 @@ Each rank keeps its own RNG state and ``extra`` in its own shard and gets them b
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
-import warnings
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -31,10 +29,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as _dcp_load
-from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse, _save_state_dict
 from torch.distributed.checkpoint.state_dict_saver import async_save as _dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as _dcp_save
+from torch.utils._pytree import tree_map_only
 
 from .. import _checkpoint, _codec, _format
 from .._checkpoint import CheckpointInfo
@@ -62,13 +62,23 @@ def _group_info(process_group: dist.ProcessGroup | None) -> tuple[bool, int, int
     return False, 0, 1
 
 
-@contextlib.contextmanager
-def _single_process_quiet(use_dist: bool) -> Iterator[None]:
-    """DCP warns on every single-process call; without a process group that is the intent here."""
-    with warnings.catch_warnings():
-        if not use_dist:
-            warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled")
-        yield
+def _save(state: dict[str, Any], writer: ShardWriter, group: dist.ProcessGroup | None, use_dist: bool) -> None:
+    if use_dist:
+        _dcp_save(state, storage_writer=writer, planner=SavePlanner_(), process_group=group)
+    else:  # the public entry point warns on every single-process call, which is the intent here
+        _save_state_dict(state, storage_writer=writer, planner=SavePlanner_(), no_dist=True)
+
+
+_single_executor: ThreadPoolExecutor | None = None
+
+
+def _save_in_background(state: dict[str, Any], writer: ShardWriter) -> Future[Any]:
+    """Single-process async save: copy tensors now, write them on a background thread."""
+    global _single_executor
+    staged = tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), state)
+    if _single_executor is None:
+        _single_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchkeep-sharded-save")
+    return _single_executor.submit(_save, staged, writer, None, False)
 
 
 def _owner(name: str, opt: torch.optim.Optimizer, modules: Mapping[str, torch.nn.Module]) -> torch.nn.Module:
@@ -121,7 +131,13 @@ def _translate(exc: BaseException, what: str, path: str) -> BaseException:
                     "to load what is there"
                 )
         exc = _unwrap(next(iter(failures.values()), exc))
-    return DistributedCheckpointError(f"{what} {path} failed: {type(exc).__name__}: {exc}")
+    if isinstance(exc, TorchkeepError):
+        return exc
+    return DistributedCheckpointError(
+        f"{what} {path} failed: {type(exc).__name__}: {exc}. Nothing was committed; earlier checkpoints are intact."
+        if what == "saving"
+        else f"{what} {path} failed: {type(exc).__name__}: {exc}"
+    )
 
 
 def _prepare_save(
@@ -179,11 +195,8 @@ def save_checkpoint(
     use_dist, _rank, _world = _group_info(process_group)
     state, writer = _prepare_save(path, objects, epoch, step, metrics, extra, rng)
     try:
-        with _single_process_quiet(use_dist):
-            _dcp_save(
-                state, storage_writer=writer, planner=SavePlanner_(), process_group=process_group, no_dist=not use_dist
-            )
-    except (CheckpointException, OSError, TorchkeepError) as exc:
+        _save(state, writer, process_group, use_dist)
+    except (CheckpointException, Exception) as exc:  # a peer's death surfaces as a gloo RuntimeError
         writer.abort()
         raise _translate(exc, "saving", writer.path) from exc
     size = sum(e.stat().st_size for e in os.scandir(writer.path) if e.is_file())
@@ -236,11 +249,11 @@ def async_save_checkpoint(
     state, writer = _prepare_save(path, objects, epoch, step, metrics, extra, rng)
     group = _async_group(process_group) if use_dist else None
     try:
-        with _single_process_quiet(use_dist):
-            response = _dcp_async_save(
-                state, storage_writer=writer, planner=SavePlanner_(), process_group=group, no_dist=not use_dist
-            )
-    except (CheckpointException, OSError, TorchkeepError) as exc:
+        if use_dist:
+            response = _dcp_async_save(state, storage_writer=writer, planner=SavePlanner_(), process_group=group)
+        else:
+            response = _save_in_background(state, writer)
+    except (CheckpointException, Exception) as exc:  # a peer's death surfaces as a gloo RuntimeError
         writer.abort()
         raise _translate(exc, "saving", writer.path) from exc
     upload: Future[Any] = response.upload_completion if isinstance(response, AsyncSaveResponse) else response
@@ -313,15 +326,12 @@ def load_checkpoint(
     use_dist, rank, _world = _group_info(process_group)
     reader = ShardReader(index, verify=verify)
     try:
-        with _single_process_quiet(use_dist):
-            _dcp_load(
-                state,
-                storage_reader=reader,
-                planner=LoadPlanner_(allow_partial_load=not strict),
-                process_group=process_group,
-                no_dist=not use_dist,
-            )
-    except (CheckpointException, OSError, TorchkeepError) as exc:
+        planner = LoadPlanner_(allow_partial_load=not strict)
+        if use_dist:
+            _dcp_load(state, storage_reader=reader, planner=planner, process_group=process_group)
+        else:  # the public entry point warns on every single-process call, which is the intent here
+            _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
+    except (CheckpointException, Exception) as exc:
         raise _translate(exc, "loading", index.path) from exc
     _apply(objects, state, strict, info)
     _restore_rank_state(index, reader, rank, info, map_location=map_location, rng=rng)

@@ -1,0 +1,188 @@
+"""One rank of a multi-process test run (launched by ``launch`` in conftest.py, env:// rendezvous).
+
+Scenarios:
+  train  — train a small model under DDP or FSDP2 (``fully_shard``) on CPU with gloo; optionally
+           resume from a checkpoint, save at some steps, SIGKILL itself after a step; write the
+           final full state and per-rank RNG probes to OUT/rank-R.safetensors.
+  load   — load a checkpoint into a freshly initialised DDP / FSDP2 / plain model + optimizer,
+           with pickle patched to raise, and write the full state to OUT/rank-R.safetensors.
+  killsave — save once, then save again while rank 1 SIGKILLs itself in the middle of its shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pickle
+import random
+import signal
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+import torchkeep as tk
+from torchkeep import distributed as tkd
+
+torch.set_num_threads(1)
+
+
+def build(mode: str, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 32),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(32, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 4),
+    )
+    model: torch.nn.Module
+    if mode == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(net)
+    elif mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in net:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        model = fully_shard(net)
+    else:
+        model = net
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    return model, opt, sched
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    # every RNG is consumed, so a resume that restored one of them wrong diverges
+    x = torch.randn(16, 8) * (1.0 + random.random())
+    y = torch.randn(16, 4) + float(np.random.rand())
+    return x, y
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, object]:
+    opts = StateDictOptions(full_state_dict=True)
+    msd = {k: v.clone() for k, v in get_model_state_dict(model, options=opts).items()}
+    osd = get_optimizer_state_dict(model, opt, options=opts)
+    return {"model": msd, "optimizer_state": osd["state"]}
+
+
+def forbid_pickle() -> None:
+    """Any unpickling from here on fails the test (torch.distributed bound its own copy at import)."""
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise AssertionError("pickle used on a load path")
+
+    pickle.load = refuse  # type: ignore[assignment]
+    pickle.loads = refuse  # type: ignore[assignment]
+    pickle.Unpickler = refuse  # type: ignore[assignment,misc]
+    torch.load = refuse  # type: ignore[assignment]
+
+
+def write_out(out: str, rank: int, tree: dict[str, object]) -> None:
+    tk.save(tree, os.path.join(out, f"rank-{rank}.safetensors"))
+
+
+def train(args: argparse.Namespace, rank: int) -> None:
+    model, opt, sched = build(args.mode, seed=0)
+    torch.manual_seed(1000 + rank)
+    random.seed(2000 + rank)
+    np.random.seed(3000 + rank)
+    start = 0
+    if args.resume:
+        forbid_pickle()
+        info = tk.load_checkpoint(args.resume, model=model, optimizer=opt, scheduler=sched)
+        assert info.extra == {"rank": rank, "seen": info.step}, info.extra
+        start = info.step
+    pending = None
+    for step in range(start, args.steps):
+        x, y = batch()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        done = step + 1
+        if done in args.save_at:
+            path = os.path.join(args.ckpt, f"step-{done}")
+            kw = dict(model=model, optimizer=opt, scheduler=sched, step=done, extra={"rank": rank, "seen": done})
+            if args.use_async:
+                if pending is not None:
+                    pending.result()
+                pending = tkd.async_save_checkpoint(path, **kw)
+            else:
+                tk.save_checkpoint(path, **kw)
+        if done == args.kill_after:
+            if pending is not None:
+                pending.result()
+            os.kill(os.getpid(), signal.SIGKILL)
+    if pending is not None:
+        pending.result()
+    tree = full_state(model, opt)
+    tree["probe"] = {"torch": torch.rand(4), "python": random.random(), "numpy": float(np.random.rand())}
+    write_out(args.out, rank, tree)
+
+
+def load(args: argparse.Namespace, rank: int) -> None:
+    model, opt, sched = build(args.mode, seed=123)  # different init: everything must come from the file
+    forbid_pickle()
+    info = tk.load_checkpoint(args.ckpt, model=model, optimizer=opt, scheduler=sched)
+    tree = full_state(model, opt)
+    tree["extra"] = info.extra
+    tree["lr"] = sched.get_last_lr()
+    write_out(args.out, rank, tree)
+
+
+def killsave(args: argparse.Namespace, rank: int) -> None:
+    model, opt, _sched = build(args.mode, seed=0)
+    tk.save_checkpoint(os.path.join(args.ckpt, "step-1"), model=model, optimizer=opt, step=1)
+    if rank == 1:
+        from torchkeep import _format
+
+        real = _format._stream_tensor
+        count = [0]
+
+        def dying(dest, t, nbytes):  # type: ignore[no-untyped-def]
+            count[0] += 1
+            if count[0] == 3:  # a few tensors are on disk, the rest never will be
+                dest.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(dest, t, nbytes)
+
+        _format._stream_tensor = dying
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    tk.save_checkpoint(os.path.join(args.ckpt, "step-2"), model=model, optimizer=opt, step=2)
+    raise SystemExit("the interrupted save returned on a surviving rank")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["train", "load", "killsave"])
+    parser.add_argument("--mode", default="ddp", choices=["ddp", "fsdp", "plain"])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--save-at", type=int, nargs="*", default=[])
+    parser.add_argument("--kill-after", type=int, default=-1)
+    parser.add_argument("--resume", default="")
+    parser.add_argument("--ckpt", default="")
+    parser.add_argument("--out", default="")
+    parser.add_argument("--use-async", action="store_true")
+    args = parser.parse_args()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 or args.mode != "plain":
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    {"train": train, "load": load, "killsave": killsave}[args.scenario](args, rank)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Sharded checkpoints on one process: layout, full loads, consolidation, bad input, no pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchkeep as tk
+from torchkeep import distributed
+from torchkeep.errors import (
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    FormatVersionError,
+    MissingObjectError,
+    StateMismatchError,
+)
+
+
+def make() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    return model, opt, sched
+
+
+def trained() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    model, opt, sched = make()
+    for _ in range(2):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    return model, opt, sched
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    model, opt, sched = trained()
+    path = tmp_path / "step-2"
+    distributed.save_checkpoint(path, model=model, optimizer=opt, scheduler=sched, step=2, extra={"k": (1, None)})
+    return path, model, opt, sched
+
+
+@pytest.fixture
+def no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*a: object, **k: object) -> object:
+        raise AssertionError("pickle used on a load path")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def test_layout_is_shards_plus_json_index(saved: tuple[Path, ...]) -> None:
+    path = saved[0]
+    assert sorted(os.listdir(path)) == ["index.json", "shard-00000-of-00001.safetensors"]
+    index = json.loads((path / "index.json").read_text())
+    assert index["format"] == "torchkeep.sharded"
+    assert index["checkpoint"]["step"] == 2
+    assert index["dcp"]["state_dict"]["model.0.weight"]["size"] == [8, 4]
+    # the shard is a plain safetensors file any tool can open
+    from safetensors import safe_open
+
+    with safe_open(str(path / "shard-00000-of-00001.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("model.0.weight"), saved[1][0].weight.detach())
+
+
+def test_load_checkpoint_restores_everything_without_pickle(saved: tuple[Path, ...], no_pickle: None) -> None:
+    path, model, opt, sched = saved
+    m2, o2, s2 = make()
+    info = tk.load_checkpoint(path, model=m2, optimizer=o2, scheduler=s2)
+    assert info.step == 2 and info.extra == {"k": (1, None)}
+    for a, b in zip(model.state_dict().values(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert str(o2.state_dict()) == str(opt.state_dict())
+    assert s2.state_dict() == sched.state_dict()
+
+
+def test_tk_load_dir_gives_full_state_and_consolidate_writes_one_file(
+    saved: tuple[Path, ...], tmp_path: Path, no_pickle: None
+) -> None:
+    path, model, opt, _ = saved
+    full = tk.load(path)
+    assert set(full) == {"model", "optimizer", "scheduler", "__extra__", "__rng__"}
+    assert all(torch.equal(full["model"][k], v) for k, v in model.state_dict().items())
+    assert str(full["optimizer"]) == str(opt.state_dict())  # integer-keyed, like Optimizer.state_dict()
+    out = tmp_path / "full.safetensors"
+    info = distributed.consolidate(path, out)
+    assert info.step == 2
+    m3, o3, s3 = make()
+    tk.load_checkpoint(out, model=m3, optimizer=o3, scheduler=s3)
+    assert str(o3.state_dict()) == str(opt.state_dict())
+    assert torch.equal(m3[2].bias, model[2].bias)
+
+
+def test_overwrite_replaces_committed_checkpoint_and_leaves_no_temporaries(saved: tuple[Path, ...]) -> None:
+    path, model, *_ = saved
+    with torch.no_grad():
+        model[0].weight.fill_(7.0)
+    distributed.save_checkpoint(path, model=model, step=3)
+    assert tk.load(path)["model"]["0.weight"].eq(7.0).all()
+    assert sorted(os.listdir(path.parent)) == ["step-2"]
+
+
+def test_uncommitted_directory_is_never_restored_and_is_swept(saved: tuple[Path, ...], tmp_path: Path) -> None:
+    path = saved[0]
+    (path / "index.json").unlink()  # what a save that died before its commit looks like
+    with pytest.raises(CheckpointNotFoundError, match="never committed"):
+        tk.load_checkpoint(path, model=make()[0])
+    with pytest.raises(CheckpointNotFoundError):
+        tk.load(path)
+    leftover = tmp_path / ".step-9.tmp-0123456789ab"
+    leftover.mkdir()
+    (leftover / "shard-00000-of-00001.safetensors").write_bytes(b"partial")
+    assert distributed.sweep(tmp_path) == [leftover.name]
+    assert path.exists()
+
+
+def test_async_save_snapshots_state_before_returning(tmp_path: Path) -> None:
+    model, opt, _ = trained()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fut = distributed.async_save_checkpoint(tmp_path / "a", model=model, optimizer=opt, step=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(100.0)  # training goes on while the shards are written
+    info = fut.result(timeout=60)
+    assert info.step == 5 and info.size_bytes
+    got = tk.load(tmp_path / "a")["model"]
+    assert all(torch.equal(got[k], v) for k, v in before.items())
+
+
+def test_missing_object_and_wrong_kind_are_clear(saved: tuple[Path, ...]) -> None:
+    path = saved[0]
+    with pytest.raises(MissingObjectError, match="holds no 'ema'"):
+        tk.load_checkpoint(path, ema=make()[0])
+    model, opt, _ = make()
+    with pytest.raises(StateMismatchError, match="state of a scheduler"):
+        tk.load_checkpoint(path, model=model, optimizer=opt, scheduler=torch.optim.AdamW(model.parameters()))
+
+
+def test_strict_mismatch_then_non_strict(saved: tuple[Path, ...]) -> None:
+    path = saved[0]
+    bigger = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2), torch.nn.Linear(2, 2))
+    with pytest.raises(StateMismatchError, match=r"model\.3\.weight"):
+        tk.load_checkpoint(path, model=bigger)
+    info = tk.load_checkpoint(path, model=bigger, strict=False)
+    assert info.step == 2
+    assert torch.equal(bigger[0].weight, saved[1][0].weight)
+
+
+def test_save_into_missing_directory_fails_cleanly(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointWriteError, match="does not exist"):
+        distributed.save_checkpoint(tmp_path / "nope" / "step-1", model=make()[0])
+    assert os.listdir(tmp_path) == []
+
+
+def _edit_index(path: Path, edit: object) -> None:
+    doc = json.loads((path / "index.json").read_text())
+    edit(doc)  # type: ignore[operator]
+    (path / "index.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda d: d.update(files=["../../etc/passwd"]), "files must be exactly"),
+        (lambda d: d.update(world_size=0), "world_size"),
+        (lambda d: d.update(format="other"), "not a torchkeep sharded-checkpoint index"),
+        (lambda d: d["dcp"]["state_dict"]["model.0.weight"].update(dtype="os.system"), "unknown dtype"),
+        (lambda d: d["dcp"]["state_dict"]["model.0.weight"].update(chunks=[[[0, 0], [9, 4]]]), "fall outside"),
+        (lambda d: d["dcp"]["storage"].append(["nope", None, None, 0, "x"]), "malformed or names an unknown key"),
+        (lambda d: d["dcp"]["storage"].append(["model.0.weight", None, None, 5, "x"]), "malformed"),
+        (lambda d: d["dcp"]["planner_data"].update({"model.0.weight": [{"a": 1}]}), "path parts"),
+    ],
+)
+def test_hostile_index_is_rejected(saved: tuple[Path, ...], edit: object, match: str) -> None:
+    path = saved[0]
+    _edit_index(path, edit)
+    with pytest.raises(CorruptCheckpointError, match=match):
+        tk.load_checkpoint(path, model=make()[0])
+
+
+def test_index_not_json_and_newer_version(saved: tuple[Path, ...]) -> None:
+    path = saved[0]
+    text = (path / "index.json").read_text()
+    (path / "index.json").write_text(text[:50])
+    with pytest.raises(CorruptCheckpointError, match="not valid JSON"):
+        tk.load(path)
+    (path / "index.json").write_text(text)
+    _edit_index(path, lambda d: d.update(version=99))
+    with pytest.raises(FormatVersionError, match="upgrade"):
+        tk.load(path)
+
+
+def test_corrupt_shard_names_file_and_tensor(saved: tuple[Path, ...]) -> None:
+    path = saved[0]
+    shard = path / "shard-00000-of-00001.safetensors"
+    reader = tk._format.open_file(shard)
+    info = reader.info("model.2.weight")
+    del reader
+    data = bytearray(shard.read_bytes())
+    data[info.begin] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match=r"model\.2\.weight") as exc:
+        tk.load_checkpoint(path, model=make()[0])
+    assert exc.value.path == str(shard)
+
+
+def test_shard_from_another_save_is_rejected(saved: tuple[Path, ...], tmp_path: Path) -> None:
+    path = saved[0]
+    other = tmp_path / "other"
+    distributed.save_checkpoint(other, model=make()[0])
+    # same name, but a shard of a 1-rank save is not shard 0 of 2
+    _edit_index(path, lambda d: d.update(world_size=2, files=[f"shard-0000{r}-of-00002.safetensors" for r in (0, 1)]))
+    os.replace(path / "shard-00000-of-00001.safetensors", path / "shard-00000-of-00002.safetensors")
+    os.replace(other / "shard-00000-of-00001.safetensors", path / "shard-00001-of-00002.safetensors")
+    with pytest.raises(CorruptCheckpointError, match="not shard"):
+        tk.load_checkpoint(path, model=make()[0])
