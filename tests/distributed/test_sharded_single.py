@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -44,16 +43,6 @@ def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module, torch.optim.Optimizer,
     path = tmp_path / "step-2"
     distributed.save_checkpoint(path, model=model, optimizer=opt, scheduler=sched, step=2, extra={"k": (1, None)})
     return path, model, opt, sched
-
-
-@pytest.fixture
-def no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*a: object, **k: object) -> object:
-        raise AssertionError("pickle used on a load path")
-
-    for name in ("load", "loads", "Unpickler"):
-        monkeypatch.setattr(pickle, name, refuse)
-    monkeypatch.setattr(torch, "load", refuse)
 
 
 def test_layout_is_shards_plus_json_index(saved: tuple[Path, ...]) -> None:

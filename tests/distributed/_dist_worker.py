@@ -1,9 +1,10 @@
 """One rank of a multi-process test run (launched by ``launch`` in conftest.py, env:// rendezvous).
 
 Scenarios:
-  train  — train a small model under DDP or FSDP2 (``fully_shard``) on CPU with gloo; optionally
-           resume from a checkpoint, save at some steps, SIGKILL itself after a step; write the
-           final full state and per-rank RNG probes to OUT/rank-R.safetensors.
+  train  — for DDP and FSDP2 (``fully_shard``) on CPU with gloo: an uninterrupted reference run,
+           then the same run saving at --save-at steps, and SIGKILL after --kill-after steps. With
+           --resume: resume each from its checkpoint and finish. The final full state and per-rank
+           RNG probes go to OUT/{ref,resumed}-MODE-rank-R.safetensors.
   load   — load a checkpoint into a freshly initialised DDP / FSDP2 / plain model + optimizer,
            with pickle patched to raise, and write the full state to OUT/rank-R.safetensors.
   killsave — save once, then save again while rank 1 SIGKILLs itself in the middle of its shard.
@@ -79,27 +80,32 @@ def forbid_pickle() -> None:
 
     pickle.load = refuse  # type: ignore[assignment]
     pickle.loads = refuse  # type: ignore[assignment]
-    pickle.Unpickler = refuse  # type: ignore[assignment,misc]
+
+    class Refused(pickle.Unpickler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("pickle used on a load path")
+
+    pickle.Unpickler = Refused  # type: ignore[misc]
     torch.load = refuse  # type: ignore[assignment]
 
 
-def write_out(out: str, rank: int, tree: dict[str, object]) -> None:
-    tk.save(tree, os.path.join(out, f"rank-{rank}.safetensors"))
+def write_out(out: str, rank: int, tree: dict[str, object], prefix: str = "") -> None:
+    tk.save(tree, os.path.join(out, f"{prefix}rank-{rank}.safetensors"))
 
 
-def train(args: argparse.Namespace, rank: int) -> None:
-    model, opt, sched = build(args.mode, seed=0)
+def segment(args: argparse.Namespace, rank: int, mode: str, *, stop: int, resume: str = "", save: bool = False) -> None:
+    """Train ``mode`` from step 0 (or from ``resume``) to ``stop``; seeds are reset first."""
+    model, opt, sched = build(mode, seed=0)
     torch.manual_seed(1000 + rank)
     random.seed(2000 + rank)
     np.random.seed(3000 + rank)
     start = 0
-    if args.resume:
-        forbid_pickle()
-        info = tk.load_checkpoint(args.resume, model=model, optimizer=opt, scheduler=sched)
+    if resume:
+        info = tk.load_checkpoint(resume, model=model, optimizer=opt, scheduler=sched)
         assert info.extra == {"rank": rank, "seen": info.step}, info.extra
         start = info.step
     pending = None
-    for step in range(start, args.steps):
+    for step in range(start, stop):
         x, y = batch()
         loss = torch.nn.functional.mse_loss(model(x), y)
         opt.zero_grad()
@@ -107,34 +113,52 @@ def train(args: argparse.Namespace, rank: int) -> None:
         opt.step()
         sched.step()
         done = step + 1
-        if done in args.save_at:
-            path = os.path.join(args.ckpt, f"step-{done}")
+        if save and done in args.save_at:
+            path = os.path.join(args.ckpt, mode, f"step-{done}")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             kw = dict(model=model, optimizer=opt, scheduler=sched, step=done, extra={"rank": rank, "seen": done})
-            if args.use_async:
+            if mode in args.async_modes:
                 if pending is not None:
-                    pending.result()
+                    pending.result()  # one background save at a time
                 pending = tkd.async_save_checkpoint(path, **kw)
             else:
                 tk.save_checkpoint(path, **kw)
-        if done == args.kill_after:
-            if pending is not None:
-                pending.result()
-            os.kill(os.getpid(), signal.SIGKILL)
+        if not save and done == args.full_at:
+            write_out(args.out, rank, full_state(model, opt), prefix=f"full-{done}-{mode}-")
     if pending is not None:
         pending.result()
-    tree = full_state(model, opt)
-    tree["probe"] = {"torch": torch.rand(4), "python": random.random(), "numpy": float(np.random.rand())}
-    write_out(args.out, rank, tree)
+    if not save:
+        tree = full_state(model, opt)
+        tree["probe"] = {"torch": torch.rand(4), "python": random.random(), "numpy": float(np.random.rand())}
+        write_out(args.out, rank, tree, prefix=f"{'resumed' if resume else 'ref'}-{mode}-")
+
+
+def train(args: argparse.Namespace, rank: int) -> None:
+    if args.resume:
+        forbid_pickle()
+        for mode in args.modes:
+            segment(
+                args, rank, mode, stop=args.steps, resume=os.path.join(args.resume, mode, f"step-{args.resume_step}")
+            )
+        return
+    for mode in args.modes:  # the uninterrupted reference runs
+        segment(args, rank, mode, stop=args.steps)
+    for mode in args.modes:  # the same runs, saving, then killed part-way
+        segment(args, rank, mode, stop=args.kill_after, save=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load(args: argparse.Namespace, rank: int) -> None:
-    model, opt, sched = build(args.mode, seed=123)  # different init: everything must come from the file
     forbid_pickle()
-    info = tk.load_checkpoint(args.ckpt, model=model, optimizer=opt, scheduler=sched)
-    tree = full_state(model, opt)
-    tree["extra"] = info.extra
-    tree["lr"] = sched.get_last_lr()
-    write_out(args.out, rank, tree)
+    for prefix, mode, ckpt in (("a-", args.mode, args.ckpt), ("b-", "ddp", args.ckpt2)):
+        if not ckpt:
+            continue
+        model, opt, sched = build(mode, seed=123)  # different init: everything must come from the file
+        info = tk.load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched)
+        tree = full_state(model, opt)
+        tree["extra"] = info.extra
+        tree["lr"] = sched.get_last_lr()
+        write_out(args.out, rank, tree, prefix=prefix)
 
 
 def killsave(args: argparse.Namespace, rank: int) -> None:
@@ -165,13 +189,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["train", "load", "killsave"])
     parser.add_argument("--mode", default="ddp", choices=["ddp", "fsdp", "plain"])
+    parser.add_argument("--modes", nargs="*", default=["ddp", "fsdp"])
+    parser.add_argument("--async-modes", nargs="*", default=[])
+    parser.add_argument("--resume-step", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--save-at", type=int, nargs="*", default=[])
     parser.add_argument("--kill-after", type=int, default=-1)
+    parser.add_argument("--full-at", type=int, default=-1)
+    parser.add_argument("--ckpt2", default="", help="load: a second checkpoint, loaded into a DDP model")
     parser.add_argument("--resume", default="")
     parser.add_argument("--ckpt", default="")
     parser.add_argument("--out", default="")
-    parser.add_argument("--use-async", action="store_true")
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 or args.mode != "plain":
