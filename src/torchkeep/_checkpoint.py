@@ -270,7 +270,7 @@ def save_checkpoint(
     """
     from . import distributed  # light; DCP itself is imported only for sharded saves
 
-    if distributed.is_sharded_context():
+    if distributed.is_sharded_context(objects):
         return distributed.save_checkpoint(
             path, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, **objects
         )

@@ -31,8 +31,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(nprocs: int, args: Sequence[str], *, timeout: float = 90) -> Run:
-    """Run ``_worker.py ARGS`` on ``nprocs`` ranks; return their exit codes and output."""
+def launch(
+    nprocs: int, args: Sequence[str], *, timeout: float = 90, script: Path = WORKER, cwd: Path | None = None
+) -> Run:
+    """Run ``script ARGS`` (default ``_dist_worker.py``) on ``nprocs`` ranks as torchrun would (env://
+    rendezvous on a free port); return their exit codes and output."""
     port = free_port()
     procs = []
     for rank in range(nprocs):
@@ -48,7 +51,8 @@ def launch(nprocs: int, args: Sequence[str], *, timeout: float = 90) -> Run:
         }
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(WORKER), *args],
+                [sys.executable, str(script), *args],
+                cwd=cwd,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -20,6 +20,7 @@ first sharded save or load.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -63,8 +64,9 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def is_sharded_context() -> bool:
-    """True when a process group with more than one rank is initialized (saves then shard).
+def is_sharded_context(objects: Mapping[str, Any] | None = None) -> bool:
+    """True when a save should be sharded: an initialized process group with more than one rank,
+    or (in a one-rank group) a module among ``objects`` whose parameters are DTensors (FSDP2).
 
     Example:
         >>> is_sharded_context()
@@ -72,7 +74,16 @@ def is_sharded_context() -> bool:
     """
     import torch.distributed as dist
 
-    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if dist.get_world_size() > 1:
+        return True
+    modules = [o for o in (objects or {}).values() if callable(getattr(o, "parameters", None))]
+    if not modules:
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for m in modules for p in m.parameters())
 
 
 def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
