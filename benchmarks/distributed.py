@@ -126,7 +126,11 @@ def main() -> None:
     world = 2
     try:
         mp.start_processes(
-            _worker, args=(world, _free_port(), size, repeats, root, queue), nprocs=world, join=True, start_method="spawn"
+            _worker,
+            args=(world, _free_port(), size, repeats, root, queue),
+            nprocs=world,
+            join=True,
+            start_method="spawn",
         )
         got = sorted(queue.get() for _ in range(world))
     finally:
@@ -143,14 +147,20 @@ def main() -> None:
         return statistics.median(per_repeat)
 
     sharded, rank0 = med("sharded", "total"), med("rank0", "total")
-    print(f"| method | total s | GiB/s | vs rank-0 file |")
-    print(f"|---|---:|---:|---:|")
-    for name, method, t in (("sharded (torchkeep.distributed)", "sharded", sharded), ("rank-0 single file (tk.save)", "rank0", rank0)):
+    print("| method | total s | GiB/s | vs rank-0 file |")
+    print("|---|---:|---:|---:|")
+    for name, t in (("sharded (torchkeep.distributed)", sharded), ("rank-0 single file (tk.save)", rank0)):
         print(f"| {name} | {t:.2f} | {nbytes / 2**30 / t:.2f} | {rank0 / t:.2f}x |")
     print()
     print("| where the time goes (slowest rank) | sharded s | rank-0 file s |")
     print("|---|---:|---:|")
-    keys = ["state dict (local shards)", "write shard", "commit (index + rename)", "gather full state to rank 0", "rank 0 writes one file"]
+    keys = [
+        "state dict (local shards)",
+        "write shard",
+        "commit (index + rename)",
+        "gather full state to rank 0",
+        "rank 0 writes one file",
+    ]
     for key in keys:
         a, b = med("sharded", key), med("rank0", key)
         print(f"| {key} | {a:.2f} | {b:.2f} |")

@@ -210,3 +210,23 @@ def test_shard_from_another_save_is_rejected(saved: tuple[Path, ...], tmp_path: 
     os.replace(other / "shard-00000-of-00001.safetensors", path / "shard-00001-of-00002.safetensors")
     with pytest.raises(CorruptCheckpointError, match="not shard"):
         tk.load_checkpoint(path, model=make()[0])
+
+
+def test_scheduler_state_with_int_keys_comes_back_exact(tmp_path: Path) -> None:
+    model, opt, _ = make()
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3, 6], gamma=0.5)  # a Counter {3: 1, 6: 1}
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    distributed.save_checkpoint(tmp_path / "s", model=model, optimizer=opt, scheduler=sched)
+    m2, o2, _ = make()
+    s2 = torch.optim.lr_scheduler.MultiStepLR(o2, milestones=[1], gamma=0.1)
+    tk.load_checkpoint(tmp_path / "s", model=m2, optimizer=o2, scheduler=s2)
+    assert s2.milestones == sched.milestones and type(s2.milestones) is type(sched.milestones)
+    assert s2.state_dict() == sched.state_dict()
+    for _ in range(3):
+        o2.step()
+        s2.step()
+        opt.step()
+        sched.step()
+    assert s2.get_last_lr() == sched.get_last_lr()

@@ -47,7 +47,7 @@ from ..errors import (
     StateMismatchError,
     TorchkeepError,
 )
-from ._dcp import RANK_KEY, LoadPlanner_, SavePlanner_, ShardReader, ShardWriter, decode_bytes
+from ._dcp import RANK_KEY, LoadPlanner_, Opaque, SavePlanner_, ShardReader, ShardWriter, decode_bytes
 from ._index import Index, read_index
 
 __all__ = ["async_save_checkpoint", "consolidate", "load_checkpoint", "load_full", "save_checkpoint"]
@@ -93,8 +93,8 @@ def _owner(name: str, opt: torch.optim.Optimizer, modules: Mapping[str, torch.nn
     )
 
 
-def _state_dicts(objects: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Each object's state in DCP's key space, and each object's kind."""
+def _state_dicts(objects: Mapping[str, Any], *, template: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each object's state in DCP's key space (``template``: the structure a load fills), and its kind."""
     modules = {n: o for n, o in objects.items() if isinstance(o, torch.nn.Module)}
     state: dict[str, Any] = {}
     kinds: dict[str, str] = {}
@@ -105,8 +105,10 @@ def _state_dicts(objects: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
             state[name] = get_model_state_dict(obj)
         elif isinstance(obj, torch.optim.Optimizer):
             state[name] = get_optimizer_state_dict(_owner(name, obj, modules), obj)
+        elif template:
+            state[name] = Opaque(None)  # filled whole by the load
         else:
-            state[name] = obj.state_dict()
+            state[name] = Opaque(_checkpoint._pack(obj.state_dict()))
     return state, kinds
 
 
@@ -316,7 +318,7 @@ def load_checkpoint(
                 name=name,
                 available=available,
             )
-    state, kinds = _state_dicts(objects)
+    state, kinds = _state_dicts(objects, template=True)
     for name, kind in kinds.items():
         if info.objects[name] != kind:
             raise StateMismatchError(
@@ -351,7 +353,7 @@ def _apply(objects: Mapping[str, Any], state: Mapping[str, Any], strict: bool, i
         elif isinstance(obj, torch.optim.Optimizer):
             set_optimizer_state_dict(_owner(name, obj, modules), obj, state[name], options=options)
         else:
-            obj.load_state_dict(state[name])
+            obj.load_state_dict(_checkpoint._unpack(state[name]))
 
 
 def _rank_tree(reader: ShardReader, rank: int, map_location: MapLocation) -> Any:

@@ -54,6 +54,7 @@ from ._index import INDEX_NAME, Index, ItemRef, build_index, shard_name
 __all__ = [
     "RANK_KEY",
     "LoadPlanner_",
+    "Opaque",
     "SavePlanner_",
     "ShardReader",
     "ShardWriter",
@@ -89,12 +90,24 @@ def decode_bytes(data: bytes, where: str) -> Any:
         raise CorruptCheckpointError(f"{where}: {exc}", path=where, reason=exc.reason) from None
 
 
+class Opaque:
+    """A value DCP must store whole, not walk into.
+
+    DCP flattens nested dicts into ``a.b.c`` keys and turns every key into a string, so a
+    scheduler's ``{3: 1}`` milestones would come back as ``{"3": 1}``. The state of objects other
+    than modules and optimizers is wrapped in this, stored as one item, and comes back exact.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class SavePlanner_(DefaultSavePlanner):
     """DCP's default save planner (dedup, flattening, resharding metadata) minus ``torch.save``."""
 
     def transform_object(self, write_item: WriteItem, object: Any) -> Any:
         if write_item.type == WriteItemType.BYTE_IO:
-            return io.BytesIO(encode_bytes(object))
+            return io.BytesIO(encode_bytes(object.value if isinstance(object, Opaque) else object))
         return object
 
 
