@@ -68,7 +68,9 @@ def load(
     """
     from . import distributed
 
-    if distributed.is_sharded_checkpoint(path):  # a sharded checkpoint directory: the full state
+    if os.path.isdir(
+        path
+    ):  # a sharded checkpoint (directory) or an error saying what it is  # a sharded checkpoint directory: the full state
         return distributed.load_full(path, map_location=map_location, verify=verify)
     reader = _format.open_file(path, mmap=mmap)
     if verify:

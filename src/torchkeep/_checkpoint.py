@@ -391,7 +391,7 @@ def load_checkpoint(
     """
     from . import distributed
 
-    if distributed.is_sharded_checkpoint(path):
+    if os.path.isdir(path):  # a sharded checkpoint (directory) or an error saying what it is
         return distributed.load_checkpoint(
             path, map_location=map_location, strict=strict, rng=rng, verify=verify, **objects
         )

@@ -230,3 +230,30 @@ def test_scheduler_state_with_int_keys_comes_back_exact(tmp_path: Path) -> None:
         opt.step()
         sched.step()
     assert s2.get_last_lr() == sched.get_last_lr()
+
+
+def test_cli_convert_writes_one_file(saved: tuple[Path, ...], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path, model, *_ = saved
+    out = tmp_path / "out.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchkeep", "convert", str(path), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    full = tk.load(out)
+    assert all(torch.equal(full["model"][k], v) for k, v in model.state_dict().items())
+    from torchkeep.convert import detect_kind
+
+    assert detect_kind(path).name == "torchkeep-sharded"
+
+
+def test_a_plain_directory_is_not_called_an_interrupted_save(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(CheckpointNotFoundError, match="not a torchkeep sharded checkpoint"):
+        tk.load(tmp_path)

@@ -20,6 +20,7 @@ first sharded save or load.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ __all__ = [
 
 #: The commit marker of a sharded checkpoint directory.
 INDEX_NAME = "index.json"
+
+_SHARD_RE = re.compile(r"^(\.)?shard-\d{5}-of-\d{5}\.safetensors(\.tmp-[0-9a-f]{12})?$")
 
 _LAZY = {
     "async_save_checkpoint": "_api",
@@ -87,10 +90,16 @@ def is_sharded_context(objects: Mapping[str, Any] | None = None) -> bool:
 
 
 def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a directory holding a sharded checkpoint (committed or not).
+    """True when ``path`` is a directory that holds (or was meant to hold) a sharded checkpoint:
+    an ``index.json``, or shard files of a save that never committed.
 
     Example:
         >>> is_sharded_checkpoint("model.safetensors")
         False
     """
-    return os.path.isdir(path)
+    if not os.path.isdir(path):
+        return False
+    if os.path.isfile(os.path.join(path, INDEX_NAME)):
+        return True
+    with os.scandir(path) as entries:
+        return any(_SHARD_RE.match(e.name) for e in entries)

@@ -164,6 +164,12 @@ def read_index(directory: str | os.PathLike[str]) -> Index:
         with open(path, "rb") as f:
             raw = f.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError:
+        if not any(_SHARD_RE.match(n.lstrip(".").split(".tmp-")[0]) for n in os.listdir(root)):
+            raise CheckpointNotFoundError(
+                f"{root}: is a directory with no {INDEX_NAME} and no shard files, so it is not a torchkeep "
+                "sharded checkpoint; pass a checkpoint file or a sharded checkpoint directory",
+                path=root,
+            ) from None
         raise CheckpointNotFoundError(
             f"{root}: no {INDEX_NAME}, so this sharded checkpoint was never committed (a rank stopped "
             "before the save finished); it is ignored. Restore an earlier step, or delete the directory.",
