@@ -159,6 +159,42 @@ def load(args: argparse.Namespace, rank: int) -> None:
         tree["extra"] = info.extra
         tree["lr"] = sched.get_last_lr()
         write_out(args.out, rank, tree, prefix=prefix)
+    if args.manager:
+        manager(args, rank)
+
+
+def manager(args: argparse.Namespace, rank: int) -> None:
+    """A CheckpointManager on every rank: async sharded saves, retention by rank 0, restore latest."""
+    directory = os.path.join(args.out, "mgr")
+    model, opt, sched = build("fsdp", seed=5)
+    with tk.CheckpointManager(
+        directory, keep_last=2, async_save=True, model=model, optimizer=opt, scheduler=sched
+    ) as mgr:
+        for step in (1, 2, 3):
+            x, y = batch()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+            mgr.save(step=step, metrics={"loss": 1.0 / step}, extra={"rank": rank})
+    expected = full_state(model, opt)
+    model2, opt2, sched2 = build("fsdp", seed=6)
+    with tk.CheckpointManager(directory, model=model2, optimizer=opt2, scheduler=sched2) as mgr2:
+        info = mgr2.restore()
+        assert info is not None
+        steps = [c.step for c in mgr2.checkpoints]
+    write_out(
+        args.out,
+        rank,
+        {
+            "expected": expected,
+            "restored": full_state(model2, opt2),
+            "step": info.step,
+            "steps": steps,
+            "extra": info.extra,
+        },
+        prefix="mgr-",
+    )
 
 
 def killsave(args: argparse.Namespace, rank: int) -> None:
@@ -197,6 +233,7 @@ def main() -> None:
     parser.add_argument("--kill-after", type=int, default=-1)
     parser.add_argument("--full-at", type=int, default=-1)
     parser.add_argument("--ckpt2", default="", help="load: a second checkpoint, loaded into a DDP model")
+    parser.add_argument("--manager", action="store_true", help="load: then run a CheckpointManager")
     parser.add_argument("--resume", default="")
     parser.add_argument("--ckpt", default="")
     parser.add_argument("--out", default="")

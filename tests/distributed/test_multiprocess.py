@@ -101,6 +101,7 @@ def test_two_rank_checkpoints_load_on_three_ranks(runs: dict[str, Any], tmp_path
             str(runs["root"] / "fsdp" / "step-3"),
             "--ckpt2",
             str(runs["root"] / "ddp" / "step-3"),
+            "--manager",
             "--out",
             str(tmp_path),
         ],
@@ -115,6 +116,14 @@ def test_two_rank_checkpoints_load_on_three_ranks(runs: dict[str, Any], tmp_path
             # ranks 0 and 1 get back their own extra; rank 2 did not exist when saving
             assert got["extra"] == {"rank": rank if rank < 2 else 0, "seen": 3}
             assert got["lr"] == [0.005]
+    # then the same three ranks ran a CheckpointManager: async sharded saves, keep_last=2, restore
+    for rank in range(3):
+        got = tk.load(tmp_path / f"mgr-rank-{rank}.safetensors")
+        assert got["step"] == 3 and got["steps"] == [2, 3] and got["extra"] == {"rank": rank}
+        _same(got["expected"], got["restored"], f"manager rank {rank}")
+    entries = tk.list_checkpoints(tmp_path / "mgr")
+    assert [(e.step, e.kind, e.status) for e in entries] == [(2, "sharded", "ok"), (3, "sharded", "ok")]
+    assert entries[-1].info is not None and entries[-1].info.metrics == {"loss": 1 / 3}
 
 
 def test_rank_killed_mid_write_leaves_no_restorable_step(tmp_path: Path) -> None:

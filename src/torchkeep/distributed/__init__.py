@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._api import async_save_checkpoint, consolidate, load_checkpoint, load_full, save_checkpoint
-    from ._dcp import sweep
     from ._index import read_index
+    from ._listing import sweep
 
 __all__ = [
     "INDEX_NAME",
@@ -53,7 +53,7 @@ _LAZY = {
     "load_checkpoint": "_api",
     "load_full": "_api",
     "save_checkpoint": "_api",
-    "sweep": "_dcp",
+    "sweep": "_listing",
     "read_index": "_index",
 }
 

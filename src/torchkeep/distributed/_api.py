@@ -150,11 +150,13 @@ def _prepare_save(
     metrics: Mapping[str, Any] | None,
     extra: Any,
     rng: bool,
+    annotations: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], ShardWriter]:
     state, kinds = _state_dicts(objects)
     rank_tree, section = _checkpoint.collect_state({}, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
     section["objects"] = kinds
     section["sharded"] = True
+    section.update(annotations or {})
     return state, ShardWriter(path, rank_tree=rank_tree, section=section)
 
 
@@ -173,6 +175,7 @@ def save_checkpoint(
     extra: Any = None,
     rng: bool = True,
     process_group: dist.ProcessGroup | None = None,
+    annotations: Mapping[str, Any] | None = None,
     **objects: Any,
 ) -> CheckpointInfo:
     """Save a sharded checkpoint directory: one shard per rank, ``index.json`` written last.
@@ -180,6 +183,8 @@ def save_checkpoint(
     Call it on every rank (it is a collective). :func:`torchkeep.save_checkpoint` calls it for
     you when a process group with more than one rank is initialized. Without a process group it
     writes a one-shard checkpoint. Each rank's RNG state and ``extra`` go into its own shard.
+    ``annotations`` are extra JSON keys for the index's checkpoint section (the checkpoint
+    manager records its monitor there).
 
     Raises:
         CheckpointWriteError: the save failed on some rank; nothing at ``path`` changed.
@@ -195,7 +200,7 @@ def save_checkpoint(
         ['index.json', 'shard-00000-of-00001.safetensors']
     """
     use_dist, _rank, _world = _group_info(process_group)
-    state, writer = _prepare_save(path, objects, epoch, step, metrics, extra, rng)
+    state, writer = _prepare_save(path, objects, epoch, step, metrics, extra, rng, annotations)
     try:
         _save(state, writer, process_group, use_dist)
     except (CheckpointException, Exception) as exc:  # a peer's death surfaces as a gloo RuntimeError
@@ -230,6 +235,7 @@ def async_save_checkpoint(
     extra: Any = None,
     rng: bool = True,
     process_group: dist.ProcessGroup | None = None,
+    annotations: Mapping[str, Any] | None = None,
     **objects: Any,
 ) -> Future[CheckpointInfo]:
     """Start a sharded save in the background (``dcp.async_save``); returns a Future of its info.
@@ -248,7 +254,7 @@ def async_save_checkpoint(
         1
     """
     use_dist, _rank, _world = _group_info(process_group)
-    state, writer = _prepare_save(path, objects, epoch, step, metrics, extra, rng)
+    state, writer = _prepare_save(path, objects, epoch, step, metrics, extra, rng, annotations)
     group = _async_group(process_group) if use_dist else None
     try:
         if use_dist:

@@ -10,7 +10,7 @@ Atomic commit, the same rule as single files (see :mod:`torchkeep._storage`):
    coordinator write ``index.json`` — the commit marker — and rename the directory to ``NAME``.
 
 A rank killed at any point before step 3 leaves only the temporary directory, which no reader
-picks (its name is a temporary name) and :func:`sweep` removes. A directory without
+picks (its name is a temporary name) and :func:`torchkeep.distributed.sweep` removes. A directory without
 ``index.json`` is refused on load.
 
 Non-tensor values (``param_groups``, scheduler counters, ...) are DCP "bytes" items. DCP's default
@@ -20,7 +20,6 @@ in memory (the codec's typed JSON tree + tensors), stored as ``uint8`` tensors i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import logging
@@ -47,7 +46,7 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from .. import _api, _codec, _format
-from .._storage import atomic_write, fsync_dir, is_temporary, temporary_name
+from .._storage import atomic_write, fsync_dir, temporary_name
 from ..errors import CheckpointWriteError, CorruptCheckpointError, StateMismatchError
 from ._index import INDEX_NAME, Index, ItemRef, build_index, shard_name
 
@@ -60,7 +59,6 @@ __all__ = [
     "ShardWriter",
     "decode_bytes",
     "encode_bytes",
-    "sweep",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,6 +127,7 @@ class _PlanData:
     tmp_dir: str
     rank: int
     world_size: int
+    final: str  # rank 0's target path: the one every rank reports
 
 
 def _item_name(index: MetadataIndex, taken: Mapping[str, Any]) -> str:
@@ -180,13 +179,14 @@ class ShardWriter(StorageWriter):
         os.mkdir(tmp)
         self.tmp_dir = tmp
         world = len(plans)
-        return [dataclasses.replace(p, storage_data=_PlanData(tmp, r, world)) for r, p in enumerate(plans)]
+        return [dataclasses.replace(p, storage_data=_PlanData(tmp, r, world, self.path)) for r, p in enumerate(plans)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         data = plan.storage_data
         if not isinstance(data, _PlanData):  # pragma: no cover - plans come from prepare_global_plan
             raise CheckpointWriteError(f"{self.path}: the save plan carries no shard assignment", path=self.path)
         self.tmp_dir = data.tmp_dir
+        self.path = data.final
         tensors: dict[str, torch.Tensor] = dict(self._rank_state.tensors)
         results: list[WriteResult] = []
         for item in plan.items:
@@ -339,25 +339,3 @@ class ShardReader(StorageReader):
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
         return True
-
-
-def sweep(directory: str | os.PathLike[str]) -> list[str]:
-    """Delete sharded saves that never committed (temporary directories) under ``directory``.
-
-    Only call it when no save into ``directory`` is running. Returns the names removed.
-
-    Example:
-        >>> import tempfile
-        >>> sweep(tempfile.mkdtemp())
-        []
-    """
-    root = os.fspath(directory)
-    removed = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(root):
-            if entry.is_dir(follow_symlinks=False) and is_temporary(entry.name):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(entry.name)
-    if removed:
-        logger.info("removed %d uncommitted sharded save(s) under %s: %s", len(removed), root, removed)
-    return sorted(removed)
