@@ -257,3 +257,36 @@ def test_a_plain_directory_is_not_called_an_interrupted_save(tmp_path: Path) -> 
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(CheckpointNotFoundError, match="not a torchkeep sharded checkpoint"):
         tk.load(tmp_path)
+
+
+def test_sharded_save_replaces_a_single_file_checkpoint_at_the_same_path(tmp_path: Path) -> None:
+    model = make()[0]
+    path = tmp_path / "ckpt"
+    tk.save_checkpoint(path, model=model, step=1)  # one process: a file
+    assert path.is_file()
+    distributed.save_checkpoint(path, model=model, step=2)
+    assert path.is_dir() and sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert tk.load_checkpoint(path, model=make()[0]).step == 2
+
+
+def test_manager_lists_verifies_and_deletes_sharded_steps(tmp_path: Path) -> None:
+    model, opt, _ = make()
+    for step in (1, 2, 3):
+        name = f"ckpt-{step:09d}-20261123T00000{step}Z.sharded"
+        distributed.save_checkpoint(tmp_path / name, model=model, optimizer=opt, step=step, metrics={"loss": step})
+    (tmp_path / ".ckpt-000000004-20261123T000004Z.sharded.tmp-0123456789ab").mkdir()  # a save that died
+    with tk.CheckpointManager(tmp_path, keep_last=2, model=model, optimizer=opt) as mgr:
+        assert [(c.step, c.metrics["loss"]) for c in mgr.checkpoints] == [(1, 1), (2, 2), (3, 3)]
+        assert mgr.restore().step == 3  # type: ignore[union-attr]
+        mgr._apply_retention()
+        assert [c.step for c in mgr.checkpoints] == [2, 3]
+    assert sorted(os.listdir(tmp_path)) == [
+        "ckpt-000000002-20261123T000002Z.sharded",
+        "ckpt-000000003-20261123T000003Z.sharded",
+    ]
+    shard = tmp_path / "ckpt-000000003-20261123T000003Z.sharded" / "shard-00000-of-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    entries = tk.list_checkpoints(tmp_path, verify=True)
+    assert [(e.kind, e.status) for e in entries] == [("sharded", "ok"), ("sharded", "corrupt")]

@@ -233,8 +233,11 @@ class ShardWriter(StorageWriter):
             os.rename(self.path, old)
         os.rename(self.tmp_dir, self.path)
         fsync_dir(self.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if old is not None:  # what was there: an older sharded step, or a single-file checkpoint
+            if os.path.isdir(old):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.unlink(old)
         self.size_bytes = sum(e.stat().st_size for e in os.scandir(self.path) if e.is_file())
         self.tmp_dir = None
 
