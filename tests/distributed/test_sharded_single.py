@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -165,6 +166,8 @@ def _edit_index(path: Path, edit: object) -> None:
         (lambda d: d["dcp"]["storage"].append(["nope", None, None, 0, "x"]), "malformed or names an unknown key"),
         (lambda d: d["dcp"]["storage"].append(["model.0.weight", None, None, 5, "x"]), "malformed"),
         (lambda d: d["dcp"]["planner_data"].update({"model.0.weight": [{"a": 1}]}), "path parts"),
+        (lambda d: d["dcp"]["planner_data"].update({"model.0.weight": ["model", 10**12]}), "path parts"),
+        (lambda d: d["dcp"]["storage"][0].__setitem__(1, [5, 0]), "match none of its chunks"),
     ],
 )
 def test_hostile_index_is_rejected(saved: tuple[Path, ...], edit: object, match: str) -> None:
@@ -290,3 +293,16 @@ def test_manager_lists_verifies_and_deletes_sharded_steps(tmp_path: Path) -> Non
     shard.write_bytes(bytes(data))
     entries = tk.list_checkpoints(tmp_path, verify=True)
     assert [(e.kind, e.status) for e in entries] == [("sharded", "ok"), ("sharded", "corrupt")]
+
+
+def test_index_claiming_a_huge_tensor_is_refused_before_allocating(saved: tuple[Path, ...]) -> None:
+    path = saved[0]
+
+    def grow(d: dict[str, Any]) -> None:
+        e = d["dcp"]["state_dict"]["model.0.weight"]
+        e["size"] = [8, 4 * 10**9]  # 128 GB if it were allocated
+        e["chunks"] = [[[0, 0], [8, 4]]]
+
+    _edit_index(path, grow)
+    with pytest.raises(CorruptCheckpointError, match="shards hold 32 elements"):
+        tk.load(path)

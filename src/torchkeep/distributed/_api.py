@@ -42,6 +42,7 @@ from .._format import MapLocation
 from .._storage import atomic_write
 from ..errors import (
     CheckpointWriteError,
+    CorruptCheckpointError,
     DistributedCheckpointError,
     MissingObjectError,
     StateMismatchError,
@@ -461,15 +462,34 @@ def _assemble(
     if len(stored) == 1 and tuple(reader._tensor(stored[0][1]).shape) == size:
         t = reader._tensor(stored[0][1])
     else:
+        # sizes come from the index: check the shards hold that many elements before allocating
+        held = sum(_numel(reader.shard(ref.rank).info(ref.tensor).shape) for _idx, ref in stored)
+        if held != _numel(size):
+            raise CorruptCheckpointError(
+                f"{index.path}: the shards hold {held} elements of {fqn!r}, but the index says it has "
+                f"{_numel(size)} ({list(size)}); a shard is missing or the index does not belong to them",
+                path=index.path,
+                tensor=fqn,
+                reason="chunks do not cover the tensor",
+            )
         t = torch.empty(size, dtype=entry.properties.dtype)
         covered = 0
         for idx, ref in stored:
             chunk = reader._tensor(ref)
             offsets = tuple(idx.offset) if idx.offset is not None else (0,) * len(size)
             dst = t
-            for dim, (o, n) in enumerate(zip(offsets, chunk.shape, strict=True)):
-                dst = dst.narrow(dim, o, n)
-            dst.copy_(chunk)
+            try:
+                for dim, (o, n) in enumerate(zip(offsets, chunk.shape, strict=True)):
+                    dst = dst.narrow(dim, o, n)
+                dst.copy_(chunk)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise CorruptCheckpointError(
+                    f"{index.path}: a chunk of {fqn!r} of shape {list(chunk.shape)} at {list(offsets)} does not "
+                    f"fit the tensor's shape {list(size)} ({exc})",
+                    path=index.path,
+                    tensor=fqn,
+                    reason="chunk outside tensor",
+                ) from None
             covered += chunk.numel()
         if covered != t.numel():
             raise DistributedCheckpointError(
@@ -477,6 +497,13 @@ def _assemble(
             )
     device = _format.resolve_device(map_location, "cpu")
     return t if device is None or device.type == "cpu" else t.to(device)
+
+
+def _numel(shape: Any) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def consolidate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> CheckpointInfo:

@@ -42,6 +42,8 @@ INDEX_NAME = "index.json"
 INDEX_FORMAT = "torchkeep.sharded"
 INDEX_VERSION = 1
 MAX_INDEX_BYTES = 256 * 1024 * 1024
+_MAX_PATH_PARTS = 64
+_MAX_LIST_INDEX = 1 << 20  # a state dict list longer than this is not plausible; bounds memory on load
 _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.safetensors$")
 
 
@@ -247,8 +249,17 @@ def _parse_metadata(dcp: dict[str, Any], world: int, path: str, root: str) -> Me
         raise _bad(path, "dcp.planner_data is not an object")
     mappings: dict[str, tuple[str | int, ...]] = {}
     for fqn, parts in planner_data.items():
-        if not (isinstance(parts, list) and parts and all(type(p) in (str, int) for p in parts)):
-            raise _bad(path, f"dcp.planner_data[{fqn!r}] must be a list of str/int path parts")
+        if not (
+            isinstance(parts, list)
+            and 0 < len(parts) <= _MAX_PATH_PARTS
+            and isinstance(parts[0], str)
+            and all(isinstance(p, str) or (type(p) is int and 0 <= p < _MAX_LIST_INDEX) for p in parts)
+        ):
+            raise _bad(
+                path,
+                f"dcp.planner_data[{fqn!r}] must be a list of at most {_MAX_PATH_PARTS} path parts "
+                f"(strings, or list indices below {_MAX_LIST_INDEX}) starting with a name",
+            )
         mappings[fqn] = tuple(parts)
     storage = dcp.get("storage")
     if not isinstance(storage, list):
@@ -267,6 +278,10 @@ def _parse_metadata(dcp: dict[str, Any], world: int, path: str, root: str) -> Me
         )
         if not ok or s[0] not in sd_meta:
             raise _bad(path, f"dcp.storage entry {str(s)[:200]} is malformed or names an unknown key")
+        md = sd_meta[s[0]]
+        offsets = [list(c.offsets) for c in md.chunks] if isinstance(md, TensorStorageMetadata) else [None]
+        if s[1] not in offsets and not (s[1] is None and offsets == [[0] * len(offsets[0] or [])]):
+            raise _bad(path, f"dcp.storage entry for {s[0]!r} has offsets {s[1]} that match none of its chunks")
         idx = MetadataIndex(fqn=s[0], offset=None if s[1] is None else torch.Size(s[1]), index=s[2])
         refs[idx] = ItemRef(rank=s[3], tensor=s[4])
     version = dcp.get("version")
