@@ -11,7 +11,7 @@ Example:
     ['bias', 'weight']
 """
 
-from . import errors
+from . import distributed, errors
 from ._api import load, save
 from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
@@ -82,6 +82,8 @@ __all__ = [
     "KeepLastN",
     "KeepNewerThan",
     "list_checkpoints",
+    # multi-process (sharded) checkpoints: the torchkeep.distributed module
+    "distributed",
     # inference runtimes
     "Predictor",
     "TensorSpec",

@@ -326,6 +326,24 @@ def _torch_load(path: Path, *, weights_only: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) format
 
 
+def _sharded_dir(path: Path) -> bool:
+    from . import distributed
+
+    return distributed.is_sharded_checkpoint(path)
+
+
+@source_kind("torchkeep-sharded", detect=_sharded_dir)
+def _read_sharded(path: Path, options: ConvertOptions) -> Source:
+    """A ``torchkeep.distributed`` checkpoint (one shard per rank + index.json), gathered whole."""
+    from . import distributed
+
+    index = distributed.read_index(path)
+    return Source(
+        tree=distributed.load_full(path),
+        notes=[f"a sharded checkpoint of {index.world_size} rank(s), gathered into one unsharded state"],
+    )
+
+
 @source_kind("torch", detect=lambda p: _torch_file(p) is not None)
 def _read_torch(path: Path, options: ConvertOptions) -> Source:
     file = _torch_file(path)
