@@ -18,6 +18,7 @@ from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkp
 from ._modelfile import load_model, save_model
 from ._registry import migration, model_entry, register
 from ._version import __version__
+from .bench import BenchReport, benchmark
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -63,6 +64,8 @@ __all__ = [
     "Predictor",
     "TensorSpec",
     "load_predictor",
+    "BenchReport",
+    "benchmark",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
