@@ -73,6 +73,7 @@ def test_benchmark_end_to_end(export_dir: tuple[Path, nn.Module], tmp_path: Path
         assert 2 <= r.iterations <= 20  # rounds x min_iters at least, max_iters at most
         assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms
         assert r.throughput > 0
+        assert r.cpu_ms >= 0
         assert r.speedup_vs_eager is not None
         assert r.speedup_vs_eager > 0
     assert next(r for r in report.results if r.backend == "eager").speedup_vs_eager == 1.0
@@ -88,6 +89,9 @@ def test_benchmark_end_to_end(export_dir: tuple[Path, nn.Module], tmp_path: Path
     assert data["device"] == "cpu"
     assert set(data["fastest"]) == {"1", "4"}
     assert len(data["results"]) == 8
+    again = tk.BenchReport.from_json(data)
+    assert again.fastest() == report.fastest()
+    assert [r.p50_ms for r in again.results] == [r.p50_ms for r in report.results]
     # PNG
     png = tmp_path / "bench.png"
     assert report.plot(png) == str(png)
@@ -180,7 +184,7 @@ def test_cli_bench(export_dir: tuple[Path, nn.Module], tmp_path: Path) -> None:
     assert data["threads"] == 1
     assert png.read_bytes()[:4] == b"\x89PNG"
     proc = subprocess.run(
-        [*args, *budget], capture_output=True, text=True, check=False, env={"COLUMNS": "120", **_env()}
+        [*args, *budget], capture_output=True, text=True, check=False, env={**_env(), "COLUMNS": "120"}
     )
     assert proc.returncode == 0, proc.stderr
     assert "fastest" in proc.stdout

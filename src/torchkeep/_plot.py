@@ -23,13 +23,15 @@ COLORS = {
 
 def draw(plt: Any, reports: Sequence[BenchReport]) -> Any:
     """A figure with one row per report: latency (left) and throughput (right), log scales."""
-    fig, axes = plt.subplots(len(reports), 2, figsize=(12, 3.6 * len(reports)), squeeze=False)
+    fig, axes = plt.subplots(len(reports), 2, figsize=(12, 3.4 * len(reports) + 0.8), squeeze=False)
+    legend: dict[str, str] = {}
     for row, report in enumerate(reports):
         ok = [r for r in report.results if r.error is None]
         batch_sizes = sorted({r.batch_size for r in ok})
         targets = list(dict.fromkeys(r.target for r in ok))
         width = 0.8 / max(1, len(targets))
         lat_ax, thr_ax = axes[row]
+        eager_throughput = {r.batch_size: r.throughput for r in ok if r.backend == "eager"}
         for i, target in enumerate(targets):
             rows = {r.batch_size: r for r in ok if r.target == target}
             xs = [j + (i - (len(targets) - 1) / 2) * width for j, bs in enumerate(batch_sizes) if bs in rows]
@@ -41,9 +43,10 @@ def draw(plt: Any, reports: Sequence[BenchReport]) -> Any:
             lat_ax.scatter(xs, [r.p99_ms for r in picked], marker="_", color="black", s=40, zorder=3)
             bars = thr_ax.bar(xs, [r.throughput for r in picked], width * 0.92, color=color, label=target)
             for bar, r in zip(bars, picked, strict=True):
-                if r.speedup_vs_eager is not None and r.backend != "eager":
+                base = eager_throughput.get(r.batch_size)
+                if base and r.backend != "eager":
                     thr_ax.annotate(
-                        f"{r.speedup_vs_eager:.2g}×",
+                        f"{r.throughput / base:.2g}×",
                         (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center",
                         va="bottom",
@@ -51,10 +54,12 @@ def draw(plt: Any, reports: Sequence[BenchReport]) -> Any:
                         xytext=(0, 1),
                         textcoords="offset points",
                     )
+            for backend in {r.backend for r in picked}:
+                legend.setdefault(backend, COLORS.get(backend, "#333333"))
         name = report.title or "benchmark"
         for ax, ylabel, what in (
             (lat_ax, "latency per call (ms, log)", "p50 latency, whisker p90–p99 — lower is better"),
-            (thr_ax, "samples / s (log)", "throughput, label = speedup vs eager — higher is better"),
+            (thr_ax, "samples / s (log)", "throughput (samples/s), label = × eager — higher is better"),
         ):
             ax.set_yscale("log")
             ax.set_xticks(range(len(batch_sizes)))
@@ -64,7 +69,6 @@ def draw(plt: Any, reports: Sequence[BenchReport]) -> Any:
             ax.grid(axis="y", which="both", alpha=0.25)
             ax.set_axisbelow(True)
         thr_ax.margins(y=0.15)
-        lat_ax.legend(fontsize=8, frameon=False, ncol=min(3, len(targets)))
     first = reports[0] if reports else None
     if first is not None:
         env = first.environment
@@ -74,5 +78,16 @@ def draw(plt: Any, reports: Sequence[BenchReport]) -> Any:
         if env.get("load_average"):
             bits.append(f"load avg {env['load_average']}")
         fig.suptitle("torchkeep benchmark — " + ", ".join(bits), fontsize=10)
-    fig.tight_layout()
+    # One legend for the whole figure: a backend has the same colour in every panel.
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in legend.values()]
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_size_inches()[1]))
+    fig.legend(
+        handles,
+        list(legend),
+        loc="upper center",
+        ncol=len(legend),
+        frameon=False,
+        fontsize=9,
+        bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_size_inches()[1]),
+    )
     return fig

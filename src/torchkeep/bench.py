@@ -9,11 +9,13 @@ How it measures (why each step is there):
    ``min_time`` seconds or ``max_iters`` calls, whichever comes first (at least ``min_iters``).
    The budget is split into ``rounds`` that visit the backends in turn, so a burst of load on a
    shared machine hits all backends alike instead of ruining one of them.
-4. Latency is per call (``perf_counter_ns``); throughput is ``batch_size / mean latency``;
-   speedup is eager's p50 / the backend's p50 at the same batch size. Peak memory is the rise of
-   the process's peak RSS over its RSS before the backend's first call at that batch size (CPU;
-   Linux ``/proc``), or of torch's peak CUDA allocation (CUDA; memory that ONNX Runtime or
-   TensorRT allocate themselves is not seen).
+4. Latency is per call (``perf_counter_ns``); throughput is ``batch_size / p50 latency`` (the
+   mean, ``mean_ms``, is at the mercy of stalls caused by other processes);
+   speedup is eager's p50 / the backend's p50 at the same batch size. The process's CPU time
+   per call is recorded too: on a loaded machine latency stretches with the load, CPU time
+   does not. Peak memory is the rise of the process's peak RSS over its RSS before the
+   backend's first call at that batch size (CPU; Linux ``/proc``), or of torch's peak CUDA
+   allocation (CUDA; memory that ONNX Runtime or TensorRT allocate themselves is not seen).
 
 Results go into the export directory's ``export.json`` (``"benchmark"`` key), which
 ``tk.load_predictor(directory)`` and ``torchkeep serve`` read to pick the fastest backend.
@@ -57,7 +59,9 @@ class BenchResult:
         batch_size: samples per call.
         iterations: timed calls.
         p50_ms, p90_ms, p99_ms, mean_ms: latency per call in milliseconds.
-        throughput: samples per second (``batch_size / mean``).
+        cpu_ms: median CPU time of the process per call, in milliseconds (all threads). Unlike
+            latency, it barely moves when other processes compete for the cores.
+        throughput: samples per second (``batch_size / p50``).
         speedup_vs_eager: eager p50 / this p50 (None without an eager row).
         peak_mem_mb: peak memory rise during the calls, in MiB (None when unmeasurable).
         error: why this row has no numbers (the backend failed), else None.
@@ -71,6 +75,7 @@ class BenchResult:
     p90_ms: float = float("nan")
     p99_ms: float = float("nan")
     mean_ms: float = float("nan")
+    cpu_ms: float = float("nan")
     throughput: float = float("nan")
     speedup_vs_eager: float | None = None
     peak_mem_mb: float | None = None
@@ -120,14 +125,51 @@ class BenchReport:
             "fastest": {str(bs): b for bs, b in self.fastest().items()},
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchReport:
+        """Inverse of :meth:`to_json` (e.g. to plot saved results again).
+
+        Raises:
+            PredictorError: ``data`` is not a report written by :meth:`to_json`.
+        """
+        try:
+            fields = set(BenchResult.__dataclass_fields__)
+            results = []
+            for row in data["results"]:
+                values = {k: v for k, v in row.items() if k in fields}
+                for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cpu_ms", "throughput"):
+                    if values.get(k) is None:
+                        values[k] = float("nan")
+                results.append(BenchResult(**values))
+            return cls(
+                results=results,
+                device=str(data["device"]),
+                threads=int(data["threads"]),
+                created_at=str(data.get("created_at", "")),
+                environment=dict(data.get("environment") or {}),
+                title=str(data.get("title", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PredictorError(f"not a benchmark report written by BenchReport.to_json ({exc!r})") from None
+
     def table(self) -> Any:
         """A ``rich.table.Table``: one row per backend and batch size, fastest first, best marked ★."""
         from rich import box
         from rich.table import Table
 
         load = self.environment.get("load_average")
-        caption = f"{self.device}, {self.threads} thread(s)" + (f", load average {load}" if load else "")
-        table = Table(title=self.title or "torchkeep benchmark", caption=caption, box=box.SIMPLE_HEAD)
+        calls = sorted({r.iterations for r in self.results if r.error is None})
+        span = f"{calls[0]}" if len(calls) == 1 else f"{calls[0]}–{calls[-1]}" if calls else "0"
+        caption = f"{self.device}, {self.threads} thread(s), {span} timed calls each" + (
+            f", load average {load}" if load else ""
+        )
+        table = Table(
+            title=self.title or "torchkeep benchmark",
+            caption=caption,
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
+            pad_edge=False,
+        )
         for name, justify in [
             ("backend", "left"),
             ("batch", "right"),
@@ -135,9 +177,9 @@ class BenchReport:
             ("p90 ms", "right"),
             ("p99 ms", "right"),
             ("samples/s", "right"),
+            ("CPU ms", "right"),
             ("×eager", "right"),
-            ("peak MiB", "right"),
-            ("calls", "right"),
+            ("MiB", "right"),
         ]:
             table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
         fastest = self.fastest()
@@ -154,9 +196,9 @@ class BenchReport:
                 _fmt(r.p90_ms),
                 _fmt(r.p99_ms),
                 f"{r.throughput:,.0f}",
+                _fmt(r.cpu_ms),
                 "" if r.speedup_vs_eager is None else f"{r.speedup_vs_eager:.2f}",
                 "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}",
-                str(r.iterations),
             )
         return table
 
@@ -223,6 +265,7 @@ class _Runner:
     predictor: Predictor
     source: str | None  # the export directory it came from
     latencies: dict[int, list[int]] = field(default_factory=dict)
+    cpu: dict[int, list[int]] = field(default_factory=dict)
     peaks: dict[int, float | None] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
 
@@ -416,6 +459,7 @@ def _measure(
                 return p(**dict(zip(names, tensors, strict=True))) if names else p(*tensors)
 
             times = r.latencies.setdefault(batch_size, [])
+            cpu = r.cpu.setdefault(batch_size, [])
             try:
                 if round_index == 0:
                     memory.start()
@@ -425,10 +469,12 @@ def _measure(
                 deadline = time.perf_counter() + per_round_time
                 done = 0
                 while done < per_round_iters and (done < per_round_min or time.perf_counter() < deadline):
+                    cpu_start = time.process_time_ns()
                     start = time.perf_counter_ns()
                     call()
                     sync()
                     times.append(time.perf_counter_ns() - start)
+                    cpu.append(time.process_time_ns() - cpu_start)
                     done += 1
                 peak = memory.peak_mb() if round_index == 0 else None
                 if round_index == 0:
@@ -462,7 +508,8 @@ def _results(runners: list[_Runner], batch_sizes: Sequence[int]) -> list[BenchRe
                     p90_ms=p90,
                     p99_ms=p99,
                     mean_ms=mean,
-                    throughput=bs / (mean / 1e3) if mean > 0 else float("inf"),
+                    cpu_ms=float(np.median(r.cpu[bs])) / 1e6,
+                    throughput=bs / (p50 / 1e3) if p50 > 0 else float("inf"),
                     peak_mem_mb=r.peaks.get(bs),
                 )
             )
