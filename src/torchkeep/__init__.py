@@ -20,6 +20,7 @@ from ._registry import migration, model_entry, register
 from ._sampler import ResumableLoader, ResumableSampler
 from ._stateful import upgrade_state
 from ._version import __version__
+from .bench import BenchReport, benchmark
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -91,6 +92,8 @@ __all__ = [
     # export for deployment
     "ExportReport",
     "export",
+    "BenchReport",
+    "benchmark",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",

@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "_ls",
     "_demo",
     "_export",
+    "_bench",
 )
 
 for _name in _COMMAND_MODULES:
