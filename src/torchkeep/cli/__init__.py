@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ..errors import TorchkeepError
-from . import _demo, _files
+from . import _demo, _files, _serve
 
 __all__ = ["app", "main"]
 
@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_files, _demo):
+for _module in (_files, _demo, _serve):
     _module.register(app)
 
 
