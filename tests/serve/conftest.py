@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,14 @@ def free_port() -> int:
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Write an ONNX file with a dynamic batch dimension (the legacy exporter: fast, no warnings)."""
     module.eval()
+    with warnings.catch_warnings():
+        # The legacy exporter is deprecated but fast and quiet; the model is trivial to trace.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+        _export(module, example, path)
+    return path
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         module,
         (example,),
@@ -94,7 +103,6 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
         dynamic_axes={"x": {0: "batch"}, "output": {0: "batch"}},
         dynamo=False,
     )
-    return path
 
 
 @contextlib.contextmanager
@@ -129,3 +137,19 @@ def real_server(target: str | os.PathLike[str], *args: str, timeout: float = 60.
             proc.wait(5)
         if proc.stdout:
             proc.stdout.close()
+
+
+def write_version(directory: Path, name: str, module: nn.Module, dim: int = 10, *, mtime: float | None = None) -> Path:
+    """Publish a model version the way a trainer should: write a hidden temp file, then rename."""
+    tmp = directory / f".{name}.tmp"
+    export_onnx(module, torch.randn(2, dim), tmp)
+    final = directory / name
+    os.replace(tmp, final)
+    if mtime is not None:
+        os.utime(final, (mtime, mtime))
+    return final
+
+
+def eager_out(module: nn.Module, x: Any) -> np.ndarray:
+    with torch.no_grad():
+        return module.eval()(torch.tensor(np.asarray(x, dtype=np.float32))).numpy()

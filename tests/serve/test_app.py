@@ -14,7 +14,7 @@ from torchkeep.errors import ServeError
 from torchkeep.runtime import TensorSpec
 from torchkeep.serve import ServeOptions, create_app
 
-from .conftest import ModulePredictor, running, seed_predictor
+from .conftest import ModulePredictor, running
 
 X = [0.1 * i for i in range(10)]
 
