@@ -82,5 +82,7 @@ PY
 fi
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$URL/predict" -H "Content-Type: application/json" -d '{"values": "oops"}')
 [ "$code" = "422" ] || { echo "serve-smoke: bad input answered $code, expected 422"; exit 1; }
-curl -fsS "$URL/metrics" | grep -q 'torchkeep_requests_total{route="/predict",status="200"} 1'
+curl -fsS "$URL/metrics" > "$WORK/metrics.txt"
+grep -q 'torchkeep_requests_total{route="/predict",status="200"} 1' "$WORK/metrics.txt" \
+    || { echo "serve-smoke: /metrics does not count the request"; cat "$WORK/metrics.txt"; exit 1; }
 echo "serve-smoke: OK ($TARGET)"

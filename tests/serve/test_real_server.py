@@ -128,18 +128,14 @@ def test_serve_smoke_script(tmp_path: Path) -> None:
     assert "serve-smoke: OK" in proc.stdout
 
 
-def test_cli_reports_a_bad_target_in_one_line(tmp_path: Path) -> None:
-    import sys
+def test_cli_reports_a_bad_target_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from torchkeep.cli import main
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torchkeep", "serve", str(tmp_path / "missing.onnx"), "--port", "1"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert proc.returncode == 1
-    assert "error:" in proc.stderr and "no such file" in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "torchkeep", "serve", str(tmp_path), "--max-batch-size", "0"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert proc.returncode == 1 and "max_batch_size" in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", str(tmp_path / "missing.onnx"), "--port", "1"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "no such file" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", str(tmp_path), "--max-batch-size", "0"])
+    assert exc.value.code == 1 and "max_batch_size" in capsys.readouterr().err
