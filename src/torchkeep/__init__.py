@@ -13,7 +13,10 @@ Example:
 
 from . import errors
 from ._api import load, save
+from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from ._modelfile import load_model, save_model
+from ._registry import migration, model_entry, register
 from ._version import __version__
 from .errors import (
     CheckpointLockedError,
@@ -46,6 +49,16 @@ __all__ = [
     "load_checkpoint",
     "read_info",
     "save_checkpoint",
+    # models that rebuild themselves
+    "Finding",
+    "RoundtripResult",
+    "audit",
+    "load_model",
+    "migration",
+    "model_entry",
+    "register",
+    "save_model",
+    "verify_roundtrip",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",
