@@ -42,7 +42,7 @@ from torch import nn
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 NAIVE_APP = textwrap.dedent(
-    '''
+    """
     # The tutorial's app.py, verbatim except for the model path and port taken from argv.
     import sys
 
@@ -68,7 +68,7 @@ NAIVE_APP = textwrap.dedent(
 
     if __name__ == "__main__":
         uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]))
-    '''
+    """
 )
 
 
@@ -96,8 +96,12 @@ class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.head = nn.Linear(64 * 8 * 8, 10)
 
@@ -105,7 +109,11 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.reshape(-1, 3, 32, 32)).flatten(1))
 
 
-MODELS: dict[str, tuple[type[nn.Module], int]] = {"seed-mlp": (SeedMLP, 10), "wide-mlp": (WideMLP, 512), "small-cnn": (SmallCNN, 3 * 32 * 32)}
+MODELS: dict[str, tuple[type[nn.Module], int]] = {
+    "seed-mlp": (SeedMLP, 10),
+    "wide-mlp": (WideMLP, 512),
+    "small-cnn": (SmallCNN, 3 * 32 * 32),
+}
 
 
 def free_port() -> int:
@@ -131,12 +139,21 @@ def write_artifacts(name: str, workdir: Path) -> tuple[Path, Path, int]:
     except (AttributeError, ImportError):
         # Until tk.export lands: a plain ONNX file served through ONNX Runtime.
         target = workdir / f"{name}.onnx"
-        torch.onnx.export(model, (example,), str(target), input_names=["x"], output_names=["output"],
-                          dynamic_axes={"x": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(target),
+            input_names=["x"],
+            output_names=["output"],
+            dynamic_axes={"x": {0: "batch"}, "output": {0: "batch"}},
+            dynamo=False,
+        )
     return traced, target, dim
 
 
-async def _one_connection(port: int, bodies: list[bytes], stop_at: float, record_from: float, lat: list[float], errors: list[int]) -> None:
+async def _one_connection(
+    port: int, bodies: list[bytes], stop_at: float, record_from: float, lat: list[float], errors: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = 0
     try:
@@ -183,7 +200,12 @@ async def drive(port: int, dim: int, concurrency: int, warmup: float, duration: 
         timeout=warmup + duration + 60,
     )
     arr = np.array(lat) * 1000 if lat else np.array([float("nan")])
-    return {"rps": len(lat) / duration, "p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "errors": float(len(errors))}
+    return {
+        "rps": len(lat) / duration,
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+        "errors": float(len(errors)),
+    }
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], path: str, dim: int, timeout: float = 120) -> None:
@@ -197,7 +219,10 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], path: str, dim: int, ti
             if path == "/readyz":
                 ok = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
             else:
-                ok = httpx.post(f"http://127.0.0.1:{port}/predict", json={"values": [0.0] * dim}, timeout=5).status_code == 200
+                ok = (
+                    httpx.post(f"http://127.0.0.1:{port}/predict", json={"values": [0.0] * dim}, timeout=5).status_code
+                    == 200
+                )
             if ok:
                 return
         except httpx.TransportError:
@@ -247,13 +272,35 @@ def main() -> None:
             naive = run_server([sys.executable, str(naive_py), str(traced), str(port)], "/predict", port, dim, args)
             port = free_port()
             tk_cmd = [
-                sys.executable, "-m", "torchkeep", "serve", str(target), "--host", "127.0.0.1", "--port", str(port),
-                "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads),
+                sys.executable,
+                "-m",
+                "torchkeep",
+                "serve",
+                str(target),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--max-batch-size",
+                str(args.max_batch_size),
+                "--max-wait-ms",
+                str(args.max_wait_ms),
+                "--threads",
+                str(args.threads),
             ]
             tk = run_server(tk_cmd, "/readyz", port, dim, args)
-            row = {"model": name, "naive": naive, "torchkeep": tk, "throughput_ratio": tk["rps"] / max(naive["rps"], 1e-9), "p99_ratio": tk["p99"] / naive["p99"]}
+            row = {
+                "model": name,
+                "naive": naive,
+                "torchkeep": tk,
+                "throughput_ratio": tk["rps"] / max(naive["rps"], 1e-9),
+                "p99_ratio": tk["p99"] / naive["p99"],
+            }
             rows.append(row)
-            print(f"  {name}: naive {naive['rps']:.0f} req/s, torchkeep {tk['rps']:.0f} req/s ({row['throughput_ratio']:.2f}x)", flush=True)
+            print(
+                f"  {name}: naive {naive['rps']:.0f} req/s, torchkeep {tk['rps']:.0f} req/s ({row['throughput_ratio']:.2f}x)",
+                flush=True,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print()
@@ -264,7 +311,9 @@ def main() -> None:
             r = row[kind]
             ratio = f"{row['throughput_ratio']:.2f}×" if kind == "torchkeep" else "1.00×"
             p99 = f"{row['p99_ratio']:.2f}×" if kind == "torchkeep" else "1.00×"
-            print(f"| {row['model']} | {kind} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {int(r['errors'])} | {ratio} | {p99} |")
+            print(
+                f"| {row['model']} | {kind} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {int(r['errors'])} | {ratio} | {p99} |"
+            )
     print(f"\n# load after run: {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -58,7 +58,9 @@ class ModulePredictor:
 
 
 def seed_predictor() -> ModulePredictor:
-    return ModulePredictor(SeedMLP(), [TensorSpec("x", (None, 10), "float32")], [TensorSpec("output", (None, 1), "float32")])
+    return ModulePredictor(
+        SeedMLP(), [TensorSpec("x", (None, 10), "float32")], [TensorSpec("output", (None, 1), "float32")]
+    )
 
 
 @pytest.fixture

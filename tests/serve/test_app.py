@@ -108,7 +108,9 @@ def test_metrics_prometheus_text(predictor: ModulePredictor) -> None:
             assert 'torchkeep_request_duration_seconds_count{route="/predict"} 21' in text
             assert "# TYPE torchkeep_batch_size histogram" in text
             assert "torchkeep_batch_size_sum" in text and "torchkeep_queue_depth 0" in text
-            total = sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("torchkeep_batch_size_sum"))
+            total = sum(
+                float(line.split()[-1]) for line in text.splitlines() if line.startswith("torchkeep_batch_size_sum")
+            )
             assert total == 20  # every example of the 20 requests went through the batcher
 
     asyncio.run(go())
@@ -123,7 +125,9 @@ def test_requests_are_batched(predictor: ModulePredictor) -> None:
             assert max(predictor.calls) > 1 and max(predictor.calls) <= 16
             assert sum(predictor.calls) == 48
             for i, r in enumerate(rs):  # each answer belongs to its own request
-                np.testing.assert_allclose(r.json()["prediction"], eager(predictor, [[float(i)] * 10]), rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(
+                    r.json()["prediction"], eager(predictor, [[float(i)] * 10]), rtol=1e-4, atol=1e-6
+                )
 
     asyncio.run(go())
 

@@ -25,10 +25,24 @@ CASES: list[tuple[str, bytes, str | None, int, str, str]] = [
     ("/predict", b"", "application/json", 400, "invalid_json", "not valid JSON"),
     ("/predict", b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "invalid_json", "not valid JSON"),
     ("/predict", b'{"values": [1, 2, 3]}', "application/json", 422, "invalid_input", "found shape [3]"),
-    ("/predict", b'{"values": [[1,2,3,4,5,6,7,8,9,10]]}', "application/json", 422, "invalid_input", "found shape [1, 10]"),
+    (
+        "/predict",
+        b'{"values": [[1,2,3,4,5,6,7,8,9,10]]}',
+        "application/json",
+        422,
+        "invalid_input",
+        "found shape [1, 10]",
+    ),
     ("/predict", b'{"values": ["a","b","c","d","e","f","g","h","i","j"]}', None, 422, "invalid_input", "string"),
     ("/predict", b'{"values": ["1","2","3","4","5","6","7","8","9","10"]}', None, 422, "invalid_input", "string"),
-    ("/predict", b'{"values": [true,false,true,false,true,false,true,false,true,false]}', None, 422, "invalid_input", "boolean"),
+    (
+        "/predict",
+        b'{"values": [true,false,true,false,true,false,true,false,true,false]}',
+        None,
+        422,
+        "invalid_input",
+        "boolean",
+    ),
     ("/predict", b'{"values": [null,1,2,3,4,5,6,7,8,9]}', None, 422, "invalid_input", "mixed or null"),
     ("/predict", b'{"values": [NaN,1,2,3,4,5,6,7,8,9]}', None, 422, "invalid_input", "NaN or Infinity"),
     ("/predict", b'{"values": [Infinity,1,2,3,4,5,6,7,8,9]}', None, 422, "invalid_input", "NaN or Infinity"),
@@ -94,7 +108,9 @@ def test_every_bad_input_is_a_clear_4xx(predictor: ModulePredictor) -> None:
 def test_non_finite_allowed_by_option(predictor: ModulePredictor) -> None:
     async def go() -> None:
         async with running(predictor, allow_non_finite=True) as c:
-            r = await c.post("/predict", content=b'{"values": [NaN,1,2,3,4,5,6,7,8,9]}', headers={"content-type": "application/json"})
+            r = await c.post(
+                "/predict", content=b'{"values": [NaN,1,2,3,4,5,6,7,8,9]}', headers={"content-type": "application/json"}
+            )
             assert r.status_code == 200
             assert r.json()["prediction"] == [[None]]  # NaN output goes out as JSON null, never invalid JSON
 

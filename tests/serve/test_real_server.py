@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _load(base: str, *, clients: int, per_client: int, stop: asyncio.Event | None = None) -> tuple[list[int], list[str]]:
+async def _load(
+    base: str, *, clients: int, per_client: int, stop: asyncio.Event | None = None
+) -> tuple[list[int], list[str]]:
     """``clients`` connections, each sending up to ``per_client`` requests; statuses and transport errors."""
     statuses: list[int] = []
     failures: list[str] = []
@@ -120,9 +122,19 @@ def test_workers_flag_runs_processes(tmp_path: Path) -> None:
 
 
 def test_serve_smoke_script(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHON": os.environ.get("PYTHON", __import__("sys").executable)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "PYTHON": os.environ.get("PYTHON", __import__("sys").executable),
+    }
     proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "serve-smoke.sh")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False
+        ["bash", str(ROOT / "scripts" / "serve-smoke.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "serve-smoke: OK" in proc.stdout
