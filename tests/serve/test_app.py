@@ -186,3 +186,20 @@ def test_multi_input_int_model() -> None:
             assert r.status_code == 415
 
     asyncio.run(go())
+
+
+def test_import_option_registers_user_modules(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from torchkeep.serve._loading import import_modules
+
+    (tmp_path / "my_models_for_serve.py").write_text("LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    import_modules(["my_models_for_serve"])
+    assert sys.modules["my_models_for_serve"].LOADED is True
+    with pytest.raises(ServeError, match="--import no_such_module_xyz"):
+        import_modules(["no_such_module_xyz"])
+    with pytest.raises(ServeError, match="imports"):
+        ServeOptions(imports="mypkg")  # type: ignore[arg-type]
+    assert ServeOptions.from_json(ServeOptions(imports=("a", "b")).to_json()).imports == ("a", "b")

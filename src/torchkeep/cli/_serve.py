@@ -29,6 +29,10 @@ def serve(
     backend: Annotated[str | None, typer.Option(help="Runtime backend (default: fastest in export.json).")] = None,
     device: Annotated[str, typer.Option(help="Inference device, e.g. cpu or cuda:0.")] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads for inference.")] = 1,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option("--import", help="Import this module first (registers your model classes); repeatable."),
+    ] = None,
     allow_non_finite: Annotated[bool, typer.Option(help="Accept NaN/Infinity in float inputs.")] = False,
     log_level: Annotated[str, typer.Option(help="Server log level.")] = "warning",
     access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = False,
@@ -50,6 +54,7 @@ def serve(
         device=device,
         watch=str(watch) if watch is not None else None,
         poll_s=poll_s,
+        imports=tuple(imports or ()),
     )
     Console(stderr=True).print(f"[bold]torchkeep serve[/bold] {target} on http://{host}:{port} (workers={workers})")
     run(str(target), host=host, port=port, workers=workers, options=options, log_level=log_level, access_log=access_log)

@@ -25,7 +25,7 @@ from ..errors import missing_dependency
 from ..runtime._base import Predictor
 from ._batching import Batcher, ModelSlot
 from ._inputs import Reject, describe_inputs, outputs_to_json, parse_npy, predict_request, v1_request
-from ._loading import load_slot, warm_up
+from ._loading import import_modules, load_slot, warm_up
 from ._metrics import Metrics
 from ._options import ServeOptions
 from ._reload import Watcher
@@ -336,6 +336,7 @@ def create_app(target: str | Predictor, *, options: ServeOptions | None = None) 
         raise missing_dependency("fastapi", "serve", "torchkeep serve") from None
 
     opts = options if options is not None else ServeOptions()
+    import_modules(opts.imports)
     if isinstance(target, Predictor):
         slot = ModelSlot(predictor=target, version="in-process", source=type(target).__name__)
     else:

@@ -21,7 +21,7 @@ from ..runtime._base import Predictor, TensorSpec
 from ._batching import ModelSlot, run_predictor
 from ._inputs import NUMPY_DTYPES
 
-__all__ = ["check_compatible", "fastest_backend", "find_version", "load_slot", "warm_up"]
+__all__ = ["check_compatible", "fastest_backend", "find_version", "import_modules", "load_slot", "warm_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,25 @@ def fastest_backend(export_dir: str, max_batch_size: int) -> str | None:
         if isinstance(art, dict) and art.get("ok"):
             return str(art.get("backend") or fmt)
     return None
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the user's modules that register model classes (``--import``), from the working directory too.
+
+    Raises:
+        ServeError: a module cannot be imported (names it and the error).
+    """
+    import importlib
+    import sys
+
+    if names and os.getcwd() not in sys.path:
+        # `python -m torchkeep` has the working directory on sys.path; the console script does not.
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise ServeError(f"--import {name}: cannot import it ({type(exc).__name__}: {exc})", option="imports") from exc
 
 
 def _load_predictor(path: str, backend: str | None, device: str) -> Predictor:

@@ -35,6 +35,9 @@ class ServeOptions:
         watch: a directory to poll for new model versions (hot reload), or None.
         poll_s: how often the watched directory is scanned.
         warmup: run one batch through a model before it serves (readiness, hot-reload check).
+        imports: Python modules to import before loading, so that ``@tk.register``-ed model
+            classes exist in the server process (model files name their class; loading never
+            imports code by itself). Importing runs that module's code: name only your own.
 
     Example:
         >>> opts = ServeOptions(max_batch_size=16, max_wait_ms=2.0)
@@ -54,6 +57,7 @@ class ServeOptions:
     watch: str | None = None
     poll_s: float = 1.0
     warmup: bool = True
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "max_body_bytes", "threads"):
@@ -67,6 +71,9 @@ class ServeOptions:
         _check_range("max_body_bytes", self.max_body_bytes, 64, 2**40, " bytes")
         _check_range("threads", self.threads, 1, 1024)
         _check_range("poll_s", self.poll_s, 0.01, 3600, " seconds")
+        if isinstance(self.imports, str) or not all(isinstance(m, str) and m for m in self.imports):
+            raise ServeError(f"imports={self.imports!r}: expected a list of module names such as ['mypkg.models']")
+        object.__setattr__(self, "imports", tuple(self.imports))
         if not self.device or not isinstance(self.device, str):
             raise ServeError(f"device={self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
 
