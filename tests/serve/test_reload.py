@@ -139,3 +139,38 @@ def test_in_flight_batch_finishes_on_old_version(tmp_path: Path) -> None:
             assert r.json()["outputs"]["y"] == [[2.0, 2.0]] and r.json()["model"]["version"] == "v-new"
 
     asyncio.run(go())
+
+
+def test_checkpoint_directory_newest_step_wins_over_mtime(tmp_path: Path) -> None:
+    import os
+
+    import torchkeep as tk
+
+    now = time.time()
+    for i, step in enumerate((10, 200, 30)):
+        path = tmp_path / f"ckpt-{step}.safetensors"
+        tk.save_checkpoint(str(path), step=step, model=SeedMLP())
+        os.utime(path, (now - i, now - i))  # step 200 is not the newest file
+    path, version = find_version(str(tmp_path))
+    assert path.endswith("ckpt-200.safetensors") and "@200" in version
+
+
+def test_export_directory_backend_from_benchmark(tmp_path: Path) -> None:
+    from torchkeep._manifest import write_manifest
+    from torchkeep.serve._loading import fastest_backend
+
+    arts = {
+        "pt2": {"ok": True, "file": "model.pt2", "backend": "pt2"},
+        "onnx": {"ok": True, "file": "model.onnx", "backend": "onnxruntime"},
+        "tensorrt": {"ok": False, "file": None, "backend": "tensorrt"},
+    }
+    write_manifest(tmp_path, {"artifacts": arts, "benchmark": {"fastest": {"1": "pt2", "32": "onnxruntime"}}})
+    assert fastest_backend(str(tmp_path), 32) == "onnxruntime"
+    assert fastest_backend(str(tmp_path), 1) == "pt2"
+    assert fastest_backend(str(tmp_path), 4) == "pt2"  # nearest measured batch size
+    write_manifest(tmp_path, {"artifacts": arts, "benchmark": {"fastest": {"32": "tensorrt"}}})
+    assert fastest_backend(str(tmp_path), 32) == "pt2"  # the failed artifact is never chosen
+    write_manifest(tmp_path, {"artifacts": arts})
+    assert fastest_backend(str(tmp_path), 32) == "pt2"  # no benchmark: the first good artifact
+    path, version = find_version(str(tmp_path))
+    assert path == str(tmp_path) and version.startswith(tmp_path.name + "@")
