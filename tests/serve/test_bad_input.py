@@ -209,12 +209,14 @@ def test_request_timeout_is_504() -> None:
     p, gate = _gated()
 
     async def go() -> None:
-        async with running(p, timeout_ms=200, warmup=False) as c:
-            r = await c.post("/predict", json={"values": [1.0, 2.0]})
-            assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+        async with running(p, timeout_ms=200, warmup=False, max_batch_size=1) as c:
+            rs = await asyncio.gather(*[c.post("/predict", json={"values": [1.0, 2.0]}) for _ in range(3)])
+            for r in rs:
+                assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
             gate.open.set()
             r = await c.post("/predict", json={"values": [1.0, 2.0]})
             assert r.status_code == 200 and r.json()["prediction"] == [[1.0, 2.0]]
+            assert p.calls == [1, 1]  # the blocked call and this one: timed-out requests never ran
 
     asyncio.run(go())
 

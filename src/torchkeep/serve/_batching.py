@@ -84,7 +84,7 @@ def run_predictor(predictor: Predictor, arrays: Sequence[np.ndarray[Any, Any]]) 
 
 
 class _Item:
-    __slots__ = ("arrays", "cancelled", "future", "key", "loop", "n")
+    __slots__ = ("arrays", "future", "key", "loop", "n")
 
     def __init__(
         self, arrays: list[np.ndarray[Any, Any]], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
@@ -94,7 +94,6 @@ class _Item:
         self.key = tuple(a.shape[1:] for a in arrays)
         self.future = future
         self.loop = loop
-        self.cancelled = False
 
 
 def _deliver(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -183,13 +182,13 @@ class Batcher:
                 )
             self._queue.append(item)
             self._cond.notify()
-        fut.add_done_callback(lambda f: setattr(item, "cancelled", f.cancelled()))
         return fut
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
             while self._running:
-                while self._queue and self._queue[0].cancelled:
+                # A request that timed out or whose client went away is skipped, not run.
+                while self._queue and self._queue[0].future.done():
                     self._queue.popleft()
                 if self._queue:
                     break
@@ -202,7 +201,7 @@ class Batcher:
             while n < self.max_batch_size:
                 if self._queue:
                     head = self._queue[0]
-                    if head.cancelled:
+                    if head.future.done():
                         self._queue.popleft()
                         continue
                     if head.key != first.key or n + head.n > self.max_batch_size:

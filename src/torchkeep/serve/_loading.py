@@ -131,7 +131,9 @@ def import_modules(names: Sequence[str]) -> None:
         try:
             importlib.import_module(name)
         except Exception as exc:
-            raise ServeError(f"--import {name}: cannot import it ({type(exc).__name__}: {exc})", option="imports") from exc
+            raise ServeError(
+                f"--import {name}: cannot import it ({type(exc).__name__}: {exc})", option="imports"
+            ) from exc
 
 
 def _load_predictor(path: str, backend: str | None, device: str) -> Predictor:
