@@ -37,6 +37,7 @@ import base64
 import dataclasses
 import enum
 import math
+import re
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -47,13 +48,20 @@ import torch
 
 from .errors import CorruptCheckpointError, UnsupportedValueError
 
-__all__ = ["MAX_DEPTH", "Encoded", "decode", "encode", "format_path"]
+__all__ = ["DTYPES_BY_NAME", "MAX_DEPTH", "Encoded", "decode", "encode", "format_path", "tensor_names"]
 
 #: Deepest nesting the codec accepts. Deep enough for any real state tree, shallow enough that
 #: hostile files cannot exhaust the interpreter's stack.
 MAX_DEPTH = 200
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Largest dimension or stride accepted from a file (torch's own sizes are int64).
+MAX_DIM = 2**62
+#: Every torch dtype by name, built from torch's namespace once, so that decoding a name never
+#: goes through ``torch.__getattr__`` (which imports submodules on demand).
+DTYPES_BY_NAME: dict[str, torch.dtype] = {
+    name: value for name, value in vars(torch).items() if isinstance(value, torch.dtype)
+}
 _NAN_INF = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -77,7 +85,8 @@ def _tensor_name(parts: tuple[Any, ...]) -> str:
 
 def _name_part(p: Any) -> str:
     if isinstance(p, str):
-        return p.replace("/", "_") or "_"
+        # Names go into the UTF-8 header: lone surrogates (legal in str keys) become "?".
+        return p.replace("/", "_").encode("utf-8", "replace").decode("utf-8") or "_"
     if isinstance(p, tuple):
         return ",".join(_name_part(x) for x in p)
     return str(p)
@@ -88,7 +97,7 @@ class _Encoder:
         self.tensors: dict[str, torch.Tensor] = {}
         self._active: set[int] = set()
         # storage key -> list of (node, tensor) waiting for the shared-storage pass
-        self._by_storage: dict[tuple[str, int], list[tuple[dict[str, Any], torch.Tensor, tuple[Any, ...]]]] = {}
+        self._by_storage: dict[tuple[Any, ...], list[tuple[dict[str, Any], torch.Tensor, tuple[Any, ...]]]] = {}
 
     def run(self, obj: Any) -> Encoded:
         tree = self.value(obj, ())
@@ -103,6 +112,8 @@ class _Encoder:
                 "flatten the structure before saving",
                 path=format_path(path),
             )
+        if isinstance(obj, enum.Enum):  # before str/int: StrEnum and IntEnum members are str/int too
+            return {"t": "enum", "cls": _qualified(type(obj)), "v": self.value(obj.value, (*path, "value"))}
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, torch.Tensor):
@@ -127,8 +138,6 @@ class _Encoder:
             if type(obj) is bytearray:
                 raise self._unsupported(obj, path, "bytearray is not supported; convert it with bytes(...)")
             return {"t": "bytes", "v": base64.b64encode(obj).decode("ascii")}
-        if isinstance(obj, enum.Enum):
-            return {"t": "enum", "cls": _qualified(type(obj)), "v": self.value(obj.value, (*path, "value"))}
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             return self.dataclass(obj, path)
         if type(obj) in (dict, OrderedDict):
@@ -169,9 +178,8 @@ class _Encoder:
 
     def dataclass(self, obj: Any, path: tuple[Any, ...]) -> Any:
         with self._guard(obj, path):
-            fields = {
-                f.name: self.value(getattr(obj, f.name), (*path, f.name)) for f in dataclasses.fields(obj) if f.init
-            }
+            # Every field, init=False ones too: decoding sets fields directly and never runs __init__.
+            fields = {f.name: self.value(getattr(obj, f.name), (*path, f.name)) for f in dataclasses.fields(obj)}
         return {"t": "dataclass", "cls": _qualified(type(obj)), "fields": fields}
 
     def _guard(self, obj: Any, path: tuple[Any, ...]) -> _CycleGuard:
@@ -200,7 +208,13 @@ class _Encoder:
         name = self._unique(_tensor_name(path))
         node["ref"] = name
         self.tensors[name] = t  # placeholder; _assign_storage decides what is really stored
-        key = (str(t.device), t.untyped_storage().data_ptr()) if t.numel() else ("empty", id(node))
+        # A conjugate or negative view shares memory with its source but not its values, so the
+        # lazy bits are part of the key: such views are stored resolved, never re-tied to the source.
+        key: tuple[Any, ...] = (
+            (str(t.device), t.untyped_storage().data_ptr(), t.is_conj(), t.is_neg())
+            if t.numel()
+            else ("empty", id(t))  # the same empty tensor twice is still one tensor
+        )
         self._by_storage.setdefault(key, []).append((node, t, path))
         return node
 
@@ -212,7 +226,8 @@ class _Encoder:
                 f"numpy arrays of dtype {a.dtype} cannot be stored; only numeric, native-endian arrays are supported",
             )
         try:
-            t = torch.from_numpy(np.ascontiguousarray(a))
+            # np.ascontiguousarray turns 0-d arrays into 1-d ones; reshape keeps the shape exact.
+            t = torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape))
         except TypeError as exc:
             raise self._unsupported(a, path, f"numpy dtype {a.dtype} has no torch equivalent") from exc
         name = self._unique(_tensor_name(path))
@@ -225,7 +240,7 @@ class _Encoder:
         return {"t": "npscalar", "dtype": s.dtype.str, "v": base64.b64encode(s.tobytes()).decode("ascii")}
 
     def _unique(self, name: str) -> str:
-        if name not in self.tensors:
+        if name not in self.tensors and name != "__metadata__":  # safetensors reserves that key
             return name
         i = 1
         while f"{name}~{i}" in self.tensors:
@@ -240,9 +255,18 @@ class _Encoder:
                 self.tensors[node["ref"]] = t.detach()
                 continue
             base = _covering_tensor([t for _, t, _ in group])
-            if base is None:  # overlapping views with no single cover: store independent copies
+            if base is None:
+                # Views with no single contiguous cover: store each distinct view once (the same
+                # view saved twice still comes back as one tensor).
+                stored: list[tuple[dict[str, Any], torch.Tensor]] = []
                 for node, t, _ in group:
-                    self.tensors[node["ref"]] = t.detach()
+                    twin = next((n for n, s in stored if _same_view(t, s)), None)
+                    if twin is None:
+                        stored.append((node, t))
+                        self.tensors[node["ref"]] = t.detach()
+                    else:
+                        del self.tensors[node["ref"]]
+                        node["ref"] = twin["ref"]
                 continue
             base_node, base_t, _ = next(g for g in group if g[1] is base)
             self.tensors[base_node["ref"]] = base_t.detach()
@@ -364,6 +388,9 @@ class _Decoder:
     def __init__(self, lookup: Callable[[str], torch.Tensor]) -> None:
         self.lookup = lookup
         self._tensor_cache: dict[str, torch.Tensor] = {}
+        # (ref, param, grad) -> the tensor built for a whole-tensor reference, so that the same
+        # Parameter (or grad-requiring tensor) referenced twice comes back as one object.
+        self._wrapped: dict[tuple[str, bool, bool], torch.Tensor] = {}
 
     def value(self, node: Any, depth: int, where: str) -> Any:
         if depth > MAX_DEPTH:
@@ -382,9 +409,10 @@ class _Decoder:
             return handler(self, node, depth, where)
         except _LookupFailed:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            if isinstance(exc, CorruptCheckpointError):
-                raise
+        except CorruptCheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError, RuntimeError) as exc:
+            # RuntimeError: torch rejects some values itself (device strings, sizes) with it.
             raise _corrupt(f"malformed {tag!r} node at {where}: {exc}") from exc
 
     def base_tensor(self, name: Any) -> torch.Tensor:
@@ -444,8 +472,8 @@ def _d_bytes(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
 
 
 def _d_dtype(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
-    dt = getattr(torch, node["v"], None) if isinstance(node["v"], str) else None
-    if not isinstance(dt, torch.dtype):
+    dt = DTYPES_BY_NAME.get(node["v"]) if isinstance(node["v"], str) else None
+    if dt is None:
         raise ValueError(f"unknown dtype {node['v']!r}")
     return dt
 
@@ -458,30 +486,44 @@ def _d_device(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
 
 def _d_size(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
     dims = node["v"]
-    if not isinstance(dims, list) or not all(type(x) is int and x >= 0 for x in dims):
-        raise ValueError("size must be a list of non-negative ints")
+    if not _dims(dims):
+        raise ValueError(f"size must be a list of at most 64 ints in [0, {MAX_DIM}]")
     return torch.Size(dims)
 
 
 def _d_tensor(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
-    t = d.base_tensor(node["ref"])
+    ref = node["ref"]
+    t = d.base_tensor(ref)
     view = node.get("view")
     if view is not None:
-        t = _apply_view(t, view, node["ref"])
-    if node.get("param"):
-        return torch.nn.Parameter(t, requires_grad=bool(node.get("grad")))
-    if node.get("grad") and (t.is_floating_point() or t.is_complex()):
-        t = t.detach().requires_grad_(True)
-    return t
+        t = _apply_view(t, view, ref)
+    param, grad = bool(node.get("param")), bool(node.get("grad"))
+    if not (param or grad):
+        return t
+    key = (ref, param, grad)
+    if view is None and key in d._wrapped:
+        return d._wrapped[key]
+    if param:
+        out: torch.Tensor = torch.nn.Parameter(t, requires_grad=grad)
+    elif t.is_floating_point() or t.is_complex():
+        out = t.detach().requires_grad_(True)
+    else:
+        out = t
+    if view is None:
+        d._wrapped[key] = out
+    return out
+
+
+def _dims(x: Any) -> bool:
+    return isinstance(x, list) and len(x) <= 64 and all(type(v) is int and 0 <= v <= MAX_DIM for v in x)
 
 
 def _apply_view(base: torch.Tensor, view: Any, ref: str) -> torch.Tensor:
     if not (isinstance(view, list) and len(view) == 3):
         raise ValueError("view must be [offset, shape, stride]")
     offset, shape, stride = view
-    ints = [offset, *shape, *stride] if isinstance(shape, list) and isinstance(stride, list) else None
-    if ints is None or len(shape) != len(stride) or not all(type(x) is int and x >= 0 for x in ints):
-        raise ValueError("view offset/shape/stride must be non-negative ints of matching rank")
+    if not (_dims([offset]) and _dims(shape) and _dims(stride) and len(shape) == len(stride)):
+        raise ValueError(f"view offset/shape/stride must be ints in [0, {MAX_DIM}], shape and stride of one rank")
     span_end = offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)) + 1
     if 0 in shape:
         span_end = offset
@@ -495,10 +537,15 @@ def _d_ndarray(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any
     return t.cpu().numpy()
 
 
+_NP_SCALAR_DTYPE = re.compile(r"[<>|=]?[biufc][1-9][0-9]?")
+
+
 def _d_npscalar(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
-    dtype = np.dtype(node["dtype"])
-    if dtype.kind not in "biufc":
-        raise ValueError(f"numpy dtype {dtype} is not allowed")
+    # Only simple numeric type strings ("<f4", "|b1"): np.dtype() accepts far richer input.
+    spec = node["dtype"]
+    if not (isinstance(spec, str) and _NP_SCALAR_DTYPE.fullmatch(spec)):
+        raise ValueError(f"numpy scalar dtype {spec!r} is not a numeric type string like '<f4'")
+    dtype = np.dtype(spec)
     raw = base64.b64decode(node["v"], validate=True)
     if len(raw) != dtype.itemsize:
         raise ValueError(f"{len(raw)} bytes for a {dtype} scalar of {dtype.itemsize} bytes")
@@ -512,13 +559,21 @@ def _resolve_class(ref: Any, kind: str) -> type:
     module = sys.modules.get(module_name)
     obj: Any = module
     for part in qualname.split(".") if module is not None else ():
-        obj = getattr(obj, part, None)
-    if not isinstance(obj, type):
+        # vars(), not getattr(): a module-level __getattr__ (PEP 562) may import or run code.
+        try:
+            obj = vars(obj).get(part)
+        except TypeError:
+            obj = None
+    if module is None:
         raise CorruptCheckpointError(
-            f"the file holds a {kind} of class {ref}, which is not loaded in this process; "
+            f"the file holds a {kind} of class {ref}, whose module is not loaded in this process; "
             f"import {module_name} before loading (torchkeep never imports modules named by a file)",
             reason="class not loaded",
         )
+    if obj is None:
+        raise ValueError(f"module {module_name} has no class {qualname}; was it renamed since the file was saved?")
+    if not isinstance(obj, type):
+        raise ValueError(f"{ref} names a {type(obj).__name__}, not a class")
     return obj
 
 
@@ -529,17 +584,36 @@ def _d_dataclass(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> A
     fields = node["fields"]
     if not isinstance(fields, dict):
         raise TypeError("fields must be an object")
-    allowed = {f.name for f in dataclasses.fields(cls) if f.init}
-    if not set(fields) <= allowed:
-        raise ValueError(f"fields {sorted(set(fields) - allowed)} are not fields of {node['cls']}")
-    return cls(**{k: d.value(v, depth + 1, f"{where}.{k}") for k, v in fields.items()})
+    declared = {f.name: f for f in dataclasses.fields(cls)}
+    if not set(fields) <= set(declared):
+        raise ValueError(f"fields {sorted(set(fields) - set(declared))} are not fields of {node['cls']}")
+    # Like pickle and copy: build the instance without running __init__/__post_init__, so a file
+    # cannot make an already-imported class run code; fields are set exactly as they were saved.
+    obj = object.__new__(cls)
+    for name, f in declared.items():
+        if name in fields:
+            value = d.value(fields[name], depth + 1, f"{where}.{name}")
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            raise ValueError(f"field {name!r} of {node['cls']} is missing and has no default")
+        object.__setattr__(obj, name, value)  # works for frozen and slotted dataclasses too
+    return obj
 
 
 def _d_enum(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
     cls = _resolve_class(node["cls"], "enum")
     if not issubclass(cls, enum.Enum):
         raise ValueError(f"{node['cls']} is not an Enum")
-    return cls(d.value(node["v"], depth + 1, where))
+    value = d.value(node["v"], depth + 1, where)
+    for member in cls.__members__.values():  # a lookup, never the class's _missing_ hook
+        if type(member.value) is type(value) and member.value == value:
+            return member
+    if issubclass(cls, enum.Flag) and type(value) is int:  # combined flags are not members
+        return cls(value)
+    raise ValueError(f"{value!r} is not a value of {node['cls']}")
 
 
 _HANDLERS: dict[str, Callable[[_Decoder, dict[str, Any], int, str], Any]] = {
@@ -576,6 +650,8 @@ def decode(tree: Any, lookup: Callable[[str], torch.Tensor]) -> Any:
     except _LookupFailed as exc:
         assert exc.__cause__ is not None
         raise exc.__cause__ from None
+    except RecursionError:  # MAX_DEPTH keeps files shallow; this guards callers with deep stacks
+        raise _corrupt("nesting too deep to decode") from None
 
 
 def tensor_names(tree: Any) -> set[str]:

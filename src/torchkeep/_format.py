@@ -32,6 +32,7 @@ import itertools
 import json
 import mmap as _mmap
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import torch
 import xxhash
 
 from . import _codec
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError, UnsupportedValueError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -94,9 +95,29 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# dtypes stored as U8 bytes plus a logical dtype. An allowlist: a file may only name dtypes whose
+# tensors can be built over raw bytes and used (quantized and sub-byte dtypes cannot).
+_U8_DTYPES: dict[str, torch.dtype] = {
+    name: dt
+    for name, dt in (
+        ("complex128", torch.complex128),
+        ("complex32", torch.complex32),
+        ("float8_e8m0fnu", getattr(torch, "float8_e8m0fnu", None)),
+        ("float4_e2m1fn_x2", getattr(torch, "float4_e2m1fn_x2", None)),
+        ("bits8", torch.bits8),
+        ("bits16", torch.bits16),
+        ("bits1x8", torch.bits1x8),
+        ("bits2x4", torch.bits2x4),
+        ("bits4x2", torch.bits4x2),
+    )
+    if isinstance(dt, torch.dtype)
+}
+_LOGICAL_DTYPES = {**{_dtype_name(dt): dt for dt in _ST_DTYPES}, **_U8_DTYPES}
+
+
 def _logical_dtype(name: str) -> torch.dtype:
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype) or dt.itemsize == 0:
+    dt = _LOGICAL_DTYPES.get(name)
+    if dt is None:
         raise ValueError(f"unknown dtype {name!r}")
     return dt
 
@@ -117,11 +138,21 @@ class _Planned:
 
 def _plan(name: str, t: torch.Tensor) -> _Planned:
     if not isinstance(name, str) or not name or name == "__metadata__":
-        raise ValueError(f"invalid tensor name {name!r}")
+        raise UnsupportedValueError(
+            f"invalid tensor name {name!r}: names must be non-empty strings other than '__metadata__'",
+            path=repr(name),
+        )
     nbytes = t.numel() * t.element_size()
     entry: dict[str, Any] = {"device": str(t.device)}
     st = _ST_DTYPES.get(t.dtype)
     if st is None:
+        if t.dtype not in _U8_DTYPES.values():
+            raise UnsupportedValueError(
+                f"tensor {name!r}: dtype {t.dtype} cannot be stored (it has no byte-addressable layout); "
+                "convert it to a supported dtype first",
+                path=name,
+                value_type=str(t.dtype),
+            )
         entry["dtype"] = _dtype_name(t.dtype)
         entry["shape"] = list(t.shape)
         return _Planned(name, t, "U8", [nbytes], nbytes, entry)
@@ -149,7 +180,13 @@ def _header_bytes(plans: list[_Planned], offsets: list[tuple[int, int]], meta: d
     header: dict[str, Any] = {"__metadata__": meta}
     for p, (b, e) in zip(plans, offsets, strict=True):
         header[p.name] = {"dtype": p.st_dtype, "shape": p.st_shape, "data_offsets": [b, e]}
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    try:
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnsupportedValueError(
+            f"a tensor name or metadata string is not valid Unicode text ({exc.reason}: "
+            f"{exc.object[max(0, exc.start - 20) : exc.end + 20]!r}); safetensors headers must be UTF-8"
+        ) from None
     pad = (-(8 + len(raw))) % DATA_ALIGNMENT
     return raw + b" " * pad
 
@@ -177,13 +214,17 @@ def write(
     meta: dict[str, str] = {}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(
+            raise UnsupportedValueError(
                 f"metadata must map str to str (as safetensors does); got {key!r}: {type(value).__name__}. "
-                "Put structured values in the saved object instead."
+                "Put structured values in the saved object instead.",
+                path=f"metadata[{key!r}]",
+                value_type=type(value).__qualname__,
             )
         if key.startswith(META_PREFIX):
-            raise ValueError(
-                f"metadata key {key!r} is reserved: keys starting with {META_PREFIX!r} belong to torchkeep"
+            raise UnsupportedValueError(
+                f"metadata key {key!r} is reserved: keys starting with {META_PREFIX!r} belong to torchkeep; "
+                "pick another name",
+                path=f"metadata[{key!r}]",
             )
         meta[key] = value
     meta[META_FORMAT] = str(FORMAT_VERSION)
@@ -206,33 +247,63 @@ def write(
 
     provisional = header_for({})
     if len(provisional) > MAX_HEADER_BYTES:
-        raise ValueError(
+        raise UnsupportedValueError(
             f"the header would be {len(provisional)} bytes, over the {MAX_HEADER_BYTES}-byte limit; "
-            "store large non-tensor data as tensors"
+            "store large non-tensor data (long lists, big strings or bytes) as tensors"
         )
+    if not _seekable(dest):
+        # Object-store uploads cannot seek back to patch the header: hash first, then stream.
+        digests = {p.name: _stream_tensor(None, p.tensor, p.nbytes) for p in plans}
+        final = header_for(digests)
+        _write_all(dest, struct.pack("<Q", len(final)) + final)
+        for p in plans:
+            _stream_tensor(dest, p.tensor, p.nbytes)
+        return 8 + len(final) + data_len
     start = dest.tell()
-    dest.write(struct.pack("<Q", len(provisional)))
-    dest.write(provisional)
-    digests: dict[str, str] = {}
+    _write_all(dest, struct.pack("<Q", len(provisional)) + provisional)
+    digests = {}
     for p in plans:
         digests[p.name] = _stream_tensor(dest, p.tensor, p.nbytes)
     final = header_for(digests)
     assert len(final) == len(provisional)  # fixed-width digests keep the header's length
     end = dest.tell()
     dest.seek(start + 8)
-    dest.write(final)
+    _write_all(dest, final)
     dest.seek(end)
     return 8 + len(final) + data_len
 
 
-def _stream_tensor(dest: IO[bytes], t: torch.Tensor, nbytes: int) -> str:
+def _seekable(dest: IO[bytes]) -> bool:
+    try:
+        return bool(dest.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _write_all(dest: IO[bytes], data: bytes | memoryview) -> None:
+    """Write every byte: raw (unbuffered) files may accept less than asked in one call."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        n = dest.write(view)
+        if n is None:  # a non-blocking raw stream that would block; a file never does this
+            raise OSError("the destination accepted no bytes (non-blocking stream)")
+        view = view[n:]
+
+
+def _stream_tensor(dest: IO[bytes] | None, t: torch.Tensor, nbytes: int) -> str:
+    """Hash the tensor's bytes and (unless ``dest`` is None) write them, chunk by chunk.
+
+    Each chunk is hashed right before it is written, while it is still in the CPU cache, so the
+    checksum costs no extra pass over memory.
+    """
     h = xxhash.xxh3_64()
     if nbytes:
         mv = _tensor_bytes(t)
         for i in range(0, nbytes, CHUNK_BYTES):
             chunk = mv[i : i + CHUNK_BYTES]
             h.update(chunk)
-            dest.write(chunk)
+            if dest is not None:
+                _write_all(dest, chunk)
     return h.hexdigest()
 
 
@@ -347,17 +418,21 @@ class Reader:
                 f"header length field says {n} bytes but the file has {size - 8} bytes after it "
                 f"(limit {MAX_HEADER_BYTES}); the file is truncated or not a safetensors file.{_sniff(head)}",
             )
-        header = _loads(bytes(buf[8 : 8 + n]), path, "header")
+        try:
+            text = bytes(buf[8 : 8 + n]).decode("utf-8")  # safetensors headers are UTF-8, nothing else
+        except UnicodeDecodeError as exc:
+            raise _bad(path, f"header is not UTF-8 text ({exc.reason} at byte {exc.start}).{_sniff(head)}") from None
+        header = _loads(text, path, "header")
         if not isinstance(header, dict):
-            raise _bad(path, "header is not a JSON object")
-        meta = header.pop("__metadata__", None) or {}
+            raise _bad(path, f"header is not a JSON object.{_sniff(head)}")
+        meta = header.pop("__metadata__", {})
         if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise _bad(path, "__metadata__ must map strings to strings")
         self.metadata: dict[str, str] = meta
         version = meta.get(META_FORMAT)
         self.is_torchkeep = version is not None
         if version is not None and version != str(FORMAT_VERSION):
-            if version.isdigit() and int(version) > FORMAT_VERSION:
+            if version.isascii() and version.isdigit() and int(version) > FORMAT_VERSION:
                 raise FormatVersionError(
                     f"{path or 'file'}: written in torchkeep format {version}, but this torchkeep reads "
                     f"format {FORMAT_VERSION}; upgrade with `pip install -U torchkeep`",
@@ -402,10 +477,10 @@ class Reader:
         if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
             raise _bad(path, "header entry must have exactly dtype, shape and data_offsets", tensor=name)
         st_dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-        if st_dtype not in _FROM_ST:
+        if not isinstance(st_dtype, str) or st_dtype not in _FROM_ST:
             raise _bad(path, f"unknown dtype {st_dtype!r}", tensor=name)
-        if not _int_list(shape) or len(shape) > 64:
-            raise _bad(path, f"shape {shape!r} is not a list of non-negative ints", tensor=name)
+        if not _shape(shape):
+            raise _bad(path, f"shape {shape!r} is not a list of at most 64 non-negative ints", tensor=name)
         if not _int_list(offsets) or len(offsets) != 2 or not offsets[0] <= offsets[1] <= data_len:
             raise _bad(path, f"data_offsets {offsets!r} fall outside the {data_len} data bytes", tensor=name)
         dtype = _FROM_ST[st_dtype]
@@ -430,7 +505,7 @@ class Reader:
                 except ValueError:
                     dtype = None  # type: ignore[assignment]
                 lshape: Any = extra.get("shape")
-                if dtype is None or not _int_list(lshape) or len(lshape) > 64:
+                if dtype is None or not _shape(lshape):
                     raise _bad(path, f"bad logical dtype/shape {extra.get('dtype')!r} {lshape!r}", tensor=name)
                 if _numel(lshape) * dtype.itemsize != nbytes:
                     raise _bad(path, f"logical {extra['dtype']} {lshape} does not fit {nbytes} bytes", tensor=name)
@@ -457,6 +532,10 @@ class Reader:
             t = torch.empty(info.shape, dtype=info.dtype)
         else:
             t = torch.frombuffer(self._buf, dtype=torch.uint8, count=info.nbytes, offset=info.begin)
+            if t.data_ptr() % info.dtype.itemsize:
+                # torchkeep aligns every tensor, but other writers (or a damaged file) may not;
+                # misaligned data is copied rather than handed to kernels that expect alignment.
+                t = t.clone()
             t = t.view(info.dtype).reshape(info.shape)
         return _place(t, info.device, map_location)
 
@@ -495,6 +574,10 @@ def _int_list(x: Any) -> bool:
     return isinstance(x, list) and all(type(v) is int and v >= 0 for v in x)
 
 
+def _shape(x: Any) -> bool:
+    return _int_list(x) and len(x) <= 64 and all(v <= _codec.MAX_DIM for v in x)
+
+
 def _numel(shape: Iterable[int]) -> int:
     n = 1
     for d in shape:
@@ -524,13 +607,19 @@ def open_file(src: str | os.PathLike[str] | bytes | bytearray | memoryview, *, m
         return Reader(data, len(data), None)
     path = os.fspath(src)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO must not hang waiting for a writer (checked below).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"{path}: no such file", path=path) from None
     except IsADirectoryError:
         raise CheckpointNotFoundError(f"{path}: is a directory, expected a file", path=path) from None
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise CheckpointNotFoundError(f"{path}: is a directory, expected a file", path=path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _bad(path, "not a regular file (a pipe, socket or device); save or copy it to a file first")
+        size = st.st_size
         if size == 0:
             raise _bad(path, "file is empty (0 bytes); it was never written completely")
         if mmap:

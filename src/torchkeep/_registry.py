@@ -35,6 +35,7 @@ import functools
 import inspect
 import logging
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
@@ -109,7 +110,12 @@ _MIGRATIONS: dict[tuple[str, int], tuple[str, Migration]] = {}
 
 
 def _target_of(obj: Any) -> str:
-    return f"{obj.__module__}:{obj.__qualname__}"
+    module = obj.__module__
+    if module == "__main__":
+        # `python -m pkg.train` runs pkg/train.py as __main__; its importable name is in __spec__
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = getattr(spec, "name", None) or module
+    return f"{module}:{obj.__qualname__}"
 
 
 def _check_version(version: Any, what: str) -> int:

@@ -159,6 +159,7 @@ def test_non_persistent_buffer_registered_is_checked_against_fresh_builds() -> N
     assert findings["counter"].severity == "error"
 
 
+@pytest.mark.slow
 def test_registered_hugging_face_bert_is_clean() -> None:
     transformers = pytest.importorskip("transformers")
     config = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -114,21 +115,40 @@ def test_import_module_fails_cleanly_when_module_is_missing(saved: tuple[Path, P
         tk.load_model(dyn_path, import_module=True)
 
 
-def test_main_module_target_cannot_be_imported(tmp_path: Path, run_python) -> None:  # type: ignore[no-untyped-def]
-    script = tmp_path / "train.py"
-    script.write_text(
-        "import torch, torchkeep as tk\n"
+@pytest.mark.slow
+def test_scripts_run_as_main(tmp_path: Path) -> None:
+    pkg = tmp_path / "proj" / "trainpkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "train.py").write_text(
+        "import sys, torch, torchkeep as tk\n"
         "@tk.register(name='in-script')\n"
         "class Net(torch.nn.Module):\n"
         "    def __init__(self):\n"
         "        super().__init__()\n"
         "        self.fc = torch.nn.Linear(2, 2)\n"
-        f"tk.save_model(Net(), {str(tmp_path / 'n.safetensors')!r})\n"
+        "if __name__ == '__main__':\n"
+        "    tk.save_model(Net(), sys.argv[1])\n"
     )
     src = str(Path(tk.__file__).resolve().parents[1])
-    subprocess.run([sys.executable, str(script)], check=True, env={"PYTHONPATH": src, "PATH": ""}, timeout=120)
+    env = {"PYTHONPATH": os.pathsep.join([src, str(tmp_path / "proj")]), "PATH": "", "OMP_NUM_THREADS": "1"}
+    as_file, as_module = tmp_path / "file.safetensors", tmp_path / "module.safetensors"
+    subprocess.run([sys.executable, str(pkg / "train.py"), str(as_file)], check=True, env=env, timeout=120)
+    subprocess.run([sys.executable, "-m", "trainpkg.train", str(as_module)], check=True, env=env, timeout=120)
+    # `python train.py`: the class lives in __main__, which no other process can import
     with pytest.raises(tk.ModelNotRegisteredError, match="registered in '__main__', which cannot be imported"):
-        tk.load_model(tmp_path / "n.safetensors", import_module=True)
+        tk.load_model(as_file, import_module=True)
+    # `python -m trainpkg.train`: the file records the importable module name
+    sys.path.insert(0, str(tmp_path / "proj"))
+    try:
+        model = tk.load_model(as_module, import_module=True)
+        assert type(model).__module__ == "trainpkg.train"
+        # and once it is registered, the __main__ file loads by name too
+        assert type(tk.load_model(as_file)) is type(model)
+    finally:
+        sys.path.remove(str(tmp_path / "proj"))
+        for name in [m for m in sys.modules if m.startswith("trainpkg")]:
+            del sys.modules[name]
 
 
 @pytest.mark.slow

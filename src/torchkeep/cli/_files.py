@@ -97,7 +97,11 @@ def inspect(
         env = ckpt["env"]
         console.print(
             "  env: "
-            + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "numpy", "torchkeep", "cuda") if env.get(k))
+            + ", ".join(
+                f"{k} {env[k]}"
+                for k in ("python", "torch", "numpy", "torchkeep", "cuda", "cudnn", "platform")
+                if env.get(k)
+            )
         )
     if desc.get("model"):
         m = desc["model"]
@@ -121,12 +125,13 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Check every tensor's checksum. Exit 1, one line per bad file, if any fails."""
-    results = []
+    results: list[dict[str, Any]] = []
     for f in files:
         try:
             reader = _format.open_file(f)
             reader.verify()
-            results.append({"path": str(f), "ok": True, "tensors": len(reader.names)})
+            checked = sum(reader.info(n).checksum is not None for n in reader.names)
+            results.append({"path": str(f), "ok": True, "tensors": len(reader.names), "checksums": checked})
         except TorchkeepError as exc:
             results.append({"path": str(f), "ok": False, "error": str(exc).splitlines()[0]})
     if as_json:
@@ -134,7 +139,9 @@ def verify(
     else:
         for r in results:
             if r["ok"]:
-                typer.secho(f"ok   {r['path']} ({r['tensors']} tensors)", fg=typer.colors.GREEN)
+                # A plain safetensors file from another tool has no checksums: say so, not "ok".
+                note = "" if r["checksums"] == r["tensors"] else f", {r['tensors'] - r['checksums']} with no checksums"
+                typer.secho(f"ok   {r['path']} ({r['tensors']} tensors{note})", fg=typer.colors.GREEN)
             else:
                 typer.secho(f"BAD  {r['error']}", fg=typer.colors.RED, err=True)
     if not all(r["ok"] for r in results):
