@@ -108,12 +108,14 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def real_server(target: str | os.PathLike[str], *args: str, timeout: float = 60.0) -> Iterator[str]:
+def real_server(
+    target: str | os.PathLike[str], *args: str, timeout: float = 60.0, cwd: str | os.PathLike[str] | None = None
+) -> Iterator[str]:
     """`python -m torchkeep serve TARGET --port P ...` on 127.0.0.1; yields the base URL once ready."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torchkeep", "serve", str(target), "--host", "127.0.0.1", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -155,3 +157,39 @@ def write_version(directory: Path, name: str, module: nn.Module, dim: int = 10, 
 def eager_out(module: nn.Module, x: Any) -> np.ndarray:
     with torch.no_grad():
         return module.eval()(torch.tensor(np.asarray(x, dtype=np.float32))).numpy()
+
+
+USER_MODULE = """
+import torch
+import torchkeep as tk
+
+
+@tk.register(name="serve-test-mlp")
+class ServeTestMLP(torch.nn.Module):
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(10, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def user_model_file(directory: Path) -> tuple[Path, nn.Module]:
+    """A user's module registering a model class (``--import serve_user_models``) and a model file."""
+    import importlib
+    import sys
+
+    import torchkeep as tk
+
+    (directory / "serve_user_models.py").write_text(USER_MODULE)
+    sys.path.insert(0, str(directory))
+    try:
+        sys.modules.pop("serve_user_models", None)
+        module = importlib.import_module("serve_user_models")
+        model = module.ServeTestMLP(hidden=16)
+        path = directory / "model.safetensors"
+        tk.save_model(model, path)
+    finally:
+        sys.path.remove(str(directory))
+    return path, model

@@ -203,3 +203,24 @@ def test_import_option_registers_user_modules(tmp_path: Any, monkeypatch: pytest
     with pytest.raises(ServeError, match="imports"):
         ServeOptions(imports="mypkg")  # type: ignore[arg-type]
     assert ServeOptions.from_json(ServeOptions(imports=("a", "b")).to_json()).imports == ("a", "b")
+
+
+def test_eager_model_file_needs_input_shape(tmp_path: Any) -> None:
+    from .conftest import user_model_file
+
+    path, model = user_model_file(tmp_path)
+    with pytest.raises(ServeError, match="--input-shape 1,10"):
+        create_app(str(path), options=ServeOptions(imports=("serve_user_models",)))
+
+    async def go() -> None:
+        async with running(str(path), input_shapes=((1, 10),)) as c:
+            meta = (await c.get("/v1/metadata")).json()
+            assert meta["model"]["backend"] == "eager" and meta["model"]["version"].startswith("model.safetensors")
+            r = await c.post("/predict", json={"values": X})
+            np.testing.assert_allclose(r.json()["prediction"], model(torch.tensor([X])).detach().numpy(), rtol=1e-5)
+
+    asyncio.run(go())
+    with pytest.raises(ServeError, match="input_shapes"):
+        ServeOptions(input_shapes=((0, 10),))
+    with pytest.raises(ServeError, match="input_dtypes"):
+        ServeOptions(input_shapes=((1, 2), (1, 3), (1, 4)), input_dtypes=("float32", "int64"))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import SeedMLP, eager_out, export_onnx, real_server, write_version
+from .conftest import SeedMLP, eager_out, export_onnx, real_server, user_model_file, write_version
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,12 +47,13 @@ async def _load(
 
 
 def test_real_server_ready_correct_and_64_concurrent_clients(tmp_path: Path) -> None:
-    model = SeedMLP()
-    target = export_onnx(model, torch.randn(2, 10), tmp_path / "seed.onnx")
-    with real_server(target, "--max-batch-size", "32") as base:
+    target, model = user_model_file(tmp_path)  # an eager torchkeep model file, class from the user's module
+    args = ("--import", "serve_user_models", "--input-shape", "1,10", "--max-batch-size", "32")
+    with real_server(target, *args, cwd=tmp_path) as base:
         assert httpx.get(base + "/healthz").json() == {"status": "ok"}
         meta = httpx.get(base + "/v1/metadata").json()
-        assert meta["inputs"] == [{"name": "x", "shape": [None, 10], "dtype": "float32"}]
+        assert meta["inputs"] == [{"name": "input", "shape": [None, 10], "dtype": "float32"}]
+        assert meta["model"]["backend"] == "eager"
         xs = np.random.default_rng(1).standard_normal((20, 10)).astype(np.float32)
         for x in xs[:5]:
             r = httpx.post(base + "/predict", json={"values": x.tolist()})

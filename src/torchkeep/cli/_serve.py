@@ -12,6 +12,13 @@ from rich.console import Console
 __all__ = ["register"]
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--input-shape {text!r}: expected sizes separated by commas, e.g. 1,10") from None
+
+
 def serve(
     target: Annotated[
         Path, typer.Argument(help="Model file, checkpoint directory (newest), export directory, or artifact.")
@@ -32,6 +39,13 @@ def serve(
     imports: Annotated[
         list[str] | None,
         typer.Option("--import", help="Import this module first (registers your model classes); repeatable."),
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option("--input-shape", help="Eager model files: example input shape, e.g. 1,10; repeat per input."),
+    ] = None,
+    dtype: Annotated[
+        list[str] | None, typer.Option("--dtype", help="Input dtype (one for all inputs, or one per --input-shape).")
     ] = None,
     allow_non_finite: Annotated[bool, typer.Option(help="Accept NaN/Infinity in float inputs.")] = False,
     log_level: Annotated[str, typer.Option(help="Server log level.")] = "warning",
@@ -55,6 +69,8 @@ def serve(
         watch=str(watch) if watch is not None else None,
         poll_s=poll_s,
         imports=tuple(imports or ()),
+        input_shapes=tuple(_shape(s) for s in input_shape or ()),
+        input_dtypes=tuple(dtype or ()),
     )
     Console(stderr=True).print(f"[bold]torchkeep serve[/bold] {target} on http://{host}:{port} (workers={workers})")
     run(str(target), host=host, port=port, workers=workers, options=options, log_level=log_level, access_log=access_log)

@@ -25,7 +25,7 @@ from ..errors import missing_dependency
 from ..runtime._base import Predictor
 from ._batching import Batcher, ModelSlot
 from ._inputs import Reject, describe_inputs, outputs_to_json, parse_npy, predict_request, v1_request
-from ._loading import import_modules, load_slot, warm_up
+from ._loading import import_modules, load_kwargs, load_slot, warm_up
 from ._metrics import Metrics
 from ._options import ServeOptions
 from ._reload import Watcher
@@ -73,9 +73,7 @@ class Server:
                 options.watch,
                 get_slot=lambda: self.slot,
                 set_slot=self._swap,
-                backend=options.backend,
-                device=options.device,
-                max_batch_size=options.max_batch_size,
+                load_kwargs=load_kwargs(options),
                 poll_s=options.poll_s,
                 metrics=self.metrics,
             )
@@ -340,7 +338,7 @@ def create_app(target: str | Predictor, *, options: ServeOptions | None = None) 
     if isinstance(target, Predictor):
         slot = ModelSlot(predictor=target, version="in-process", source=type(target).__name__)
     else:
-        slot = load_slot(str(target), backend=opts.backend, device=opts.device, max_batch_size=opts.max_batch_size)
+        slot = load_slot(str(target), **load_kwargs(opts))
     server = Server(slot, opts)
 
     @contextlib.asynccontextmanager

@@ -21,7 +21,16 @@ from ..runtime._base import Predictor, TensorSpec
 from ._batching import ModelSlot, run_predictor
 from ._inputs import NUMPY_DTYPES
 
-__all__ = ["check_compatible", "fastest_backend", "find_version", "import_modules", "load_slot", "warm_up"]
+__all__ = [
+    "check_compatible",
+    "example_tensors",
+    "fastest_backend",
+    "find_version",
+    "import_modules",
+    "load_kwargs",
+    "load_slot",
+    "warm_up",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -136,28 +145,86 @@ def import_modules(names: Sequence[str]) -> None:
             ) from exc
 
 
-def _load_predictor(path: str, backend: str | None, device: str) -> Predictor:
+def _load_predictor(
+    path: str, backend: str | None, device: str, *, threads: int, batch_size: int, examples: Sequence[Any] | None
+) -> Predictor:
+    from ..runtime import backend_for_file, load_predictor
+
+    kwargs: dict[str, Any] = {"device": device, "threads": threads, "batch_size": batch_size}
+    if examples and (
+        backend == "eager" or (backend is None and os.path.isfile(path) and backend_for_file(path) == "eager")
+    ):
+        kwargs["example_inputs"] = examples
     try:
-        from ..runtime import load_predictor  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - until the runtime lands
-        from ._interim import load_predictor
-    return load_predictor(path, backend=backend, device=device)  # type: ignore[no-any-return]
+        return load_predictor(path, backend=backend, **kwargs)
+    except TorchkeepError as exc:
+        if backend is None or not os.path.isdir(path):
+            raise
+        # The benchmark's favourite may not load here (missing package, other machine): let the
+        # runtime pick among the rest.
+        logger.warning("%s: the %s backend did not load (%s); letting the runtime choose", path, backend, exc)
+        return load_predictor(path, backend=None, **kwargs)
 
 
-def load_slot(target: str, *, backend: str | None, device: str, max_batch_size: int) -> ModelSlot:
+def load_kwargs(options: Any) -> dict[str, Any]:
+    """The :func:`load_slot` keyword arguments a :class:`ServeOptions` implies."""
+    return {
+        "backend": options.backend,
+        "device": options.device,
+        "max_batch_size": options.max_batch_size,
+        "threads": options.threads,
+        "input_shapes": options.input_shapes,
+        "input_dtypes": options.input_dtypes,
+    }
+
+
+def example_tensors(shapes: Sequence[Sequence[int]], dtypes: Sequence[str]) -> list[Any]:
+    """Zero tensors of the given shapes/dtypes (``--input-shape``/``--dtype``) for eager specs.
+
+    Raises:
+        ServeError: a dtype torch does not know.
+    """
+    import torch
+
+    out = []
+    for i, shape in enumerate(shapes):
+        name = dtypes[i] if len(dtypes) > 1 else (dtypes[0] if dtypes else "float32")
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ServeError(f"--dtype {name}: not a torch dtype; expected e.g. float32, int64", option="input_dtypes")
+        out.append(torch.zeros(tuple(shape), dtype=dtype))
+    return out
+
+
+def load_slot(
+    target: str,
+    *,
+    backend: str | None,
+    device: str,
+    max_batch_size: int,
+    threads: int = 1,
+    input_shapes: Sequence[Sequence[int]] = (),
+    input_dtypes: Sequence[str] = (),
+) -> ModelSlot:
     """Load the newest servable version under ``target`` (no warm-up; see :func:`warm_up`)."""
     path, version = find_version(target)
     chosen = backend
     if chosen is None and os.path.isdir(path):
         chosen = fastest_backend(path, max_batch_size)
+    examples = example_tensors(input_shapes, input_dtypes) if input_shapes else None
     try:
-        predictor = _load_predictor(path, chosen, device)
+        predictor = _load_predictor(path, chosen, device, threads=threads, batch_size=max_batch_size, examples=examples)
     except TorchkeepError:
         raise
     except Exception as exc:
         raise PredictorError(f"{path}: could not load it for serving ({type(exc).__name__}: {exc})") from exc
-    if not predictor.inputs:
-        raise ServeError(f"{path}: the predictor declares no inputs; the server needs input specs to validate requests")
+    if not predictor.inputs or not predictor.outputs:
+        raise ServeError(
+            f"{path}: the {predictor.backend} predictor does not know its input/output shapes, and the server needs "
+            "them to check requests; give the example input shape (e.g. --input-shape 1,10 [--dtype float32], "
+            "repeat for each input) or serve an export directory (`torchkeep export`)",
+            option="input_shapes",
+        )
     logger.info("loaded %s (backend %s, version %s)", path, predictor.backend, version)
     return ModelSlot(predictor=predictor, version=version, source=os.path.abspath(path))
 

@@ -38,6 +38,9 @@ class ServeOptions:
         imports: Python modules to import before loading, so that ``@tk.register``-ed model
             classes exist in the server process (model files name their class; loading never
             imports code by itself). Importing runs that module's code: name only your own.
+        input_shapes: example input shapes (batch first) for an eager model file, whose input
+            specs are otherwise unknown; the batch dimension becomes dynamic.
+        input_dtypes: one dtype for all inputs or one per shape (default float32).
 
     Example:
         >>> opts = ServeOptions(max_batch_size=16, max_wait_ms=2.0)
@@ -58,6 +61,8 @@ class ServeOptions:
     poll_s: float = 1.0
     warmup: bool = True
     imports: tuple[str, ...] = ()
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_dtypes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "max_body_bytes", "threads"):
@@ -74,6 +79,18 @@ class ServeOptions:
         if isinstance(self.imports, str) or not all(isinstance(m, str) and m for m in self.imports):
             raise ServeError(f"imports={self.imports!r}: expected a list of module names such as ['mypkg.models']")
         object.__setattr__(self, "imports", tuple(self.imports))
+        try:
+            shapes = tuple(tuple(int(d) for d in shape) for shape in self.input_shapes)
+        except (TypeError, ValueError):
+            raise ServeError(f"input_shapes={self.input_shapes!r}: expected shapes such as [[1, 10]]") from None
+        if any(not shape or min(shape) < 1 for shape in shapes):
+            raise ServeError(f"input_shapes={self.input_shapes!r}: every shape needs a batch dim and sizes >= 1")
+        object.__setattr__(self, "input_shapes", shapes)
+        if len(self.input_dtypes) > 1 and len(self.input_dtypes) != len(shapes):
+            raise ServeError(
+                f"input_dtypes={self.input_dtypes!r}: give one dtype for all inputs or one per input shape"
+            )
+        object.__setattr__(self, "input_dtypes", tuple(self.input_dtypes))
         if not self.device or not isinstance(self.device, str):
             raise ServeError(f"device={self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import TorchkeepError
 from ._batching import ModelSlot
@@ -29,8 +30,8 @@ class Watcher:
     """Poll ``directory`` every ``poll_s`` seconds and swap in verified new versions.
 
     Example:
-        >>> w = Watcher("runs/exp1", get_slot=lambda: slot, set_slot=print, backend=None,  # doctest: +SKIP
-        ...             device="cpu", max_batch_size=32, poll_s=1.0)
+        >>> w = Watcher("runs/exp1", get_slot=lambda: slot, set_slot=print,  # doctest: +SKIP
+        ...             load_kwargs={"backend": None, "device": "cpu", "max_batch_size": 32}, poll_s=1.0)
         >>> w.start()  # doctest: +SKIP
     """
 
@@ -40,18 +41,14 @@ class Watcher:
         *,
         get_slot: Callable[[], ModelSlot],
         set_slot: Callable[[ModelSlot], None],
-        backend: str | None,
-        device: str,
-        max_batch_size: int,
+        load_kwargs: dict[str, Any],
         poll_s: float,
         metrics: Metrics | None = None,
     ) -> None:
         self.directory = directory
         self._get_slot = get_slot
         self._set_slot = set_slot
-        self._backend = backend
-        self._device = device
-        self._max_batch_size = max_batch_size
+        self._load_kwargs = load_kwargs
         self._poll_s = poll_s
         self._metrics = metrics
         self._stop = threading.Event()
@@ -87,9 +84,9 @@ class Watcher:
         if version == current.version or version in self.refused:
             return False
         try:
-            slot = load_slot(path, backend=self._backend, device=self._device, max_batch_size=self._max_batch_size)
+            slot = load_slot(path, **self._load_kwargs)
             check_compatible(current.predictor.inputs, slot.predictor.inputs)
-            warm_up(slot.predictor, (1, min(4, self._max_batch_size)))
+            warm_up(slot.predictor, (1, min(4, int(self._load_kwargs.get("max_batch_size", 1)))))
         except Exception as exc:
             self.refused[version] = f"{type(exc).__name__}: {exc}"
             if self._metrics is not None:
