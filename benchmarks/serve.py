@@ -32,12 +32,12 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -72,47 +72,57 @@ NAIVE_APP = textwrap.dedent(
 )
 
 
-class SeedMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+MODELS_PY = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class WideMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(512, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    import torchkeep as tk
 
 
-class SmallCNN(nn.Module):
-    """Input: a flat 3*32*32 vector (the tutorial client sends flat lists), reshaped inside."""
+    @tk.register(name="bench-seed-mlp")
+    class SeedMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.head = nn.Linear(64 * 8 * 8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.reshape(-1, 3, 32, 32)).flatten(1))
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
 
 
-MODELS: dict[str, tuple[type[nn.Module], int]] = {
-    "seed-mlp": (SeedMLP, 10),
-    "wide-mlp": (WideMLP, 512),
-    "small-cnn": (SmallCNN, 3 * 32 * 32),
+    @tk.register(name="bench-wide-mlp")
+    class WideMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Linear(512, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+
+    @tk.register(name="bench-small-cnn")
+    class SmallCNN(nn.Module):
+        # Input: a flat 3*32*32 vector (the tutorial client sends flat lists), reshaped inside.
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            )
+            self.head = nn.Linear(64 * 8 * 8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x.reshape(-1, 3, 32, 32)).flatten(1))
+    """
+)
+
+# name -> (class in MODELS_PY, input size)
+MODELS: dict[str, tuple[str, int]] = {
+    "seed-mlp": ("SeedMLP", 10),
+    "wide-mlp": ("WideMLP", 512),
+    "small-cnn": ("SmallCNN", 3 * 32 * 32),
 }
 
 
@@ -122,23 +132,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_artifacts(name: str, workdir: Path) -> tuple[Path, Path, int]:
-    """TorchScript file for the naive server, and the torchkeep serving target, same weights."""
-    cls, dim = MODELS[name]
+def write_artifacts(name: str, workdir: Path, onnx: bool) -> tuple[Path, Path, int]:
+    """TorchScript file for the naive server, and the torchkeep serving target, same weights.
+
+    The torchkeep target is a ``tk.save_model`` file served by the eager backend (the same
+    PyTorch kernels as the naive server), or with ``onnx`` an ONNX file (ONNX Runtime backend).
+    """
+    import importlib
+
+    import torchkeep as tk
+
+    (workdir / "bench_models.py").write_text(MODELS_PY)
+    if str(workdir) not in sys.path:
+        sys.path.insert(0, str(workdir))
+    module = importlib.import_module("bench_models")
+    cls_name, dim = MODELS[name]
     torch.manual_seed(0)
-    model = cls().eval()
+    model = getattr(module, cls_name)().eval()
     example = torch.randn(2, dim)
     traced = workdir / f"{name}.traced.pt"
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(model, example), str(traced))
-    target = workdir / f"{name}-export"
-    try:
-        import torchkeep as tk
-
-        tk.export(model, (example,), str(target), formats=("pt2", "onnx"))  # type: ignore[attr-defined]
-    except (AttributeError, ImportError):
-        # Until tk.export lands: a plain ONNX file served through ONNX Runtime.
-        target = workdir / f"{name}.onnx"
+    if not onnx:
+        target = workdir / f"{name}.safetensors"
+        tk.save_model(model, target)
+        return traced, target, dim
+    target = workdir / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
             (example,),
@@ -231,9 +253,11 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], path: str, dim: int, ti
     raise SystemExit("server did not become ready")
 
 
-def run_server(cmd: list[str], ready_path: str, port: int, dim: int, args: argparse.Namespace) -> dict[str, float]:
+def run_server(
+    cmd: list[str], ready_path: str, port: int, dim: int, args: argparse.Namespace, cwd: Path
+) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, proc, ready_path, dim)
         return asyncio.run(drive(port, dim, args.concurrency, args.warmup, args.duration))
@@ -255,21 +279,29 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in torchkeep serve")
+    parser.add_argument(
+        "--onnx", action="store_true", help="serve an ONNX file (onnxruntime) instead of the eager model file"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     args.duration = args.duration or (3.0 if args.quick else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
     workdir = Path(tempfile.mkdtemp(prefix="tk-serve-bench-"))
     print(f"# {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, load: {os.getloadavg()}")
+    print(
+        f"# torchkeep serves {'an ONNX file (onnxruntime)' if args.onnx else 'a tk.save_model file (eager)'}; naive: TorchScript"
+    )
     print(f"# {args.concurrency} connections, {args.warmup:g}s warm-up + {args.duration:g}s measured per server")
     rows: list[dict[str, Any]] = []
     try:
         for name in args.models.split(","):
-            traced, target, dim = write_artifacts(name, workdir)
+            traced, target, dim = write_artifacts(name, workdir, args.onnx)
             port = free_port()
             naive_py = workdir / "naive_app.py"
             naive_py.write_text(NAIVE_APP)
-            naive = run_server([sys.executable, str(naive_py), str(traced), str(port)], "/predict", port, dim, args)
+            naive = run_server(
+                [sys.executable, str(naive_py), str(traced), str(port)], "/predict", port, dim, args, workdir
+            )
             port = free_port()
             tk_cmd = [
                 sys.executable,
@@ -287,8 +319,12 @@ def main() -> None:
                 str(args.max_wait_ms),
                 "--threads",
                 str(args.threads),
+                "--import",
+                "bench_models",
+                "--input-shape",
+                f"1,{dim}",
             ]
-            tk = run_server(tk_cmd, "/readyz", port, dim, args)
+            tk = run_server(tk_cmd, "/readyz", port, dim, args, workdir)
             row = {
                 "model": name,
                 "naive": naive,

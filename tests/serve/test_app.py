@@ -224,3 +224,22 @@ def test_eager_model_file_needs_input_shape(tmp_path: Any) -> None:
         ServeOptions(input_shapes=((0, 10),))
     with pytest.raises(ServeError, match="input_dtypes"):
         ServeOptions(input_shapes=((1, 2), (1, 3), (1, 4)), input_dtypes=("float32", "int64"))
+
+
+@pytest.mark.gpu
+def test_serves_on_cuda() -> None:
+    from torchkeep.runtime import load_predictor
+
+    from .conftest import SeedMLP
+
+    model = SeedMLP()
+    p = load_predictor(model, device="cuda:0", example_inputs=[torch.zeros(1, 10)])
+
+    async def go() -> None:
+        async with running(p, device="cuda:0") as c:
+            assert (await c.get("/v1/metadata")).json()["model"]["device"].startswith("cuda")
+            r = await c.post("/predict", json={"values": X})
+            want = model.cpu()(torch.tensor([X])).detach().numpy()
+            np.testing.assert_allclose(r.json()["prediction"], want, rtol=1e-3, atol=1e-4)
+
+    asyncio.run(go())
