@@ -174,3 +174,34 @@ def test_export_directory_backend_from_benchmark(tmp_path: Path) -> None:
     assert fastest_backend(str(tmp_path), 32) == "pt2"  # no benchmark: the first good artifact
     path, version = find_version(str(tmp_path))
     assert path == str(tmp_path) and version.startswith(tmp_path.name + "@")
+
+
+def test_checkpoint_manager_directory_hot_reload(tmp_path: Path) -> None:
+    """A training run writes checkpoints with tk.CheckpointManager; the server follows the newest step."""
+    import torchkeep as tk
+
+    from .conftest import user_model_file
+
+    _, model = user_model_file(tmp_path)
+    run = tmp_path / "run"
+    with tk.CheckpointManager(run, model=model) as manager:
+        manager.save(step=100)
+        first = eager_out(model, X)
+
+        async def go() -> None:
+            async with running(str(run), watch=str(run), poll_s=3600, input_shapes=((1, 10),)) as c:
+                server = c.app.state.server  # type: ignore[attr-defined]
+                r = (await c.post("/v1/predict", json={"inputs": X})).json()
+                assert "@100" in r["model"]["version"] and r["model"]["backend"] == "eager"
+                np.testing.assert_allclose(r["outputs"]["output"], first, rtol=1e-5)
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(0.5)
+                await asyncio.to_thread(manager.save, step=200)
+                assert await asyncio.to_thread(server.watcher.check_once)
+                r = (await c.post("/v1/predict", json={"inputs": X})).json()
+                assert "@200" in r["model"]["version"]
+                np.testing.assert_allclose(r["outputs"]["output"], eager_out(model, X), rtol=1e-5)
+                assert not np.allclose(r["outputs"]["output"], first)
+
+        asyncio.run(go())

@@ -47,6 +47,20 @@ def _checkpoint_step(path: str) -> int | None:
     return step if isinstance(step, int) else None
 
 
+def _newest_managed(directory: str) -> str | None:
+    """The readable checkpoint with the highest step in a ``tk.CheckpointManager`` directory."""
+    from ..manager import list_checkpoints
+
+    try:
+        entries = [e for e in list_checkpoints(directory) if e.ok and e.kind == "file" and e.path]
+    except (TorchkeepError, OSError) as exc:
+        logger.debug("%s: not a checkpoint-manager directory (%s)", directory, exc)
+        return None
+    if not entries:
+        return None
+    return max(entries, key=lambda e: e.step).path
+
+
 def find_version(target: str) -> tuple[str, str]:
     """What to load for ``target`` and its version label: ``(path, version)``.
 
@@ -76,6 +90,9 @@ def find_version(target: str) -> tuple[str, str]:
         manifest = read_manifest(target)
         stamp = str(manifest.get("created_at") or os.stat(os.path.join(target, MANIFEST_NAME)).st_mtime_ns)
         return target, f"{os.path.basename(os.path.normpath(target))}@{stamp}"
+    managed = _newest_managed(target)
+    if managed is not None:
+        return find_version(managed)
     candidates: list[tuple[int, int, str]] = []
     for name in os.listdir(target):
         if name.startswith(".") or not name.endswith(_MODEL_SUFFIXES):
