@@ -54,6 +54,10 @@ def test_v1_predict_json_forms_and_npy(predictor: ModulePredictor) -> None:
             r = await c.post("/v1/predict", content=buf.getvalue(), headers={"content-type": "application/x-npy"})
             assert r.status_code == 200, r.text
             np.testing.assert_allclose(r.json()["outputs"]["output"], want, rtol=1e-6)
+            headers = {"content-type": "application/x-npy", "accept": "application/x-npy"}
+            r = await c.post("/v1/predict", content=buf.getvalue(), headers=headers)
+            assert r.headers["content-type"] == "application/x-npy" and r.headers["x-model-version"] == "in-process"
+            np.testing.assert_allclose(np.load(io.BytesIO(r.content), allow_pickle=False), want, rtol=1e-6)
 
     asyncio.run(go())
 

@@ -9,16 +9,22 @@ of FastAPI's router (same app, same docs): it reads the body with a hard size li
 it with :mod:`json` (no pydantic model per request), queues the arrays for the batcher and
 writes the JSON answer itself. FastAPI's routes for them exist for the OpenAPI schema and call
 the same code, so behaviour is identical either way.
+
+No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations
+at runtime, and those name classes imported inside :func:`create_app` (fastapi is optional).
 """
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
+
+import numpy as np
 
 from .. import _version
 from ..errors import missing_dependency
@@ -104,11 +110,11 @@ class Server:
         await asyncio.to_thread(self.batcher.stop)
 
     async def predict(
-        self, route: str, body: bytes, content_type: str | None
+        self, route: str, body: bytes, content_type: str | None, accept: str | None = None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Answer one predict request: ``(status, headers, body)``. Never raises."""
         try:
-            return await self._predict(route, body, content_type)
+            return await self._predict(route, body, content_type, accept)
         except Reject as rej:
             headers = [_JSON, *((k.lower().encode(), v.encode()) for k, v in rej.headers.items())]
             return rej.status, headers, _error_body(rej.type, rej.message)
@@ -123,7 +129,7 @@ class Server:
             )
 
     async def _predict(
-        self, route: str, body: bytes, content_type: str | None
+        self, route: str, body: bytes, content_type: str | None, accept: str | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         slot = self.slot
         specs = slot.predictor.inputs
@@ -153,6 +159,11 @@ class Server:
             timer.cancel()
         served = self.slot if self.slot.predictor is slot.predictor else slot
         names = served.predictor.outputs
+        if accept is not None and "application/x-npy" in accept and route == "/v1/predict" and len(outputs) == 1:
+            buf = io.BytesIO()
+            np.save(buf, outputs[0], allow_pickle=False)
+            version = served.version.encode("latin-1", "replace")
+            return 200, [(b"content-type", b"application/x-npy"), (b"x-model-version", version)], buf.getvalue()
         if route == "/predict":
             named = outputs_to_json(outputs, names)
             payload: Any = {"prediction": next(iter(named.values())) if len(named) == 1 else named}
@@ -226,18 +237,20 @@ class _FastPath:
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
         limit = self.server.options.max_body_bytes
-        content_type = None
+        content_type = accept = None
         declared = -1
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value.decode("latin-1")
+            elif key == b"accept":
+                accept = value.decode("latin-1")
             elif key == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
         if declared > limit:
-            return await _respond(send, 413, [_JSON], _too_large(declared, limit))
+            return await _respond(send, 413, [_JSON, (b"connection", b"close")], _too_large(declared, limit))
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -253,7 +266,7 @@ class _FastPath:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        status, headers, payload = await self.server.predict(path, body, content_type)
+        status, headers, payload = await self.server.predict(path, body, content_type, accept)
         return await _respond(send, status, headers, payload)
 
 
@@ -366,9 +379,12 @@ def create_app(target: str | Predictor, *, options: ServeOptions | None = None) 
 
     async def _route(request: Request) -> Response:
         body = await request.body()
-        status, headers, payload = await server.predict(request.url.path, body, request.headers.get("content-type"))
+        status, headers, payload = await server.predict(
+            request.url.path, body, request.headers.get("content-type"), request.headers.get("accept")
+        )
         extra = {k.decode(): v.decode() for k, v in headers if k != b"content-type"}
-        return Response(payload, status_code=status, media_type="application/json", headers=extra)
+        media = dict(headers).get(b"content-type", b"application/json").decode()
+        return Response(payload, status_code=status, media_type=media, headers=extra)
 
     app.add_api_route(
         "/predict",
