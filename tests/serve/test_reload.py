@@ -169,9 +169,9 @@ def test_export_directory_backend_from_benchmark(tmp_path: Path) -> None:
     assert fastest_backend(str(tmp_path), 1) == "pt2"
     assert fastest_backend(str(tmp_path), 4) == "pt2"  # nearest measured batch size
     write_manifest(tmp_path, {"artifacts": arts, "benchmark": {"fastest": {"32": "tensorrt"}}})
-    assert fastest_backend(str(tmp_path), 32) == "pt2"  # the failed artifact is never chosen
+    assert fastest_backend(str(tmp_path), 32) is None  # the failed artifact is never chosen
     write_manifest(tmp_path, {"artifacts": arts})
-    assert fastest_backend(str(tmp_path), 32) == "pt2"  # no benchmark: the first good artifact
+    assert fastest_backend(str(tmp_path), 32) is None  # no benchmark: the runtime's preference order
     path, version = find_version(str(tmp_path))
     assert path == str(tmp_path) and version.startswith(tmp_path.name + "@")
 
@@ -205,3 +205,30 @@ def test_checkpoint_manager_directory_hot_reload(tmp_path: Path) -> None:
                 assert not np.allclose(r["outputs"]["output"], first)
 
         asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_export_directory_served_and_reexport_hot_swapped(tmp_path: Path) -> None:
+    import torchkeep as tk
+
+    if not hasattr(tk, "export"):
+        pytest.skip("tk.export is not in this tree yet")
+    v1, v2 = SeedMLP(), SeedMLP()
+    out = tmp_path / "export"
+    tk.export(v1, (torch.randn(1, 10),), out, formats=("onnx",))
+
+    async def go() -> None:
+        async with running(str(out), watch=str(out), poll_s=3600) as c:
+            server = c.app.state.server  # type: ignore[attr-defined]
+            r = (await c.post("/v1/predict", json={"inputs": X})).json()
+            assert r["model"]["backend"] == "onnxruntime" and r["model"]["version"].startswith("export@")
+            first_version = r["model"]["version"]
+            np.testing.assert_allclose(r["outputs"][server.slot.predictor.outputs[0].name], eager_out(v1, X), rtol=1e-4)
+            await asyncio.sleep(1.1)  # export.json's created_at has one-second resolution
+            await asyncio.to_thread(tk.export, v2, (torch.randn(1, 10),), out, formats=("onnx",))
+            assert await asyncio.to_thread(server.watcher.check_once)
+            r = (await c.post("/v1/predict", json={"inputs": X})).json()
+            assert r["model"]["version"] != first_version
+            np.testing.assert_allclose(r["outputs"][server.slot.predictor.outputs[0].name], eager_out(v2, X), rtol=1e-4)
+
+    asyncio.run(go())

@@ -120,8 +120,8 @@ def find_version(target: str) -> tuple[str, str]:
 def fastest_backend(export_dir: str, max_batch_size: int) -> str | None:
     """The backend ``export.json``'s benchmark found fastest at the batch size nearest ``max_batch_size``.
 
-    Falls back to the first artifact that exported and verified (``ok``), else None (the
-    runtime's own choice).
+    None when nothing was measured: the runtime then picks by its fixed preference order
+    (on CPU: onnxruntime, aoti, pt2, torchscript, eager), skipping artifacts that failed.
     """
     manifest = read_manifest(export_dir)
     fastest = (manifest.get("benchmark") or {}).get("fastest") or {}
@@ -135,9 +135,6 @@ def fastest_backend(export_dir: str, max_batch_size: int) -> str | None:
     for _, _, backend in sorted(sizes):
         if not ok or backend in ok or backend == "eager":
             return backend
-    for fmt, art in manifest.get("artifacts", {}).items():
-        if isinstance(art, dict) and art.get("ok"):
-            return str(art.get("backend") or fmt)
     return None
 
 
