@@ -247,3 +247,40 @@ def test_serves_on_cuda() -> None:
             np.testing.assert_allclose(r.json()["prediction"], want, rtol=1e-3, atol=1e-4)
 
     asyncio.run(go())
+
+
+def test_batch_larger_than_max_batch_size_is_split(predictor: ModulePredictor) -> None:
+    batch = np.random.default_rng(3).standard_normal((70, 10)).astype(np.float32)
+
+    async def go() -> None:
+        async with running(predictor, max_batch_size=16) as c:
+            predictor.calls.clear()
+            r = await c.post("/v1/predict", json={"inputs": batch.tolist()})
+            assert r.status_code == 200
+            np.testing.assert_allclose(r.json()["outputs"]["output"], eager(predictor, batch), rtol=1e-5, atol=1e-6)
+            assert max(predictor.calls) <= 16 and sum(predictor.calls) == 70
+
+    asyncio.run(go())
+
+
+class Halve(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x / 2).to(torch.bfloat16)
+
+
+def test_scalar_examples_and_bfloat16_outputs() -> None:
+    class TorchOut(ModulePredictor):  # returns torch tensors, as the Protocol allows
+        def __call__(self, *args: Any) -> Any:
+            with torch.inference_mode():
+                return self.module(torch.from_numpy(np.asarray(args[0])))
+
+    q = TorchOut(Halve(), [TensorSpec("x", (None,), "float32")], [TensorSpec("y", (None,), "bfloat16")])
+
+    async def go() -> None:
+        async with running(q) as c:
+            r = await c.post("/predict", json={"values": 3.0})
+            assert r.status_code == 200 and r.json() == {"prediction": [1.5]}
+            r = await c.post("/v1/predict", json={"inputs": [1.0, 4.0]})
+            assert r.json()["outputs"]["y"] == [0.5, 2.0]
+
+    asyncio.run(go())

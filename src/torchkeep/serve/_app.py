@@ -150,13 +150,7 @@ class Server:
             raise Reject(
                 503, "not_ready", "the model is still warming up; retry after /readyz answers 200", {"Retry-After": "1"}
             )
-        fut = self.batcher.submit(arrays)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.options.timeout_ms / 1000.0, _expire, fut, self.options.timeout_ms)
-        try:
-            outputs = await fut
-        finally:
-            timer.cancel()
+        outputs = await self._infer(arrays)
         served = self.slot if self.slot.predictor is slot.predictor else slot
         names = served.predictor.outputs
         if accept is not None and "application/x-npy" in accept and route == "/v1/predict" and len(outputs) == 1:
@@ -173,6 +167,38 @@ class Server:
                 "model": {"version": served.version, "backend": served.predictor.backend},
             }
         return 200, [_JSON], json.dumps(payload).encode()
+
+    async def _infer(self, arrays: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+        loop = asyncio.get_running_loop()
+        timeout_ms = self.options.timeout_ms
+        n, limit = int(arrays[0].shape[0]), self.options.max_batch_size
+        if n <= limit:
+            fut = self.batcher.submit(arrays)
+            timer = loop.call_later(timeout_ms / 1000.0, _expire, fut, timeout_ms)
+            try:
+                return await fut
+            finally:
+                timer.cancel()
+        # A batch larger than --max-batch-size runs as several model calls, never one oversized one.
+        futs: list[asyncio.Future[list[np.ndarray[Any, Any]]]] = []
+        try:
+            for start in range(0, n, limit):
+                futs.append(self.batcher.submit([a[start : start + limit] for a in arrays]))
+        except Reject:
+            for f in futs:
+                f.cancel()  # queued chunks of a refused request are skipped, not run
+            raise
+        timers = [loop.call_later(timeout_ms / 1000.0, _expire, f, timeout_ms) for f in futs]
+        try:
+            parts = await asyncio.gather(*futs)
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
+        finally:
+            for t in timers:
+                t.cancel()
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
     def metadata(self) -> dict[str, Any]:
         """The /v1/metadata answer."""

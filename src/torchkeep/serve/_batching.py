@@ -72,7 +72,10 @@ def normalize_outputs(raw: Any, specs: Sequence[TensorSpec]) -> list[np.ndarray[
         if isinstance(item, np.ndarray):
             out.append(item)
         elif hasattr(item, "detach"):
-            out.append(item.detach().cpu().numpy())
+            t = item.detach().cpu()
+            if str(t.dtype) == "torch.bfloat16":
+                t = t.float()  # numpy has no bfloat16
+            out.append(t.numpy())
         else:
             out.append(np.asarray(item))
     return out

@@ -84,6 +84,8 @@ def _to_array(
     expect = f"expected {_spec_text(spec)}" + ("" if batched else " without the batch dimension")
     if isinstance(value, np.ndarray):
         raw = value
+    elif not batched and len(spec.shape) == 1 and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raw = np.array(value)  # one example of a (batch,)-shaped input is a bare number
     else:
         if not isinstance(value, list):
             raise Reject(
