@@ -247,3 +247,18 @@ def test_warmup_refuses_nan_model() -> None:
         p.module.net[0].weight.fill_(float("nan"))
     with pytest.raises(PredictorError, match="NaN or Infinity"):
         warm_up(p)
+
+
+def test_a_model_that_fails_warm_up_never_becomes_ready() -> None:
+    from torchkeep.errors import PredictorError
+
+    p = seed_predictor()
+    with torch.no_grad():
+        p.module.net[0].bias.fill_(float("inf"))
+
+    async def go() -> None:
+        async with running(p):
+            pass  # pragma: no cover - startup must fail
+
+    with pytest.raises(PredictorError, match="warm-up"):
+        asyncio.run(go())

@@ -61,7 +61,7 @@ class Server:
         >>> status, headers, body = await server.predict("/predict", b'{"values": [1, 2]}', "application/json")  # doctest: +SKIP
     """
 
-    def __init__(self, slot: ModelSlot, options: ServeOptions, watch_target: str | None = None) -> None:
+    def __init__(self, slot: ModelSlot, options: ServeOptions) -> None:
         self.slot = slot
         self.options = options
         self.metrics = Metrics(queue_depth=lambda: self.batcher.depth)
