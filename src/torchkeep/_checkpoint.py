@@ -23,6 +23,7 @@ import torch
 
 from . import _codec, _format
 from ._format import MapLocation
+from ._sampler import ResumableLoader, ResumableSampler
 from ._state_io import aligned, alignment_order, pack, rng_state, set_rng_state, unpack
 from ._storage import atomic_write
 from .errors import (
@@ -131,6 +132,10 @@ def _kind(obj: Any) -> str:
         return "scheduler"
     if isinstance(obj, torch.amp.GradScaler):
         return "scaler"
+    if isinstance(obj, ResumableLoader):
+        return "loader"
+    if isinstance(obj, ResumableSampler):
+        return "sampler"
     return "object"
 
 
