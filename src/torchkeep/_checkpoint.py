@@ -280,7 +280,12 @@ def save_checkpoint(
         >>> tk.load_checkpoint(path, model=model, optimizer=opt).extra["update_steps"]
         7
     """
-    # (A multi-process run hands off to torch.distributed.checkpoint here, before anything is written.)
+    from . import distributed  # light; DCP itself is imported only for sharded saves
+
+    if distributed.is_sharded_context(objects):
+        return distributed.save_checkpoint(
+            path, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, **objects
+        )
     tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
     with atomic_write(path) as f:
         size = write_checkpoint(f, tree, section)
@@ -353,7 +358,12 @@ def load_checkpoint(
         >>> tk.load_checkpoint(path, model=torch.nn.Linear(2, 2), map_location="cpu").epoch
         1
     """
-    # (A multi-process run hands off to torch.distributed.checkpoint here, before any file is read.)
+    from . import distributed
+
+    if os.path.isdir(path):  # a sharded checkpoint (directory) or an error saying what it is
+        return distributed.load_checkpoint(
+            path, map_location=map_location, strict=strict, rng=rng, verify=verify, **objects
+        )
     reader = _format.open_file(path)
     info = read_info(reader)
     wanted = [*objects, EXTRA_KEY] + ([RNG_KEY] if rng else [])
