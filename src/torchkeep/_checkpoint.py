@@ -24,7 +24,7 @@ import torch
 from . import _codec, _format
 from ._format import MapLocation
 from ._sampler import ResumableLoader, ResumableSampler
-from ._state_io import aligned, alignment_order, pack, rng_state, set_rng_state, unpack
+from ._state_io import aligned, pack, rng_state, set_rng_state, unpack
 from ._storage import atomic_write
 from .errors import (
     CorruptCheckpointError,
@@ -247,11 +247,10 @@ def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[
         1
     """
     enc = _codec.encode(dict(tree))
-    tensors = alignment_order(enc.tensors)
     extra_sections: dict[str, Any] = {SECTION: dict(section)}
     if section.get("model") is not None:
         extra_sections["model"] = section["model"]
-    return _format.write(dest, tensors, tree=enc.tree, sections=extra_sections)
+    return _format.write(dest, enc.tensors, tree=enc.tree, sections=extra_sections)
 
 
 def save_checkpoint(
