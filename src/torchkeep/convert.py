@@ -407,7 +407,7 @@ class _Sanitizer:
         if isinstance(obj, Mapping):
             out: dict[Any, Any] = OrderedDict() if type(obj) is OrderedDict else {}
             for k, v in obj.items():
-                if not _codec._is_key(k):
+                if not _codec.is_key(k):
                     self._unsupported(f"{_codec.format_path(path)} key {k!r}", "dict key of unsupported type")
                     continue
                 converted = self.value(v, (*path, k))
