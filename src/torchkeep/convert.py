@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from . import _api, _codec, _format
+from . import _api, _codec, _decode, _format
 from ._storage import atomic_write
 from .errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, UnsupportedValueError
 
@@ -407,7 +407,7 @@ class _Sanitizer:
         if isinstance(obj, Mapping):
             out: dict[Any, Any] = OrderedDict() if type(obj) is OrderedDict else {}
             for k, v in obj.items():
-                if not _codec.is_key(k):
+                if not _decode.is_key(k):
                     self._unsupported(f"{_codec.format_path(path)} key {k!r}", "dict key of unsupported type")
                     continue
                 converted = self.value(v, (*path, k))
