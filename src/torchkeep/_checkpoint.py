@@ -9,10 +9,12 @@ environment) sits in the ``torchkeep.checkpoint`` header section, readable witho
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import os
 import platform
 import random
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -27,6 +29,7 @@ from .errors import (
     CorruptCheckpointError,
     MissingObjectError,
     StateMismatchError,
+    TorchkeepError,
     UnsupportedValueError,
 )
 
@@ -41,6 +44,8 @@ __all__ = [
     "unwrap_model",
     "write_checkpoint",
 ]
+
+logger = logging.getLogger(__name__)
 
 SECTION = "checkpoint"
 EXTRA_KEY = "__extra__"
@@ -73,6 +78,8 @@ class CheckpointInfo:
     missing_keys: dict[str, list[str]] = field(default_factory=dict)
     unexpected_keys: dict[str, list[str]] = field(default_factory=dict)
     mismatched_keys: dict[str, list[str]] = field(default_factory=dict)
+    #: after ``load_checkpoint(strict=False)``: objects whose state could not be loaded, with why.
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def environment() -> dict[str, Any]:
@@ -124,12 +131,48 @@ def _kind(obj: Any) -> str:
 
 def _check_stateful(name: str, obj: Any) -> None:
     if name.startswith("__"):
-        raise ValueError(f"object name {name!r} is reserved (names starting with '__' belong to torchkeep)")
-    if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
-        raise TypeError(
-            f"{name}= must have state_dict() and load_state_dict() methods; got {type(obj).__qualname__}. "
-            "Pass plain values through extra= instead."
+        raise UnsupportedValueError(
+            f"{name}=: object names starting with '__' are reserved for torchkeep; pick another name",
+            path=name,
         )
+    if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+        raise UnsupportedValueError(
+            f"{name}= must have state_dict() and load_state_dict() methods; got {type(obj).__qualname__}. "
+            "Pass plain values through extra= instead.",
+            path=name,
+            value_type=type(obj).__qualname__,
+        )
+
+
+# -- values torch keeps in state dicts that the codec does not store as such ------------------
+# MultiStepLR keeps its milestones in a collections.Counter, and its get_lr() relies on Counter
+# semantics (missing keys count 0), so a plain dict would break it after a load. Counters are
+# stored as {"__counter__": {...}} and turned back into Counters on restore.
+_COUNTER = "__counter__"
+
+
+def _pack(value: Any) -> Any:
+    if isinstance(value, Counter):
+        return {_COUNTER: {k: _pack(v) for k, v in value.items()}}
+    if type(value) in (dict, OrderedDict):
+        return type(value)((k, _pack(v)) for k, v in value.items())
+    if type(value) is list:
+        return [_pack(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_pack(v) for v in value)
+    return value
+
+
+def _unpack(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _COUNTER in value and isinstance(value[_COUNTER], dict):
+            return Counter(value[_COUNTER])
+        return type(value)((k, _unpack(v)) for k, v in value.items())
+    if type(value) is list:
+        return [_unpack(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_unpack(v) for v in value)
+    return value
 
 
 def _rng_state() -> dict[str, Any]:
@@ -203,7 +246,7 @@ def collect_state(
             if model_entry is None:
                 model_entry = _registry_entry(obj)
         kinds[name] = _kind(obj)
-        tree[name] = obj.state_dict()
+        tree[name] = _pack(obj.state_dict())
     if extra is not None:
         tree[EXTRA_KEY] = extra
     if rng:
@@ -344,16 +387,41 @@ def load_checkpoint(
     info = read_info(reader)
     if verify:
         reader.verify()
-    tree = _codec.decode(reader.tree, lambda n: reader.tensor(n, map_location)) if reader.tree is not None else {}
+    tree = (
+        _codec.decode(reader.tree, lambda n: _aligned(reader.tensor(n, map_location)))
+        if reader.tree is not None
+        else {}
+    )
     restore_state(tree, objects, info, strict=strict, rng=rng)
     return info
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its data is 64-byte aligned, else an aligned copy.
+
+    Tensors mapped from the file are packed, so most sit at 4- or 8-byte boundaries. Vectorized
+    CPU kernels (dot products, reductions) split their work by alignment, so the same values at a
+    different alignment can round differently — enough to break bit-exact resume (LBFGS shows
+    it). Fresh allocations are 64-byte aligned, as in the run that saved the checkpoint.
+    """
+    if t.device.type == "cpu" and t.numel() and t.data_ptr() % _ALIGNMENT:
+        return t.clone()
+    return t
+
+
+_ALIGNMENT = 64
 
 
 def restore_state(
     tree: Mapping[str, Any], objects: Mapping[str, Any], info: CheckpointInfo, *, strict: bool, rng: bool
 ) -> None:
-    """Load each object's state from a decoded checkpoint tree; fill ``info`` with what happened."""
+    """Load each object's state from a decoded checkpoint tree; fill ``info`` with what happened.
+
+    Every object is checked (names, kinds) before any is changed, so a wrong call leaves the
+    caller's objects as they were.
+    """
     available = [k for k in tree if not k.startswith("__")]
+    targets: dict[str, Any] = {}
     for name, obj in objects.items():
         _check_stateful(name, obj)
         if name not in tree:
@@ -367,23 +435,73 @@ def restore_state(
         saved_kind, kind = info.objects.get(name), _kind(target)
         if saved_kind is not None and saved_kind != kind:
             raise StateMismatchError(
-                f"{info.path}: {name}= holds the state of a {saved_kind}, but a {kind} "
-                f"({type(target).__qualname__}) was passed; pass the matching object"
+                f"{info.path}: {name}= in the checkpoint is the state of a {saved_kind}, but a {kind} "
+                f"({type(target).__qualname__}) was passed; pass the {saved_kind} that was saved as {name}="
             )
-        state = tree[name]
-        if isinstance(target, torch.nn.Module):
-            _load_module(name, target, state, info, strict=strict)
+        targets[name] = target
+    modules = {n: t for n, t in targets.items() if isinstance(t, torch.nn.Module)}
+    for name, module in modules.items():  # check every model before changing any object
+        _check_module(name, module, tree[name], info, strict=strict)
+    for name, target in targets.items():
+        if name in modules:
+            _load_module(name, target, tree[name], info)
         else:
-            target.load_state_dict(state)
+            _load_object(name, target, _unpack(tree[name]), info, strict=strict)
     info.extra = tree.get(EXTRA_KEY)
     if rng and RNG_KEY in tree:
         _set_rng_state(tree[RNG_KEY])
 
 
-def _load_module(
-    name: str, module: torch.nn.Module, state: Mapping[str, Any], info: CheckpointInfo, *, strict: bool
-) -> None:
+def _load_object(name: str, target: Any, state: Any, info: CheckpointInfo, *, strict: bool) -> None:
+    try:
+        target.load_state_dict(state)
+    except TorchkeepError as exc:  # e.g. tk.upgrade_state refusing a newer version: already clear
+        if strict:
+            raise
+        logger.warning("%s: %s= skipped: %s", info.path, name, exc)
+        info.skipped[name] = str(exc)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        # torch's optimizers raise ValueError when parameter groups differ in number or size.
+        message = (
+            f"{info.path}: {name}= ({type(target).__qualname__}) cannot take the saved state: {exc}. "
+            f"Build it over the same parameters, in the same groups, as when it was saved"
+            + ("." if not strict else ", or pass strict=False to skip it.")
+        )
+        if strict:
+            raise StateMismatchError(message) from exc
+        logger.warning("%s", message)
+        info.skipped[name] = str(exc)
+
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_wrapper_prefix(state: Mapping[str, Any], own: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Drop a ``module.``/``_orig_mod.`` prefix that every saved key has and no model key has.
+
+    torchkeep never writes such keys, but state converted from a legacy ``.pt`` saved from a
+    DataParallel/compiled model has them.
+    """
+    keys = [k for k in state if isinstance(k, str)]
+    changed = True
+    while changed and keys and len(keys) == len(state):
+        changed = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in keys) and not any(k.startswith(prefix) for k in own):
+                state = OrderedDict((k[len(prefix) :], v) for k, v in state.items())
+                keys = list(state)
+                changed = True
+    return state
+
+
+def _check_module(name: str, module: torch.nn.Module, state: Any, info: CheckpointInfo, *, strict: bool) -> None:
+    if not isinstance(state, Mapping):
+        raise StateMismatchError(
+            f"{info.path}: {name}= holds a {type(state).__name__}, not a model state dict; "
+            "was it saved from something other than a model?"
+        )
     own = module.state_dict()
+    state = _strip_wrapper_prefix(state, own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [
@@ -395,18 +513,30 @@ def _load_module(
         and state[k].shape != own[k].shape
     ]
     if strict and (missing or unexpected or mismatched):
-        lines = [f"{info.path}: {name}= does not match the checkpoint's state"]
+        lines = [f"{info.path}: {name}= ({type(module).__qualname__}) does not match the checkpoint's state"]
         if missing:
-            lines.append(f"  missing in checkpoint ({len(missing)}): {', '.join(missing[:10])}")
+            lines.append(f"  missing in checkpoint ({len(missing)}): {_some(missing)}")
         if unexpected:
-            lines.append(f"  unexpected in checkpoint ({len(unexpected)}): {', '.join(unexpected[:10])}")
+            lines.append(f"  unexpected in checkpoint ({len(unexpected)}): {_some(unexpected)}")
         for k, saved, expected in mismatched[:10]:
             lines.append(f"  shape mismatch {k}: checkpoint {list(saved)} vs model {list(expected)}")
+        if len(mismatched) > 10:
+            lines.append(f"  ... and {len(mismatched) - 10} more shape mismatches")
         lines.append("Build the model with the same architecture, or pass strict=False to load what fits.")
         raise StateMismatchError("\n".join(lines), missing=missing, unexpected=unexpected, mismatched=mismatched)
-    skip = {k for k, _, _ in mismatched}
-    filtered = {k: v for k, v in state.items() if k not in skip}
-    module.load_state_dict(filtered, strict=False)
     info.missing_keys[name] = missing
     info.unexpected_keys[name] = unexpected
-    info.mismatched_keys[name] = sorted(skip)
+    info.mismatched_keys[name] = [k for k, _, _ in mismatched]
+
+
+def _some(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _load_module(name: str, module: torch.nn.Module, state: Mapping[str, Any], info: CheckpointInfo) -> None:
+    state = _strip_wrapper_prefix(state, module.state_dict())
+    skip = set(info.mismatched_keys.get(name, ()))
+    filtered = OrderedDict((k, v) for k, v in state.items() if k not in skip)
+    # strict=False here: _check_module already enforced the caller's strictness, with a better message.
+    module.load_state_dict(filtered, strict=False)

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 
 from ._decode import DTYPES_BY_NAME, MAX_DEPTH, MAX_DIM, decode, is_key, tensor_names
+
+_is_key = is_key  # the name torchkeep.convert (and older callers) use
 from .errors import UnsupportedValueError
 
 # decode and the limits live in _decode; they are re-exported here, the codec's one seam.

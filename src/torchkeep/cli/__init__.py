@@ -6,13 +6,13 @@ traceback); usage errors exit 2.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import typer
 
 from ..errors import TorchkeepError
-from . import _demo, _files
 
 __all__ = ["app", "main"]
 
@@ -24,8 +24,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_files, _demo):
-    _module.register(app)
+# One command module per line (keeps parallel work from colliding here); each has register(app).
+_COMMAND_MODULES = (
+    "_files",
+    "_diff",
+    "_model",
+    "_ls",
+    "_demo",
+)
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"{__name__}.{_name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

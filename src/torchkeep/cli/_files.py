@@ -170,7 +170,11 @@ def inspect(
         env = ckpt["env"]
         console.print(
             "  env: "
-            + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "numpy", "torchkeep", "cuda") if env.get(k))
+            + ", ".join(
+                f"{k} {env[k]}"
+                for k in ("python", "torch", "numpy", "torchkeep", "cuda", "cudnn", "platform")
+                if env.get(k)
+            )
         )
     if desc.get("model"):
         m = desc["model"]

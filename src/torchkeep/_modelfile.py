@@ -1,0 +1,334 @@
+"""Whole-model files: ``save_model`` and ``load_model``.
+
+A model file is a safetensors file whose tensors are the plain ``state_dict()`` keys and whose
+``torchkeep.model`` header section is the registry entry (see :mod:`torchkeep._registry`). Tied
+weights are written once per key, so ``safetensors.torch.load_file`` returns the complete state
+dict; the groups are listed under ``tied`` and the rebuilt model's constructor re-ties them (a
+warning says so when it does not).
+
+``load_model`` also reads training checkpoints that hold a registered model: the model's subtree
+of the checkpoint tree is decoded (and verified) alone, so optimizer state is never touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from . import _codec, _format
+from ._format import MapLocation
+from ._registry import _MODULE_RE, _REGISTRY, SECTION, RegisteredModel, migrate, model_entry, not_registered, rebuild
+from ._storage import atomic_write
+from .errors import (
+    CorruptCheckpointError,
+    MissingObjectError,
+    ModelNotRegisteredError,
+    StateMismatchError,
+    UnsupportedValueError,
+)
+
+__all__ = ["load_model", "save_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for key, t in state.items():
+        if t.numel() == 0:
+            continue
+        ident = (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        groups.setdefault(ident, []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
+def save_model(
+    model: torch.nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Save a registered model as a safetensors file that can rebuild it with :func:`load_model`.
+
+    The tensors are the plain ``state_dict()`` keys (``safetensors.torch.load_file`` returns the
+    state dict; tied weights are written once per key), and the header holds the registry name,
+    version, location and arguments. Wrapped models (DataParallel, DDP, ``torch.compile``) are
+    saved unwrapped. The write is atomic.
+
+    Raises:
+        ModelNotRegisteredError: the model's class (or factory) is not registered.
+        UnsupportedValueError: a constructor argument (named) or a state-dict value cannot be stored.
+        CheckpointWriteError: the write failed; an earlier file at ``path`` is unchanged.
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> @tk.register(name="doc-head")
+        ... class DocHead(torch.nn.Module):
+        ...     def __init__(self, n: int):
+        ...         super().__init__()
+        ...         self.fc = torch.nn.Linear(n, 1)
+        >>> path = os.path.join(tempfile.mkdtemp(), "head.safetensors")
+        >>> tk.save_model(DocHead(3), path)
+        >>> tk.load_model(path).fc.in_features
+        3
+    """
+    from ._checkpoint import unwrap_model
+
+    model = unwrap_model(model)
+    entry = model_entry(model)
+    if entry is None:
+        raise not_registered(model)
+    state = model.state_dict()
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise UnsupportedValueError(
+                f"state_dict()[{key!r}] is a {type(value).__qualname__} (extra state), which a model file cannot "
+                "hold; keep extra state in a buffer, or save a checkpoint with tk.save_checkpoint",
+                path=key,
+                value_type=type(value).__qualname__,
+            )
+    tied = _tied_groups(state)
+    if tied:
+        entry["tied"] = tied
+    with atomic_write(path) as f:
+        _format.write(f, state, sections={SECTION: entry}, metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------------
+# loading
+
+
+def _import_for(entry: Mapping[str, Any], path: str) -> None:
+    module = str(entry.get("target", "")).split(":", 1)[0]
+    if module == "__main__" or not _MODULE_RE.match(module):
+        raise ModelNotRegisteredError(
+            f"{path}: the model {entry.get('name')!r} was registered in {module!r}, which cannot be imported; "
+            "define and register it in an importable module, or register it in this process before loading",
+            name=str(entry.get("name")),
+            module=module,
+        )
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelNotRegisteredError(
+            f"{path}: import_module=True could not import {module!r} ({exc}); install or add it to "
+            "sys.path, or import the module that registers the model yourself",
+            name=str(entry.get("name")),
+            module=module,
+        ) from exc
+
+
+def _resolve(entry: Mapping[str, Any], path: str, import_module: bool) -> RegisteredModel:
+    name = entry["name"]
+    found = _REGISTRY.get(name)
+    if found is None and import_module:
+        _import_for(entry, path)
+        found = _REGISTRY.get(name)
+    if found is not None:
+        return found
+    module = str(entry.get("target", "")).split(":", 1)[0]
+    if import_module:
+        raise ModelNotRegisteredError(
+            f"{path}: imported {module!r}, but it registers no model named {name!r}; registered: {sorted(_REGISTRY)}",
+            name=name,
+            module=module,
+        )
+    raise ModelNotRegisteredError(
+        f"{path}: the file holds model {name!r} (version {entry.get('version')}, built by {entry.get('target')}), "
+        f"which is not registered in this process. `import {module}` before loading, or pass "
+        "import_module=True to let torchkeep import it (that runs the module's code)",
+        name=name,
+        module=module,
+    )
+
+
+def _validated_entry(raw: Any, path: str) -> dict[str, Any]:
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("name"), str)
+        or type(raw.get("version")) is not int
+        or not isinstance(raw.get("target"), str)
+        or "arguments" not in raw
+    ):
+        raise CorruptCheckpointError(
+            f"{path}: the model section is malformed (expected name, version, target, arguments)",
+            path=path,
+            reason="bad model section",
+        )
+    return raw
+
+
+def _import_argument_classes(tree: Any) -> None:
+    # Only with import_module=True: dataclass/enum arguments (e.g. a config class) are resolved by
+    # the codec from modules already imported; opting in imports those modules as well.
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if node.get("t") in ("dataclass", "enum") and isinstance(node.get("cls"), str):
+                module = node["cls"].split(":", 1)[0]
+                if _MODULE_RE.match(module) and module not in sys.modules:
+                    try:
+                        importlib.import_module(module)
+                    except ImportError:
+                        logger.debug("could not import %s for an argument class", module)
+            stack.extend(node.values())
+
+
+def _decode_arguments(entry: Mapping[str, Any], path: str) -> dict[str, Any]:
+    def no_tensors(name: str) -> torch.Tensor:
+        raise CorruptCheckpointError(f"{path}: model arguments refer to tensor {name!r}", path=path)
+
+    try:
+        config = _codec.decode(entry["arguments"], no_tensors)
+    except CorruptCheckpointError as exc:
+        raise CorruptCheckpointError(
+            f"{path}: cannot decode the arguments of model {entry['name']!r}: {exc}",
+            path=path,
+            reason=exc.reason,
+        ) from None
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise CorruptCheckpointError(f"{path}: model arguments are not a dict of names", path=path)
+    return config
+
+
+def _pick_checkpoint_object(reader: _format.Reader) -> str:
+    section = reader.section("checkpoint") or {}
+    objects = section.get("objects") if isinstance(section, dict) else None
+    modules = [k for k, v in objects.items() if v == "module"] if isinstance(objects, dict) else []
+    if "model" in modules or not modules:
+        return "model"
+    return str(modules[0])
+
+
+def _state_from(reader: _format.Reader, path: str, map_location: MapLocation, verify: bool) -> dict[str, torch.Tensor]:
+    if reader.tree is None:  # a save_model file: tensors are the state dict
+        if verify:
+            reader.verify()
+        return {name: reader.tensor(name, map_location) for name in reader.names}
+    # a training checkpoint: decode only the model's subtree
+    name = _pick_checkpoint_object(reader)
+    items = reader.tree.get("items") if isinstance(reader.tree, dict) else None
+    if not isinstance(items, dict) or name not in items:
+        raise MissingObjectError(
+            f"{path}: the checkpoint has a model entry but no {name!r} state", name=name, available=list(items or {})
+        )
+    node = items[name]
+    if verify:
+        reader.verify(sorted(_codec.tensor_names(node)))
+    state = _codec.decode(node, lambda n: reader.tensor(n, map_location))
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptCheckpointError(f"{path}: the {name!r} state is not a dict of tensors", path=path)
+    return dict(state)
+
+
+def _load_state(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], reg: RegisteredModel, strict: bool, path: str
+) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        (k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape
+    ]
+    if strict and (missing or unexpected or mismatched):
+        lines = [f"{path}: the rebuilt {reg.name!r} (version {reg.version}) does not match the file's state"]
+        if missing:
+            lines.append(f"missing in file ({len(missing)}): {', '.join(missing[:10])}")
+        if unexpected:
+            lines.append(f"unexpected in file ({len(unexpected)}): {', '.join(unexpected[:10])}")
+        for k, saved, expected in mismatched[:10]:
+            lines.append(f"shape mismatch {k}: file {list(saved)} vs model {list(expected)}")
+        lines.append(
+            "If the class changed after the file was written, bump its version and add a @tk.migration; "
+            "or pass strict=False to load what fits"
+        )
+        raise StateMismatchError("\n".join(lines), missing=missing, unexpected=unexpected, mismatched=mismatched)
+    skip = {k for k, _, _ in mismatched}
+    model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
+
+
+def _target_device(state: Mapping[str, torch.Tensor]) -> torch.device:
+    devices = {t.device for t in state.values()}
+    if len(devices) > 1:
+        logger.warning(
+            "map_location spreads the state over %s; the model goes to the first one", sorted(map(str, devices))
+        )
+    return next(iter(state.values())).device if state else torch.device("cpu")
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    map_location: MapLocation = None,
+    strict: bool = True,
+    import_module: bool = False,
+    verify: bool = True,
+) -> torch.nn.Module:
+    """Rebuild a model saved by :func:`save_model` (or held in a training checkpoint), in eval mode.
+
+    The class or factory is found by its registry name in this process; nothing named by the
+    file is imported unless ``import_module=True`` (which imports the recorded module — that runs
+    its code, so only for files you trust). Older versions are upgraded through the registered
+    migrations. The model ends up on the device ``map_location`` sends the weights to (CPU by
+    default; same forms as :func:`torchkeep.load`).
+
+    Raises:
+        ModelNotRegisteredError: the name is not registered; the message names the module to import.
+        MigrationError: the file is newer than the code, or a migration step is missing.
+        StateMismatchError: with ``strict=True``, keys or shapes differ (listed).
+        MissingObjectError: the file holds no model entry (a plain state dict).
+        CorruptCheckpointError: the file or its model section is damaged.
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> @tk.register(name="doc-tiny")
+        ... def doc_tiny(width: int = 2) -> torch.nn.Module:
+        ...     return torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU())
+        >>> path = os.path.join(tempfile.mkdtemp(), "tiny.safetensors")
+        >>> tk.save_model(doc_tiny(width=3), path)
+        >>> model = tk.load_model(path, map_location="cpu")
+        >>> model.training, model[0].in_features
+        (False, 3)
+    """
+    src = os.fspath(path)
+    reader = _format.open_file(src)
+    raw = reader.section(SECTION)
+    if raw is None:
+        raise MissingObjectError(
+            f"{src}: the file holds no model entry (it was not written by tk.save_model or from a registered "
+            "model); build the model yourself and call model.load_state_dict(tk.load(path))",
+            name=SECTION,
+        )
+    entry = _validated_entry(raw, src)
+    reg = _resolve(entry, src, import_module)
+    if import_module:
+        _import_argument_classes(entry["arguments"])
+    config = _decode_arguments(entry, src)
+    state = _state_from(reader, src, map_location, verify)
+    config, state = migrate(reg, entry["version"], config, state, src)
+    model = rebuild(reg, config, source=src)
+    model.to(_target_device(state))
+    _load_state(model, state, reg, strict, src)
+    _check_ties(model, entry, src)
+    return model.eval()
+
+
+def _check_ties(model: torch.nn.Module, entry: Mapping[str, Any], path: str) -> None:
+    tied = entry.get("tied")
+    if not isinstance(tied, list):
+        return
+    state = model.state_dict()
+    live = {frozenset(g) for g in _tied_groups(state)}
+    for group in tied:
+        if isinstance(group, list) and all(k in state for k in group) and not any(set(group) <= g for g in live):
+            logger.warning(
+                "%s: %s were tied when saved but the rebuilt model does not tie them; tie them in the constructor",
+                path,
+                ", ".join(map(str, group)),
+            )

@@ -1,0 +1,114 @@
+"""``torchkeep audit`` and ``torchkeep convert``: check model files, bring legacy files over."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+__all__ = ["register"]
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+def audit(
+    file: Annotated[
+        Path, typer.Argument(help="A model file (tk.save_model) or a checkpoint holding a registered model.")
+    ],
+    import_module: Annotated[
+        bool,
+        typer.Option(
+            "--import-module", help="Import the module recorded in the file (runs its code; trusted files only)."
+        ),
+    ] = False,
+    path: Annotated[
+        list[Path] | None, typer.Option("--path", help="Add a directory to sys.path first (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Rebuild the model in FILE and list the state a saved file would lose. Exit 1 on errors found.
+
+    FILE must hold a registry entry (written by tk.save_model, or a checkpoint of a registered
+    model). The class comes from the registry, so its module must be imported: pass
+    --import-module to let torchkeep import it, and --path DIR if it is not installed.
+    """
+    from .._audit import audit as run_audit
+    from .._modelfile import load_model
+
+    for p in path or []:
+        sys.path.insert(0, str(p.resolve()))
+    model = load_model(file, import_module=import_module)
+    findings = run_audit(model)
+    errors = [f for f in findings if f.severity == "error"]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "path": str(file),
+                    "model": type(model).__qualname__,
+                    "findings": [dataclasses.asdict(f) for f in findings],
+                },
+                indent=2,
+            )
+        )
+    else:
+        console = Console()
+        if not findings:
+            console.print(f"[green]ok[/green]  {file}: {type(model).__name__} keeps all its state in its state_dict")
+        for f in findings:
+            color = "red" if f.severity == "error" else "yellow"
+            console.print(f"[{color}]{f.severity}[/{color}] [bold]{f.path}[/bold] ({f.kind}): {f.detail}")
+            console.print(f"    fix: {f.fix}")
+    if errors:
+        raise typer.Exit(1)
+
+
+def convert(
+    src: Annotated[
+        Path, typer.Argument(help="A torch.save file (.pt/.pth/.bin/.ckpt), .safetensors file, or a model directory.")
+    ],
+    dst: Annotated[Path, typer.Argument(help="The torchkeep file to write.")],
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="Allow full unpickling (runs code named by SRC; trusted files only)."),
+    ] = False,
+    drop_unsupported: Annotated[
+        bool, typer.Option("--drop-unsupported", help="Leave out values torchkeep cannot store (they are listed).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Convert a legacy checkpoint or weights file/directory to a torchkeep file (no pickle unless asked)."""
+    from ..convert import convert as run_convert
+
+    report = run_convert(src, dst, trust_pickle=trust_pickle, drop_unsupported=drop_unsupported, overwrite=force)
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(report), indent=2))
+        return
+    console = Console()
+    console.print(
+        f"[green]converted[/green] {report.src} ({report.kind}) -> {report.dst}: "
+        f"{report.tensors} tensors, {_human(report.tensor_bytes)}"
+    )
+    for note in report.notes:
+        console.print(f"  note: {note}")
+    for dropped in report.dropped:
+        console.print(f"  [yellow]dropped[/yellow] {dropped}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    app.command()(audit)
+    app.command()(convert)

@@ -1,0 +1,455 @@
+"""``CheckpointManager``: numbered checkpoints in one directory, with retention, restore and async saves.
+
+How a save stays safe, in order:
+
+1. the state is collected (and, with ``async_save=True``, copied to host memory) — a failing
+   ``state_dict()`` raises :class:`CheckpointWriteError` before any byte is written;
+2. the file is written under a temporary name (local) or to a local staging file (object stores),
+   then **verified** by re-reading every tensor checksum;
+3. it is committed atomically (rename + directory fsync, or one whole-object upload);
+4. only then does retention delete what no policy keeps. The newest checkpoint is always kept.
+
+So at every instant the directory holds every checkpoint that existed before the save, plus
+possibly the new one — never a partial file under a checkpoint name. Everything the manager knows
+(steps, metrics, which is best) is read back from the files' headers, so a restarted run applies
+retention exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from types import TracebackType
+from typing import IO, Any
+
+from .. import _format
+from .._checkpoint import (
+    CheckpointInfo,
+    _check_stateful,
+    _info_from_section,
+    collect_state,
+    load_checkpoint,
+    write_checkpoint,
+)
+from .._storage import LocalStorage, Storage
+from ..errors import (
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    TorchkeepError,
+)
+from ._async import BackgroundSaver, _BufferPool, snapshot
+from ._listing import (
+    MANAGER_KEY,
+    CheckpointEntry,
+    best_first,
+    checkpoint_name,
+    open_storage,
+    parse_name,
+    scan,
+    storage_path,
+)
+from ._lock import DirectoryLock
+from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, Policy
+
+__all__ = ["CheckpointManager"]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointManager:
+    """Save numbered checkpoints into a directory; keep the right ones; resume from the newest good one.
+
+    Args:
+        directory: a local directory (created if missing) or an fsspec URL such as
+            ``s3://bucket/run``.
+        keep_last: keep the N newest checkpoints.
+        keep_best: keep the K best checkpoints by ``monitor`` (needs ``monitor``).
+        monitor: the metric (a key of ``metrics=`` in :meth:`save`) that defines "best".
+        mode: ``"min"`` (lower is better, e.g. a loss) or ``"max"`` (e.g. accuracy).
+        keep_every: also keep every checkpoint whose step is a multiple of this.
+        async_save: :meth:`save` copies the state to host memory and returns; a background thread
+            writes, verifies and applies retention. At most one save is in flight.
+        storage_options: passed to fsspec for remote directories (``endpoint_url``, ``key``,
+            ``secret``, ...).
+        retention: extra retention policies (e.g. :class:`KeepNewerThan`); a checkpoint is kept
+            when any policy keeps it. With no policy at all, every checkpoint is kept.
+        read_only: open without taking the write lock, to list and restore while another process
+            trains; :meth:`save` is refused.
+        **objects: the stateful objects to save and restore (``model=``, ``optimizer=``,
+            ``scheduler=``, ``scaler=``, anything with ``state_dict()``/``load_state_dict()``).
+
+    Raises:
+        CheckpointLockedError: another live process has the directory open for writing.
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with tk.CheckpointManager(tempfile.mkdtemp(), keep_last=2, model=model, optimizer=opt) as mgr:
+        ...     for step in (100, 200, 300):
+        ...         _ = mgr.save(step=step, metrics={"loss": 1 / step})
+        ...     [c.step for c in mgr.checkpoints], mgr.restore().step
+        ([200, 300], 300)
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        keep_last: int | None = None,
+        keep_best: int | None = None,
+        monitor: str | None = None,
+        mode: str = "min",
+        keep_every: int | None = None,
+        async_save: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        retention: Policy | Sequence[Policy] | None = None,
+        read_only: bool = False,
+        **objects: Any,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if keep_best is not None and not monitor:
+            raise ValueError("keep_best needs monitor=, the name of the metric that defines 'best' (e.g. 'val_loss')")
+        for name, obj in objects.items():
+            _check_stateful(name, obj)
+        policies: list[Policy] = []
+        if keep_last is not None:
+            policies.append(KeepLastN(keep_last))
+        if keep_best is not None:
+            policies.append(KeepBestK(keep_best, str(monitor), mode))
+        if keep_every is not None:
+            policies.append(KeepEveryNSteps(keep_every))
+        if retention is not None:
+            extra = [retention] if isinstance(retention, Policy) else list(retention)
+            policies.extend(KeepAny(*extra).policies)
+        self.policy: KeepAny | None = KeepAny(*policies) if policies else None
+        self.monitor = monitor
+        self.mode = mode
+        self.async_save = bool(async_save)
+        self.read_only = bool(read_only)
+        self._objects: dict[str, Any] = dict(objects)
+        self._storage: Storage = open_storage(directory, storage_options=storage_options, create=not read_only)
+        self.directory = self._storage.root
+        self._cache: dict[str, CheckpointEntry] = {}
+        self._mutex = threading.RLock()
+        self._closed = False
+        self._lock: DirectoryLock | None = None
+        if not read_only and isinstance(self._storage, LocalStorage):
+            self._lock = DirectoryLock(self._storage.root)
+            self._lock.acquire()
+            swept = self._storage.sweep_temporaries()
+            if swept:
+                logger.info("removed %d temporary file(s) left by an interrupted save: %s", len(swept), swept)
+        elif not read_only:
+            logger.debug("%s is an object store: no cross-process write lock (see docs/guide/manager.md)", directory)
+        self._saver = BackgroundSaver(self.directory) if self.async_save else None
+        self._pool = _BufferPool()
+
+    # -- listing ------------------------------------------------------------------------------
+    @property
+    def entries(self) -> list[CheckpointEntry]:
+        """Every checkpoint file in the directory, oldest first, readable or not (see ``status``)."""
+        with self._mutex:
+            return scan(self._storage, self._cache)
+
+    @property
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Info of every readable checkpoint, oldest step first (headers only; nothing is verified)."""
+        return [e.info for e in self.entries if e.info is not None]
+
+    @property
+    def latest(self) -> CheckpointInfo | None:
+        """The checkpoint with the highest step, or None in an empty directory."""
+        ok = self.checkpoints
+        return ok[-1] if ok else None
+
+    @property
+    def best(self) -> CheckpointInfo | None:
+        """The checkpoint with the best ``monitor`` metric (None without ``monitor`` or without values)."""
+        entries = self._best_first(self.entries)
+        return entries[0].info if entries else None
+
+    def _best_first(self, entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
+        return best_first(entries, self.monitor, self.mode)
+
+    # -- saving -------------------------------------------------------------------------------
+    def save(
+        self,
+        *,
+        step: int,
+        epoch: int | None = None,
+        metrics: dict[str, Any] | None = None,
+        extra: Any = None,
+        overwrite: bool = False,
+    ) -> CheckpointInfo:
+        """Save a checkpoint of every object for ``step``, then apply retention.
+
+        With ``async_save=True`` this returns once the state is copied to host memory (the
+        returned info has ``size_bytes=None``); the error of a failed background save is raised
+        by the next call to :meth:`save`, :meth:`wait`, :meth:`restore` or :meth:`close`.
+
+        Raises:
+            CheckpointWriteError: the step already has a checkpoint (pass ``overwrite=True``),
+                collecting the state failed, or the write failed. Earlier checkpoints are intact.
+
+        Example:
+            >>> import torch, torchkeep as tk, tempfile
+            >>> mgr = tk.CheckpointManager(tempfile.mkdtemp(), model=torch.nn.Linear(1, 1))
+            >>> mgr.save(step=1, metrics={"loss": 0.5}).metrics
+            {'loss': 0.5}
+            >>> mgr.close()
+        """
+        self._check_open()
+        if self.read_only:
+            raise CheckpointWriteError(
+                f"{self.directory} was opened with read_only=True; open it without read_only to save",
+                path=self.directory,
+            )
+        try:
+            if isinstance(step, bool):
+                raise TypeError
+            step = operator.index(step)  # numpy and 0-d integer tensors too
+        except TypeError:
+            raise ValueError(f"step must be a non-negative int, got {step!r}") from None
+        if step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        if self._saver is not None:
+            self._saver.wait()  # one save in flight; raises the previous save's error
+        existing = [e for e in self.entries if e.step == step]
+        if existing and not overwrite:
+            raise CheckpointWriteError(
+                f"step {step} already has a checkpoint ({existing[-1].path}); pass overwrite=True to replace "
+                "it (the old file is removed only after the new one is written), or save a new step",
+                path=existing[-1].path,
+            )
+        try:
+            tree, section = collect_state(self._objects, epoch=epoch, step=step, metrics=metrics, extra=extra)
+        except TorchkeepError:
+            raise
+        except Exception as exc:
+            raise CheckpointWriteError(
+                f"could not collect the state for step {step}: {type(exc).__name__}: {exc}. "
+                "Nothing was written; earlier checkpoints are unchanged."
+            ) from exc
+        if self.monitor:
+            section[MANAGER_KEY] = {"monitor": self.monitor, "mode": self.mode}
+        name = checkpoint_name(step)
+        path = storage_path(self._storage, name)
+        if self._saver is None:
+            return self._write(name, tree, section, extra, replaced=existing)
+        try:
+            copied, ready = snapshot(tree, self._pool)
+        except TorchkeepError:
+            raise
+        except Exception as exc:
+            raise CheckpointWriteError(
+                f"could not copy the state of step {step} to host memory: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._saver.submit(lambda: self._write(name, copied, section, extra, replaced=existing, ready=ready), path)
+        info = _info_from_section(path, section, None)
+        info.extra = extra
+        return info
+
+    def _write(
+        self,
+        name: str,
+        tree: Any,
+        section: dict[str, Any],
+        extra: Any,
+        *,
+        replaced: list[CheckpointEntry],
+        ready: Any = None,
+    ) -> CheckpointInfo:
+        if ready is not None:
+            ready()
+        path = storage_path(self._storage, name)
+        try:
+            with self._storage.atomic_write(name) as f:
+                size = write_checkpoint(f, tree, section)
+                _verify_staged(f, path)
+        except CheckpointWriteError:
+            raise
+        except (OSError, CorruptCheckpointError) as exc:
+            raise CheckpointWriteError(
+                f"could not write {path}: {exc}. Earlier checkpoints are unchanged.", path=path
+            ) from exc
+        info = _info_from_section(path, section, size)
+        with self._mutex:
+            parsed = parse_name(name)
+            assert parsed is not None  # made by checkpoint_name
+            self._cache[name] = CheckpointEntry(
+                name=name, step=parsed[0], timestamp=parsed[1], path=path, info=info, manager=section.get(MANAGER_KEY)
+            )
+            for old in replaced:
+                if old.name != name:
+                    self._delete(old)
+            self._apply_retention()
+        info.extra = extra
+        logger.debug("saved %s (%d bytes)", path, size)
+        return info
+
+    def _delete(self, entry: CheckpointEntry) -> None:
+        try:
+            self._storage.delete(entry.name)
+        except OSError as exc:  # the save itself succeeded; a leftover file is harmless
+            logger.warning("retention could not delete %s: %s", entry.path, exc)
+            return
+        self._cache.pop(entry.name, None)
+        logger.debug("retention deleted %s", entry.path)
+
+    def _apply_retention(self) -> None:
+        if self.policy is None:
+            return
+        entries = scan(self._storage, self._cache)
+        if not entries:
+            return
+        mask = self.policy.keep([e.record() for e in entries])
+        mask[-1] = True  # never delete the newest checkpoint
+        for entry, keep in zip(entries, mask, strict=True):
+            if not keep:
+                self._delete(entry)
+
+    # -- restoring ----------------------------------------------------------------------------
+    def restore(
+        self, which: str | int = "latest", *, map_location: _format.MapLocation = None, strict: bool = True
+    ) -> CheckpointInfo | None:
+        """Load a checkpoint into the manager's objects; return its info, or None if there is none.
+
+        ``which`` is ``"latest"`` (highest step), ``"best"`` (best ``monitor`` value) or a step.
+        For ``"latest"``/``"best"`` a checkpoint that fails verification is skipped with a
+        warning naming it, and the next one is used. A step asked for by number is never
+        replaced by another one: if it is corrupt, that raises.
+
+        Raises:
+            CheckpointNotFoundError: no checkpoint for the step asked for (or, for "best", none
+                records the monitored metric).
+            CorruptCheckpointError: the step asked for (or every candidate) is corrupt.
+
+        Example:
+            >>> import torch, torchkeep as tk, tempfile
+            >>> mgr = tk.CheckpointManager(tempfile.mkdtemp(), model=torch.nn.Linear(1, 1))
+            >>> mgr.restore() is None  # a fresh run
+            True
+            >>> _ = mgr.save(step=5)
+            >>> mgr.restore(5).step
+            5
+            >>> mgr.close()
+        """
+        self._check_open()
+        if self._saver is not None:
+            self._saver.wait()
+        entries = self.entries
+        if isinstance(which, int) and not isinstance(which, bool):
+            matches = [e for e in entries if e.step == which]
+            if not matches:
+                steps = [e.step for e in entries]
+                raise CheckpointNotFoundError(
+                    f"{self.directory} has no checkpoint for step {which}; it has steps {steps}",
+                    path=self.directory,
+                )
+            return self._load(matches[-1], map_location, strict)
+        if which == "latest":
+            candidates = entries[::-1]
+        elif which == "best":
+            if not self.monitor:
+                raise ValueError("restore('best') needs the manager to be created with monitor=")
+            if not entries:
+                return None
+            candidates = self._best_first(entries)
+            if not candidates:
+                raise CheckpointNotFoundError(
+                    f"no checkpoint in {self.directory} records the metric {self.monitor!r}; "
+                    "pass it in save(metrics=...) or restore 'latest'",
+                    path=self.directory,
+                )
+        else:
+            raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}")
+        if not candidates:
+            return None
+        skipped: list[str] = []
+        for entry in candidates:
+            try:
+                return self._load(entry, map_location, strict)
+            except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+                skipped.append(entry.path)
+                message = f"skipping checkpoint {entry.path} (step {entry.step}): {exc}; trying the next one"
+                logger.warning(message)
+                warnings.warn(message, UserWarning, stacklevel=2)
+        raise CorruptCheckpointError(
+            f"every checkpoint in {self.directory} failed verification: {skipped}. "
+            "Run `torchkeep ls --verify` on the directory to see what is wrong.",
+            path=self.directory,
+            reason="no readable checkpoint",
+        )
+
+    def _load(self, entry: CheckpointEntry, map_location: _format.MapLocation, strict: bool) -> CheckpointInfo:
+        if entry.error is not None:
+            raise CorruptCheckpointError(entry.error, path=entry.path, reason="unreadable header")
+        with self._storage.local_path(entry.name) as local:
+            info = load_checkpoint(local, map_location=map_location, strict=strict, **self._objects)
+        info.path = entry.path
+        return info
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def wait(self) -> None:
+        """Block until the background save (if any) is written; raise its error if it failed."""
+        if self._saver is not None:
+            self._saver.wait()
+
+    def close(self) -> None:
+        """Flush the background save, then release the directory. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+        finally:
+            self._closed = True
+            if self._lock is not None:
+                self._lock.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CheckpointWriteError(f"this CheckpointManager for {self.directory} is closed", path=self.directory)
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # an exception is already on its way out: do not replace it with a save error
+            self.close()
+        except Exception as close_exc:
+            logger.error("while closing %s after an error: %s", self.directory, close_exc)
+
+    def __repr__(self) -> str:
+        mode = "async" if self.async_save else "sync"
+        return f"CheckpointManager({self.directory!r}, {mode}, objects={sorted(self._objects)})"
+
+
+def _verify_staged(f: IO[bytes], path: str) -> None:
+    """Re-read the just-written (not yet committed) file and check every tensor checksum."""
+    staged = getattr(f, "name", None)
+    if not isinstance(staged, str) or not os.path.isfile(staged):
+        return
+    f.flush()
+    reader = _format.open_file(staged)
+    try:
+        reader.verify()
+    except CorruptCheckpointError as exc:
+        raise CheckpointWriteError(
+            f"{path}: the written bytes do not match what was saved ({exc.reason}); the file was not "
+            "committed. Check the disk and memory of this machine.",
+            path=path,
+        ) from exc
+    finally:
+        reader.close()

@@ -1,0 +1,255 @@
+"""Turn what a caller passes to a predictor into checked tensors, and outputs back into that kind.
+
+Every backend shares this, so every backend rejects the same bad input with the same message,
+before the runtime sees it (a wrong shape that reaches ONNX Runtime or TensorRT produces a
+message about internal node names, or worse, a crash).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..errors import PredictorInputError
+from ._base import TensorSpec
+
+__all__ = [
+    "Bound",
+    "InputKind",
+    "bind_inputs",
+    "convert_outputs",
+    "dtype_name",
+    "example_inputs",
+    "format_spec",
+    "structure_outputs",
+    "torch_dtype",
+]
+
+InputKind = Literal["torch", "numpy", "list"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a spec dtype name such as ``"float32"``."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        dtype = getattr(torch, name, None)
+        if isinstance(dtype, torch.dtype):
+            return dtype
+        raise PredictorInputError(
+            f"unknown dtype {name!r} in a tensor spec; expected one of {sorted(_DTYPES)}"
+        ) from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``"float32"`` (the spelling TensorSpec uses)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def format_spec(spec: TensorSpec) -> str:
+    """``x: float32[batch, 10]`` — how error messages and tables show a spec."""
+    dims = ", ".join(
+        "batch" if d is None and i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(spec.shape)
+    )
+    return f"{spec.name}: {spec.dtype}[{dims}]"
+
+
+@dataclass
+class Bound:
+    """Inputs after binding and checking.
+
+    Attributes:
+        tensors: one tensor per input, in spec order (or call order when specs are unknown).
+        names: input names when the caller passed them by name (or specs name them), else None.
+        kind: what the caller passed, so outputs come back the same way.
+        device: the device of the caller's first torch tensor (outputs go back there).
+    """
+
+    tensors: list[torch.Tensor]
+    names: list[str] | None
+    kind: InputKind
+    device: torch.device
+
+
+def _kind_of(value: Any) -> InputKind:
+    if isinstance(value, torch.Tensor):
+        return "torch"
+    if isinstance(value, np.ndarray | np.generic):
+        return "numpy"
+    return "list"
+
+
+def _to_tensor(value: Any, spec: TensorSpec | None, label: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray | np.generic):
+        arr = np.asarray(value)
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise PredictorInputError(f"{label}: a numpy array of dtype {arr.dtype} is not a tensor; expected numbers")
+        # torch.from_numpy shares memory but cannot take negative strides.
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    try:
+        tensor = torch.tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise PredictorInputError(
+            f"{label}: could not make a tensor from a {type(value).__name__} ({exc}); expected a torch tensor, "
+            "a numpy array or a rectangular nested list of numbers"
+        ) from None
+    if spec is None:
+        return tensor
+    want = torch_dtype(spec.dtype)
+    # Lists carry no dtype of their own: take the spec's, unless that would silently truncate.
+    if tensor.dtype.is_floating_point and not (want.is_floating_point or want.is_complex):
+        raise PredictorInputError(
+            f"{label}: got fractional numbers but the model expects {spec.dtype} ({format_spec(spec)}); "
+            "pass whole numbers or a tensor of that dtype"
+        )
+    return tensor.to(want)
+
+
+def _check(tensor: torch.Tensor, spec: TensorSpec) -> None:
+    got = f"got {dtype_name(tensor.dtype)}{list(tensor.shape)}"
+    expected = f"expected {format_spec(spec)}"
+    if dtype_name(tensor.dtype) != spec.dtype:
+        raise PredictorInputError(
+            f"input '{spec.name}' has dtype {dtype_name(tensor.dtype)}, {expected}; {got}. "
+            f"Convert it first, e.g. x.to(torch.{spec.dtype}) or x.astype(numpy.{spec.dtype})"
+        )
+    if tensor.dim() != len(spec.shape):
+        raise PredictorInputError(
+            f"input '{spec.name}' has {tensor.dim()} dimensions, {expected} ({len(spec.shape)} dimensions); {got}. "
+            "A single example still needs its batch dimension: add one with x[None] / x.unsqueeze(0)"
+            if tensor.dim() + 1 == len(spec.shape)
+            else f"input '{spec.name}' has {tensor.dim()} dimensions, {expected} ({len(spec.shape)} dimensions); {got}"
+        )
+    for i, (have, want) in enumerate(zip(tensor.shape, spec.shape, strict=True)):
+        if want is not None and have != want:
+            raise PredictorInputError(f"input '{spec.name}' has size {have} in dimension {i}, {expected}; {got}")
+
+
+def bind_inputs(specs: Sequence[TensorSpec], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Bound:
+    """Match call arguments to ``specs``, convert them to tensors and check them.
+
+    Accepts ``(*tensors)``, ``(**{name: tensor})`` or ``({name: tensor},)``. With empty ``specs``
+    (unknown for this artifact), inputs are converted but not checked.
+
+    Raises:
+        PredictorInputError: a missing, extra or unnamed input, a dtype, rank or static dimension
+            that differs from the spec; the message shows the spec.
+
+    Example:
+        >>> b = bind_inputs([TensorSpec("x", (None, 2), "float32")], ([[1.0, 2.0]],), {})
+        >>> b.kind, tuple(b.tensors[0].shape)
+        ('list', (1, 2))
+    """
+    expected = ", ".join(format_spec(s) for s in specs) or "unknown"
+    if kwargs and args:
+        raise PredictorInputError(f"pass inputs either by position or by name, not both; expected ({expected})")
+    mapping: Mapping[str, Any] | None = None
+    names: list[str] | None
+    if kwargs:
+        mapping = kwargs
+    elif len(args) == 1 and isinstance(args[0], Mapping):
+        mapping = args[0]
+    if mapping is not None:
+        if specs:
+            names = [s.name for s in specs]
+            missing = [n for n in names if n not in mapping]
+            extra = [str(n) for n in mapping if n not in names]
+            if missing or extra:
+                parts = []
+                if missing:
+                    parts.append(f"missing input(s) {missing}")
+                if extra:
+                    parts.append(f"unexpected input(s) {extra}")
+                raise PredictorInputError(f"{' and '.join(parts)}; expected inputs ({expected})")
+            values = [mapping[n] for n in names]
+        else:
+            names = [str(n) for n in mapping]
+            values = list(mapping.values())
+    else:
+        values = list(args)
+        names = [s.name for s in specs] if specs else None
+        if specs and len(values) != len(specs):
+            raise PredictorInputError(
+                f"got {len(values)} positional input(s), expected {len(specs)}: ({expected}); "
+                "pass them in that order or by name"
+            )
+    if not values:
+        raise PredictorInputError(f"no inputs given; expected ({expected})")
+    kind = _kind_of(values[0])
+    tensors: list[torch.Tensor] = []
+    for i, value in enumerate(values):
+        spec = specs[i] if specs else None
+        label = f"input '{spec.name}'" if spec else f"input {i}"
+        tensor = _to_tensor(value, spec, label)
+        if spec is not None:
+            _check(tensor, spec)
+        tensors.append(tensor)
+    device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    return Bound(tensors=tensors, names=names, kind=kind, device=device)
+
+
+def structure_outputs(flat: Sequence[torch.Tensor], specs: Sequence[TensorSpec], structure: str | None) -> Any:
+    """Rebuild the model's output structure from a flat list (ONNX Runtime, TensorRT return lists)."""
+    if structure == "dict" and len(specs) == len(flat):
+        return {s.name: t for s, t in zip(specs, flat, strict=True)}
+    if structure == "tuple" or (structure is None and len(flat) != 1):
+        return tuple(flat)
+    return flat[0]
+
+
+def convert_outputs(value: Any, kind: InputKind, device: torch.device) -> Any:
+    """Map a pytree of torch tensors to ``kind`` (torch on ``device``, numpy, or nested lists)."""
+    if isinstance(value, torch.Tensor):
+        if kind == "torch":
+            return value if value.device == device else value.to(device)
+        cpu = value.detach().cpu()
+        return cpu.numpy() if kind == "numpy" else cpu.tolist()
+    if isinstance(value, dict):
+        return {k: convert_outputs(v, kind, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [convert_outputs(v, kind, device) for v in value]
+        return type(value)(items) if type(value) in (list, tuple) else items
+    return value
+
+
+def example_inputs(specs: Sequence[TensorSpec], batch_size: int = 1, *, seed: int = 0) -> list[torch.Tensor]:
+    """Random tensors that fit ``specs`` (dynamic dims take ``batch_size``), for warm-up and benchmarks.
+
+    Integer inputs get small non-negative values (valid token ids); bool inputs are all True
+    (a valid attention mask).
+
+    Example:
+        >>> [tuple(t.shape) for t in example_inputs([TensorSpec("x", (None, 3), "float32")], 4)]
+        [(4, 3)]
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for spec in specs:
+        shape = [batch_size if d is None else d for d in spec.shape]
+        dtype = torch_dtype(spec.dtype)
+        if dtype == torch.bool:
+            out.append(torch.ones(shape, dtype=dtype))
+        elif dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=gen).to(dtype))
+        else:
+            out.append(torch.randint(0, 2, shape, generator=gen).to(dtype))
+    return out

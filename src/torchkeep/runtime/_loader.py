@@ -1,0 +1,315 @@
+"""``tk.load_predictor``: pick the backend for a file or an export directory, and load it.
+
+Picking, in order:
+
+1. ``backend=`` when given.
+2. A file: its suffix (``.aoti.pt2`` or a ``.pt2`` holding compiled code → aoti, other ``.pt2`` →
+   pt2, ``.onnx`` → onnxruntime, ``.torchscript.pt`` / ``.pt`` / ``.jit`` → torchscript,
+   ``.engine`` / ``.plan`` → tensorrt, ``.safetensors`` → eager via ``tk.load_model``).
+3. An export directory (``export.json``): the fastest backend a benchmark recorded there for this
+   device (and ``batch_size`` when given), else a fixed order (CPU: onnxruntime, aoti, pt2,
+   torchscript, eager; CUDA: tensorrt first). A backend that cannot load here (missing package,
+   artifact built for another machine) is skipped with a warning.
+
+Specs come from export.json when there is one (also for a file inside an export directory), else
+from the artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._manifest import MANIFEST_NAME, read_manifest
+from ..errors import CheckpointNotFoundError, MissingDependencyError, PredictorError, TorchkeepError
+from ._base import Predictor, TensorSpec
+from ._common import BasePredictor, normalize_device
+
+__all__ = [
+    "BACKENDS",
+    "backend_for_file",
+    "backend_order",
+    "export_targets",
+    "load_predictor",
+]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "pt2", "aoti", "torchscript", "onnxruntime", "tensorrt")
+_FORMAT_BACKEND = {"onnx": "onnxruntime", "engine": "tensorrt"}
+_CPU_ORDER = ("onnxruntime", "aoti", "pt2", "torchscript", "eager")
+_CUDA_ORDER = ("tensorrt", "aoti", "onnxruntime", "pt2", "torchscript", "eager")
+
+
+def backend_for_file(path: str) -> str:
+    """The backend that runs ``path``, from its name (and, for ``.pt2``, its contents).
+
+    Raises:
+        PredictorError: the suffix is not one torchkeep knows.
+
+    Example:
+        >>> backend_for_file("exported/model.onnx")
+        'onnxruntime'
+    """
+    name = os.path.basename(path).lower()
+    if name.endswith(".aoti.pt2"):
+        return "aoti"
+    if name.endswith(".pt2"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if any("aotinductor/" in n for n in zf.namelist()):
+                    return "aoti"
+        except (OSError, zipfile.BadZipFile):
+            pass
+        return "pt2"
+    if name.endswith(".onnx"):
+        return "onnxruntime"
+    if name.endswith((".pt", ".jit", ".ts", ".torchscript")):
+        return "torchscript"
+    if name.endswith((".engine", ".plan", ".trt")):
+        return "tensorrt"
+    if name.endswith(".safetensors"):
+        return "eager"
+    raise PredictorError(
+        f"{path}: cannot tell the backend from the file name; expected .pt2, .aoti.pt2, .onnx, .torchscript.pt/.pt, "
+        f".engine/.plan or .safetensors, or pass backend= (one of {', '.join(BACKENDS)})"
+    )
+
+
+def _artifact_backend(fmt: str, entry: dict[str, Any]) -> str:
+    backend = entry.get("backend")
+    return str(backend) if isinstance(backend, str) and backend else _FORMAT_BACKEND.get(fmt, fmt)
+
+
+def _safe_join(directory: str, name: Any) -> str | None:
+    # export.json is hostile input: only plain file names inside the directory.
+    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        return None
+    return os.path.join(directory, name)
+
+
+def export_targets(directory: str) -> dict[str, str]:
+    """backend → file for every artifact an export directory holds (eager: the source model file)."""
+    manifest = read_manifest(directory)
+    out: dict[str, str] = {}
+    for fmt, entry in manifest.get("artifacts", {}).items():
+        if not isinstance(entry, dict) or not entry.get("ok", True):
+            continue
+        path = _safe_join(directory, entry.get("file"))
+        if path is not None and os.path.exists(path):
+            out.setdefault(_artifact_backend(fmt, entry), path)
+    source = manifest.get("source")
+    if isinstance(source, dict):
+        path = _safe_join(directory, source.get("file"))
+        if path is not None and os.path.isfile(path):
+            out["eager"] = path
+    return out
+
+
+def backend_order(manifest: dict[str, Any], device: str, batch_size: int | None = None) -> list[str]:
+    """Backends to try for an export directory, best first: measured when a benchmark ran here."""
+    fixed = list(_CUDA_ORDER if device.startswith("cuda") else _CPU_ORDER)
+    bench = manifest.get("benchmark")
+    if not isinstance(bench, dict) or str(bench.get("device", "cpu")).split(":")[0] != device.split(":")[0]:
+        return fixed
+    results = [r for r in bench.get("results", []) if isinstance(r, dict) and isinstance(r.get("p50_ms"), int | float)]
+    if batch_size is not None:
+        fastest = bench.get("fastest", {}).get(str(batch_size)) if isinstance(bench.get("fastest"), dict) else None
+        if isinstance(fastest, str):
+            return [fastest, *[b for b in fixed if b != fastest]]
+    # No batch size asked (or none recorded for it): rank by the geometric mean of each backend's
+    # latency relative to the best one at each batch size; backends that missed a batch size last.
+    best: dict[Any, float] = {}
+    for r in results:
+        best[r.get("batch_size")] = min(best.get(r.get("batch_size"), math.inf), float(r["p50_ms"]))
+    score: dict[str, list[float]] = {}
+    for r in results:
+        if best[r.get("batch_size")] > 0:
+            score.setdefault(str(r.get("backend")), []).append(math.log(float(r["p50_ms"]) / best[r.get("batch_size")]))
+    ranked = sorted(score, key=lambda b: (len(best) - len(score[b]), sum(score[b]) / len(score[b])))
+    return [*ranked, *[b for b in fixed if b not in ranked]]
+
+
+def _manifest_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    try:
+        for key in ("inputs", "outputs"):
+            if isinstance(manifest.get(key), list) and manifest[key]:
+                kwargs[key] = [TensorSpec.from_json(s) for s in manifest[key]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PredictorError(f"{MANIFEST_NAME}: malformed tensor specs ({exc}); re-export the model") from None
+    if manifest.get("input_structure") in ("positional", "dict"):
+        kwargs["input_structure"] = manifest["input_structure"]
+    if manifest.get("output_structure") in ("tensor", "tuple", "dict"):
+        kwargs["output_structure"] = manifest["output_structure"]
+    return kwargs
+
+
+def _sibling_manifest(path: str) -> dict[str, Any]:
+    """export.json of the directory holding ``path``, when it lists ``path`` as an artifact."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
+        return {}
+    try:
+        manifest = read_manifest(directory)
+    except TorchkeepError:
+        return {}
+    name = os.path.basename(path)
+    files = [e.get("file") for e in manifest.get("artifacts", {}).values() if isinstance(e, dict)]
+    source = manifest.get("source")
+    if isinstance(source, dict):
+        files.append(source.get("file"))
+    return manifest if name in files else {}
+
+
+def _load_backend(backend: str, source: Any, device: str, options: dict[str, Any]) -> BasePredictor:
+    if backend == "eager":
+        from . import eager
+
+        return eager.load(source, device=device, **options)
+    if "example_inputs" in options:
+        raise PredictorError(
+            f"example_inputs= applies to the eager backend only (specs of {backend} come from the artifact)"
+        )
+    if backend == "pt2":
+        from . import pt2
+
+        return pt2.load(source, device=device, **options)
+    if backend == "aoti":
+        from . import aoti
+
+        return aoti.load(source, device=device, **options)
+    if backend == "torchscript":
+        from . import torchscript
+
+        return torchscript.load(source, device=device, **options)
+    if backend == "onnxruntime":
+        from . import onnxruntime
+
+        return onnxruntime.load(source, device=device, **options)
+    if backend == "tensorrt":
+        from . import tensorrt
+
+        return tensorrt.load(source, device=device, **options)
+    raise PredictorError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def load_predictor(
+    path: str | os.PathLike[str] | torch.nn.Module,
+    *,
+    backend: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    warmup: int = 0,
+    batch_size: int | None = None,
+    example_inputs: Sequence[torch.Tensor] | None = None,
+    providers: Sequence[str] | None = None,
+) -> Predictor:
+    """Load an artifact, an export directory or an ``nn.Module`` behind one :class:`Predictor`.
+
+    Args:
+        path: a file (``.pt2``, ``.aoti.pt2``, ``.onnx``, ``.torchscript.pt``, ``.engine``,
+            ``.safetensors`` model file), an export directory with ``export.json``, or an
+            ``nn.Module`` (eager backend).
+        backend: force a backend (see :data:`BACKENDS`); None picks one (see the module docs).
+        device: ``"cpu"`` or ``"cuda[:N]"``.
+        threads: intra-op threads (ONNX Runtime per session; torch backends set torch's
+            process-wide pool on each call). None keeps the runtime's default.
+        warmup: run this many calls on random inputs before returning (needs known specs).
+        batch_size: the batch size you expect, to pick the backend measured fastest for it.
+        example_inputs: eager only: tensors to derive input/output specs from (batch dim dynamic).
+        providers: onnxruntime only: execution providers to use instead of the default choice.
+
+    Raises:
+        CheckpointNotFoundError: nothing at ``path``.
+        PredictorError: the artifact cannot be loaded here (message says why and what to do).
+        MissingDependencyError: the backend's package is not installed.
+
+    Example:
+        >>> import torch, torchkeep as tk
+        >>> p = tk.load_predictor(torch.nn.Linear(10, 1), example_inputs=[torch.zeros(1, 10)])
+        >>> p.backend, p.inputs[0].shape
+        ('eager', (None, 10))
+        >>> p([[0.0] * 10])[0].__len__()
+        1
+    """
+    device = normalize_device(device)
+    if warmup < 0:
+        raise PredictorError(f"warmup={warmup}: expected a number of calls >= 0")
+    if backend is not None and backend not in BACKENDS:
+        alias = _FORMAT_BACKEND.get(backend)
+        if alias is None:
+            raise PredictorError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        backend = alias
+    options: dict[str, Any] = {"threads": threads}
+    if example_inputs is not None:
+        options["example_inputs"] = example_inputs
+    if providers is not None:
+        if backend not in (None, "onnxruntime"):
+            raise PredictorError(f"providers= applies to the onnxruntime backend, not {backend!r}")
+        options["providers"] = providers
+    predictor: BasePredictor
+    if isinstance(path, torch.nn.Module):
+        if backend not in (None, "eager"):
+            raise PredictorError(f"an in-memory nn.Module runs on the eager backend, not {backend!r}; export it first")
+        predictor = _load_backend("eager", path, device, options)
+    else:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            predictor = _load_directory(path, backend, device, batch_size, options)
+        elif not os.path.exists(path):
+            raise CheckpointNotFoundError(f"{path}: no such file or export directory", path=path)
+        else:
+            chosen = backend or backend_for_file(path)
+            options.update(_manifest_kwargs(_sibling_manifest(path)))
+            if chosen != "onnxruntime":
+                options.pop("providers", None)
+            predictor = _load_backend(chosen, path, device, options)
+    if warmup:
+        predictor.warmup(batch_size or 1, warmup)
+    logger.info("loaded %r", predictor)
+    return predictor
+
+
+def _load_directory(
+    directory: str, backend: str | None, device: str, batch_size: int | None, options: dict[str, Any]
+) -> BasePredictor:
+    manifest = read_manifest(directory)
+    targets = export_targets(directory)
+    options.update(_manifest_kwargs(manifest))
+    if backend is not None:
+        if backend not in targets:
+            raise PredictorError(
+                f"{directory}: no working {backend} artifact in {MANIFEST_NAME}; it has: {', '.join(targets) or 'none'}"
+            )
+        order = [backend]
+    else:
+        order = [b for b in backend_order(manifest, device, batch_size) if b in targets]
+        if not device.startswith("cuda"):
+            order = [b for b in order if b != "tensorrt"]
+        if not order:
+            raise PredictorError(
+                f"{directory}: no artifact that runs on {device} ({MANIFEST_NAME} lists: {', '.join(targets) or 'none'}); "
+                "re-export with formats=('pt2', 'onnx')"
+            )
+    errors: list[str] = []
+    first: TorchkeepError | None = None
+    for name in order:
+        opts = dict(options)
+        if name != "onnxruntime":
+            opts.pop("providers", None)
+        try:
+            return _load_backend(name, targets[name], device, opts)
+        except (MissingDependencyError, TorchkeepError) as exc:
+            if backend is not None:
+                raise
+            logger.warning("%s: skipping the %s backend: %s", directory, name, exc)
+            errors.append(f"{name}: {exc}")
+            first = first or exc
+    raise PredictorError(f"{directory}: no backend could load: " + "; ".join(errors)) from first
