@@ -127,6 +127,21 @@ def test_no_policy_keeps_everything(tmp_path: Path) -> None:
     assert _run(tmp_path, range(1, 6)) == [1, 2, 3, 4, 5]
 
 
+def test_rolled_back_run_keeps_the_checkpoint_it_just_saved(tmp_path: Path) -> None:
+    # A run restarted from an earlier step saves step numbers below the newest file: retention
+    # ranks by step, but the file a save just wrote must survive that save.
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_last=2, model=model) as mgr:
+        for step in (80, 100):
+            mgr.save(step=step)
+        info = mgr.save(step=50)
+        assert info.path is not None and os.path.exists(info.path)
+        assert [c.step for c in mgr.checkpoints] == [50, 80, 100]
+        mgr.save(step=60)  # the next save may drop 50: it is neither kept by a policy nor just written
+        assert [c.step for c in mgr.checkpoints] == [60, 80, 100]
+        assert mgr.restore(60) is not None
+
+
 def test_existing_step_raises_unless_overwrite(tmp_path: Path) -> None:
     model, _ = make()
     with tk.CheckpointManager(tmp_path, model=model) as mgr:

@@ -7,7 +7,9 @@ How a save stays safe, in order:
 2. the file is written under a temporary name (local) or to a local staging file (object stores),
    then **verified** by re-reading every tensor checksum;
 3. it is committed atomically (rename + directory fsync, or one whole-object upload);
-4. only then does retention delete what no policy keeps. The newest checkpoint is always kept.
+4. only then does retention delete what no policy keeps. The newest checkpoint and the one just
+   written are always kept (a run rolled back to an earlier step saves lower step numbers than
+   the files already there; its new checkpoints must not be deleted by the save that wrote them).
 
 So at every instant the directory holds every checkpoint that existed before the save, plus
 possibly the new one — never a partial file under a checkpoint name. Everything the manager knows
@@ -299,7 +301,7 @@ class CheckpointManager:
             for old in replaced:
                 if old.name != name:
                     self._delete(old)
-            self._apply_retention()
+            self._apply_retention(written=name)
         info.extra = extra
         logger.debug("saved %s (%d bytes)", path, size)
         return info
@@ -333,7 +335,7 @@ class CheckpointManager:
             for old in existing:
                 if old.path != info.path:
                     self._delete(old)
-            self._apply_retention()
+            self._apply_retention(written=os.path.basename(str(info.path).rstrip("/")))
 
     def _delete(self, entry: CheckpointEntry) -> None:
         if entry.kind == "sharded":
@@ -348,7 +350,8 @@ class CheckpointManager:
         self._cache.pop(entry.name, None)
         logger.debug("retention deleted %s", entry.path)
 
-    def _apply_retention(self) -> None:
+    def _apply_retention(self, *, written: str) -> None:
+        """Delete what no policy keeps, except the highest step and ``written`` (the file just saved)."""
         if self.policy is None:
             return
         entries = scan(self._storage, self._cache)
@@ -357,7 +360,7 @@ class CheckpointManager:
         mask = self.policy.keep([e.record() for e in entries])
         mask[-1] = True  # never delete the newest checkpoint
         for entry, keep in zip(entries, mask, strict=True):
-            if not keep:
+            if not keep and entry.name != written:
                 self._delete(entry)
 
     # -- restoring ----------------------------------------------------------------------------
