@@ -74,7 +74,7 @@ def test_restore_latest_best_and_by_step(tmp_path: Path) -> None:
         assert info is not None and info.step == 10
         with pytest.raises(tk.CheckpointNotFoundError, match=r"no checkpoint for step 15; it has steps \[10, 20, 30\]"):
             mgr.restore(15)
-        with pytest.raises(ValueError, match="'latest', 'best' or a step"):
+        with pytest.raises(tk.UsageError, match="'latest', 'best' or a step"):
             mgr.restore("newest")
 
 
@@ -328,9 +328,9 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"keep_best": 2}, ValueError, "keep_best needs monitor="),
-        ({"mode": "lowest"}, ValueError, "'min' or 'max'"),
-        ({"keep_last": 0}, ValueError, "positive int"),
+        ({"keep_best": 2}, tk.UsageError, "keep_best needs monitor="),
+        ({"mode": "lowest"}, tk.UsageError, "'min' or 'max'"),
+        ({"keep_last": 0}, tk.UsageError, "positive int"),
         ({"model": object()}, TypeError, "state_dict"),
     ],
 )
@@ -342,11 +342,12 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, Any], error: type[Excep
 
 def test_bad_step_and_closed_manager(tmp_path: Path) -> None:
     mgr = tk.CheckpointManager(tmp_path, model=make()[0])
-    for bad in (-1, True, 1.5, "3"):
-        with pytest.raises(ValueError, match="non-negative int"):
+    for bad in (-1, True, 1.5, "3", None):
+        with pytest.raises(tk.UsageError, match="non-negative int") as info:
             mgr.save(step=bad)  # type: ignore[arg-type]
+        assert info.value.argument == "step"
     assert mgr.checkpoints == []
-    with pytest.raises(ValueError, match="monitor="):
+    with pytest.raises(tk.UsageError, match="monitor="):
         mgr.restore("best")
     mgr.close()
     mgr.close()
@@ -426,3 +427,19 @@ def test_lock_file_that_cannot_be_created(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(_lock.os, "open", denied)
     with pytest.raises(tk.CheckpointWriteError, match=r"Permission denied.*read_only=True"):
         tk.CheckpointManager(tmp_path, model=make()[0])
+
+
+class _BrokenPolicy:
+    def keep(self, records: Any) -> list[bool]:
+        return [False]  # one flag, whatever the number of records
+
+
+def test_broken_custom_policy_deletes_nothing(tmp_path: Path) -> None:
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, retention=_BrokenPolicy(), model=model) as mgr:
+        mgr.save(step=1)  # one record, one flag: fine
+        with pytest.raises(tk.UsageError, match="returned 1 flags for 2 records"):
+            mgr.save(step=2)
+        # the mask is checked before anything is deleted: both checkpoints are there and load
+        assert [(e.step, e.status) for e in mgr.entries] == [(1, "ok"), (2, "ok")]
+        assert mgr.restore(1) is not None and mgr.restore(2) is not None

@@ -45,6 +45,7 @@ from ..errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
     TorchkeepError,
+    UsageError,
 )
 from ._async import BackgroundSaver, _BufferPool, snapshot
 from ._listing import (
@@ -90,6 +91,8 @@ class CheckpointManager:
 
     Raises:
         CheckpointLockedError: another live process has the directory open for writing.
+        UsageError: ``mode`` is not "min"/"max", ``keep_best`` lacks ``monitor``, or a count is not
+            a positive int.
 
     Example:
         >>> import torch, torchkeep as tk, tempfile
@@ -118,9 +121,15 @@ class CheckpointManager:
         **objects: Any,
     ) -> None:
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+            raise UsageError(
+                f"mode must be 'min' or 'max' (min: lower is better, e.g. a loss; max: e.g. accuracy), got {mode!r}",
+                argument="mode",
+            )
         if keep_best is not None and not monitor:
-            raise ValueError("keep_best needs monitor=, the name of the metric that defines 'best' (e.g. 'val_loss')")
+            raise UsageError(
+                "keep_best needs monitor=, the name of the metric that defines 'best' (e.g. 'val_loss')",
+                argument="monitor",
+            )
         for name, obj in objects.items():
             _check_stateful(name, obj)
         policies: list[Policy] = []
@@ -207,6 +216,7 @@ class CheckpointManager:
         Raises:
             CheckpointWriteError: the step already has a checkpoint (pass ``overwrite=True``),
                 collecting the state failed, or the write failed. Earlier checkpoints are intact.
+            UsageError: ``step`` is not a non-negative int.
 
         Example:
             >>> import torch, torchkeep as tk, tempfile
@@ -221,14 +231,7 @@ class CheckpointManager:
                 f"{self.directory} was opened with read_only=True; open it without read_only to save",
                 path=self.directory,
             )
-        try:
-            if isinstance(step, bool):
-                raise TypeError
-            step = operator.index(step)  # numpy and 0-d integer tensors too
-        except TypeError:
-            raise ValueError(f"step must be a non-negative int, got {step!r}") from None
-        if step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        step = _check_step(step)
         if self._saver is not None:
             self._saver.wait()  # one save in flight; raises the previous save's error
         existing = [e for e in self.entries if e.step == step]
@@ -378,6 +381,7 @@ class CheckpointManager:
             CheckpointNotFoundError: no checkpoint for the step asked for (or, for "best", none
                 records the monitored metric).
             CorruptCheckpointError: the step asked for (or every candidate) is corrupt.
+            UsageError: ``which`` is none of the above, or "best" without ``monitor``.
 
         Example:
             >>> import torch, torchkeep as tk, tempfile
@@ -407,7 +411,11 @@ class CheckpointManager:
             candidates = entries[::-1]
         elif which == "best":
             if not self.monitor:
-                raise ValueError("restore('best') needs the manager to be created with monitor=")
+                raise UsageError(
+                    "restore('best') needs the manager to be created with monitor= (the metric that defines "
+                    "'best'), e.g. CheckpointManager(dir, monitor='val_loss', ...); or restore 'latest' or a step",
+                    argument="which",
+                )
             if not entries:
                 return None
             candidates = self._best_first(entries)
@@ -418,7 +426,7 @@ class CheckpointManager:
                     path=self.directory,
                 )
         else:
-            raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}")
+            raise UsageError(f"which must be 'latest', 'best' or a step number, got {which!r}", argument="which")
         if not candidates:
             return None
         skipped: list[str] = []
@@ -484,6 +492,21 @@ class CheckpointManager:
     def __repr__(self) -> str:
         mode = "async" if self.async_save else "sync"
         return f"CheckpointManager({self.directory!r}, {mode}, objects={sorted(self._objects)})"
+
+
+def _check_step(step: Any) -> int:
+    """``step`` as an int (numpy and 0-d integer tensors too), or :class:`UsageError`."""
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        value = operator.index(step)
+    except TypeError:
+        value = -1
+    if value < 0:
+        raise UsageError(
+            f"step must be a non-negative int (e.g. the optimizer step or batch count), got {step!r}", argument="step"
+        )
+    return value
 
 
 def _rank() -> int:
