@@ -24,6 +24,7 @@ import torch
 import xxhash
 
 from .. import _format
+from .._audit import eval_mode
 from .._manifest import MANIFEST_VERSION, write_manifest
 from .._version import __version__
 from ..errors import ExportError, MissingDependencyError, PredictorError
@@ -80,7 +81,6 @@ _TRAINING_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.d
 @contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
     """Export in eval mode (BatchNorm uses running stats, Dropout is off); restore the flags after."""
-    flags = {m: m.training for m in model.modules()}
     sensitive = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, _TRAINING_SENSITIVE)})
     if sensitive:
         note = (
@@ -89,12 +89,8 @@ def _eval_mode(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
         )
         logger.warning(note)
         notes.append(note)
-    model.eval()
-    try:
+    with eval_mode(model):
         yield
-    finally:
-        for module, training in flags.items():
-            module.train(training)
 
 
 def _versions() -> dict[str, str | None]:
