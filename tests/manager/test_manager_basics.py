@@ -443,3 +443,23 @@ def test_broken_custom_policy_deletes_nothing(tmp_path: Path) -> None:
         # the mask is checked before anything is deleted: both checkpoints are there and load
         assert [(e.step, e.status) for e in mgr.entries] == [(1, "ok"), (2, "ok")]
         assert mgr.restore(1) is not None and mgr.restore(2) is not None
+
+
+def test_retention_that_cannot_delete_keeps_the_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torchkeep import _storage
+
+    def refuse(self: Any, name: str) -> None:
+        raise PermissionError(13, "Permission denied", name)
+
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_last=1, model=model) as mgr:
+        mgr.save(step=1)
+        monkeypatch.setattr(_storage.LocalStorage, "delete", refuse)
+        info = mgr.save(step=2)  # the save succeeded: a file retention could not remove is only logged
+        assert info.step == 2 and "retention could not delete" in caplog.text
+        assert [c.step for c in mgr.checkpoints] == [1, 2]
+        monkeypatch.undo()
+        mgr.save(step=3)  # the next save's retention removes both
+        assert [c.step for c in mgr.checkpoints] == [3]

@@ -341,19 +341,18 @@ class CheckpointManager:
             self._apply_retention(written=os.path.basename(str(info.path).rstrip("/")))
 
     def _delete(self, entry: CheckpointEntry) -> None:
-        if entry.kind == "sharded":
-            distributed_listing.delete(entry.path)
-            self._cache.pop(entry.name, None)
-            return
         try:
-            self._storage.delete(entry.name)
-        except OSError as exc:  # the save itself succeeded; a leftover file is harmless
+            if entry.kind == "sharded":
+                distributed_listing.delete(entry.path)
+            else:
+                self._storage.delete(entry.name)
+        except OSError as exc:  # the save itself succeeded; a leftover checkpoint is harmless
             logger.warning("retention could not delete %s: %s", entry.path, exc)
             return
         self._cache.pop(entry.name, None)
         logger.debug("retention deleted %s", entry.path)
 
-    def _apply_retention(self, *, written: str) -> None:
+    def _apply_retention(self, *, written: str | None = None) -> None:
         """Delete what no policy keeps, except the highest step and ``written`` (the file just saved)."""
         if self.policy is None:
             return
