@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -132,6 +133,19 @@ def _normalize_formats(formats: str | Sequence[str]) -> list[str]:
         if name not in out:
             out.append(name)
     return out
+
+
+def _check_tolerance(name: str, value: Any) -> None:
+    # checked up front: a bad tolerance would otherwise surface only after every format was built,
+    # as a parity failure ("allowed rtol=-1") or a TypeError inside the comparison
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ExportError(
+            f"{name}={value!r} is invalid; expected a finite number >= 0 (e.g. {name}=1e-4), or None for the "
+            "default per output dtype",
+            step="options",
+        )
 
 
 def _artifact_json(res: FormatResult, root: Path) -> dict[str, Any]:
@@ -256,14 +270,16 @@ def export(
             progress(fmt, stage)
 
     fmts = _normalize_formats(formats)
+    _check_tolerance("rtol", rtol)
+    _check_tolerance("atol", atol)
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}", step="inputs")
+    source = _source(opts.source_file)
     out = Path(output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create output directory {out}: {exc}", step="output") from exc
-    source = _source(opts.source_file)
     versions = _versions()
     notes: list[str] = []
     results: dict[str, FormatResult] = {}
