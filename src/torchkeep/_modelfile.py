@@ -407,7 +407,9 @@ def _check_ties(model: torch.nn.Module, entry: Mapping[str, Any], path: str) -> 
     state = model.state_dict()
     live = {frozenset(g) for g in _tied_groups(state)}
     for group in tied:
-        if isinstance(group, list) and all(k in state for k in group) and not any(set(group) <= g for g in live):
+        if not (isinstance(group, list) and all(isinstance(k, str) for k in group)):
+            continue  # a damaged or hostile hint: it only ever feeds this warning
+        if all(k in state for k in group) and not any(set(group) <= g for g in live):
             logger.warning(
                 "%s: %s were tied when saved but the rebuilt model does not tie them; tie them in the constructor",
                 path,
