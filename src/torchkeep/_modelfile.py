@@ -286,8 +286,9 @@ def load_model(
     """Rebuild a model saved by :func:`save_model` (or held in a training checkpoint), in eval mode.
 
     The class or factory is found by its registry name in this process; nothing named by the
-    file is imported unless ``import_module=True`` (which imports the recorded module — that runs
-    its code, so only for files you trust). Older versions are upgraded through the registered
+    file is imported unless ``import_module=True`` (which imports the recorded module, and the
+    modules of dataclass/enum constructor arguments not yet imported — that runs their code, so
+    only for files you trust). Older versions are upgraded through the registered
     migrations. The model ends up on the device ``map_location`` sends the weights to (CPU by
     default; same forms as :func:`torchkeep.load`).
 
