@@ -463,3 +463,14 @@ def test_retention_that_cannot_delete_keeps_the_save(
         monkeypatch.undo()
         mgr.save(step=3)  # the next save's retention removes both
         assert [c.step for c in mgr.checkpoints] == [3]
+
+
+def test_save_without_the_monitored_metric_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_last=1, keep_best=1, monitor="val_loss", model=model) as mgr:
+        mgr.save(step=1, metrics={"val_loss": 0.5})
+        assert "cannot rank" not in caplog.text
+        mgr.save(step=2, metrics={"train_loss": 0.1})
+        mgr.save(step=3)
+        assert caplog.text.count("no finite 'val_loss'") == 1 and "['train_loss']" in caplog.text
+        assert [c.step for c in mgr.checkpoints] == [1, 3]  # best by val_loss (1) and the newest

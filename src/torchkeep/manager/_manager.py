@@ -60,7 +60,7 @@ from ._listing import (
     storage_path,
 )
 from ._lock import DirectoryLock
-from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, Policy
+from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, Policy, metric_value
 
 __all__ = ["CheckpointManager"]
 
@@ -169,6 +169,7 @@ class CheckpointManager:
             logger.debug("%s is an object store: no cross-process write lock (see docs/guide/manager.md)", directory)
         self._saver = BackgroundSaver(self.directory) if self.async_save else None
         self._pool = _BufferPool()
+        self._told_no_metric = False
 
     # -- listing ------------------------------------------------------------------------------
     @property
@@ -241,6 +242,8 @@ class CheckpointManager:
                 "it (the old file is removed only after the new one is written), or save a new step",
                 path=existing[-1].path,
             )
+        if self.monitor:
+            self._check_monitored(step, metrics)
         if self._sharded:
             return self._save_sharded(step, epoch, metrics, extra, existing)
         try:
@@ -270,6 +273,21 @@ class CheckpointManager:
         info = _info_from_section(path, section, None)
         info.extra = extra
         return info
+
+    def _check_monitored(self, step: int, metrics: dict[str, Any] | None) -> None:
+        # Without the metric, keep_best cannot rank a checkpoint: the runs then keep only what the
+        # other policies keep, which looks like "best-K deleted my checkpoints". Say so, once.
+        if self._told_no_metric or not self._rank0 or metric_value(metrics or {}, str(self.monitor)) is not None:
+            return
+        self._told_no_metric = True
+        logger.warning(
+            "save(step=%d): metrics has no finite %r (got %s), so keep_best and restore('best') cannot rank this "
+            "checkpoint; pass save(metrics={%r: value})",
+            step,
+            self.monitor,
+            sorted(metrics or {}),
+            self.monitor,
+        )
 
     def _write(
         self,
