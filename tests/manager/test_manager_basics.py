@@ -474,3 +474,26 @@ def test_save_without_the_monitored_metric_is_logged_once(tmp_path: Path, caplog
         mgr.save(step=3)
         assert caplog.text.count("no finite 'val_loss'") == 1 and "['train_loss']" in caplog.text
         assert [c.step for c in mgr.checkpoints] == [1, 3]  # best by val_loss (1) and the newest
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_failed_overwrite_keeps_the_old_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool
+) -> None:
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_last=1, async_save=async_save, model=model) as mgr:
+        mgr.save(step=1, metrics={"v": 1})
+        mgr.wait()
+        before = sorted(os.listdir(tmp_path))
+        fill_disk_after(monkeypatch, limit=2000)
+
+        def overwrite() -> None:
+            mgr.save(step=1, metrics={"v": 2}, overwrite=True)
+            mgr.wait()  # an async save fails in the background: its error surfaces here
+
+        with pytest.raises(tk.CheckpointWriteError, match="No space left on device"):
+            overwrite()
+        monkeypatch.undo()
+        assert sorted(os.listdir(tmp_path)) == before  # the old file is removed only after the new one is written
+        info = mgr.restore(1)
+        assert info is not None and info.metrics == {"v": 1}
