@@ -84,3 +84,31 @@ def test_slug_rules() -> None:
 
 def _links_from(text: str) -> list[str]:
     return [t for t in _LINK.findall(_prose(text)) if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
+
+
+_CODE = re.compile(r"(<!--\s*skip:[^>]*-->\s*\n)?```python\n(.*?)```", re.DOTALL)
+
+
+def _translations() -> list[Path]:
+    return sorted((ROOT / "docs" / "zh").rglob("*.md"))
+
+
+def _original(translation: Path) -> Path:
+    rel = translation.relative_to(ROOT / "docs" / "zh")
+    return ROOT / rel if rel == Path("README.md") else ROOT / "docs" / rel
+
+
+@pytest.mark.parametrize("page", _translations(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_translation_keeps_the_code_of_its_original(page: Path) -> None:
+    # A translated page runs the same code as the English one: when the English code changes,
+    # this fails until the translation follows.
+    original = _original(page)
+    assert original.is_file(), f"{page.relative_to(ROOT)} translates {original.relative_to(ROOT)}, which does not exist"
+
+    def code(p: Path) -> list[tuple[bool, str]]:
+        return [(bool(m.group(1)), m.group(2)) for m in _CODE.finditer(p.read_text(encoding="utf-8"))]
+
+    assert code(page) == code(original), (
+        f"{page.relative_to(ROOT)}: its python blocks (or skip markers) differ from "
+        f"{original.relative_to(ROOT)}; copy the English blocks verbatim"
+    )
