@@ -21,7 +21,7 @@ _PLANNED: frozenset[str] = frozenset(
         f"docs/guide/{name}.md"
         for name in ("export", "predict", "bench", "serve", "distributed", "checkpoints", "resume", "custom-state")
     ]
-    + ["docs/format.md", "docs/security.md", "docs/zh/README.md", "docs/zh/guide/README.md"]
+    + ["docs/format.md", "docs/security.md"]
 )
 
 
