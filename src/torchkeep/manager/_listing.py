@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "ckpt-"
 SUFFIX = ".safetensors"
-_NAME_RE = re.compile(r"^ckpt-(\d{9,})-(\d{8}T\d{6}Z)\.safetensors$")
+# ".sharded": a step saved by several ranks, a directory (torchkeep.distributed)
+_NAME_RE = re.compile(r"^ckpt-(\d{9,})-(\d{8}T\d{6}Z)\.(?:safetensors|sharded)$")
+SHARDED_SUFFIX = ".sharded"
 _TS_FORMAT = "%Y%m%dT%H%M%SZ"
 #: Key in the checkpoint section where the manager records its monitor/mode.
 MANAGER_KEY = "manager"
@@ -193,6 +195,8 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
     step, ts = parsed
     path = storage_path(storage, name)
     entry = CheckpointEntry(name=name, step=step, timestamp=ts, path=path)
+    if name.endswith(SHARDED_SUFFIX):
+        entry.kind = "sharded"
     try:
         entry.info, entry.manager = _read_header(storage, name)
         entry.info.path = path
@@ -205,6 +209,10 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
 
 def _read_header(storage: Storage, name: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
     read_head = getattr(storage, "read_head", None)
+    if name.endswith(SHARDED_SUFFIX):
+        from ..distributed import _listing as sharded
+
+        return sharded.read_header(storage_path(storage, name))
     if isinstance(storage, LocalStorage):
         reader = _format.open_file(storage.path(name))
     elif read_head is not None:
@@ -226,6 +234,14 @@ def verify_entry(storage: Storage, entry: CheckpointEntry) -> None:
     """Check every tensor checksum of ``entry``; on failure mark it corrupt (``status``, ``error``)."""
     if not entry.ok:
         return
+    if entry.kind == "sharded":
+        from ..distributed import _listing as sharded
+
+        try:
+            sharded.verify(entry.path)
+        except (CorruptCheckpointError, FormatVersionError, CheckpointNotFoundError) as exc:
+            entry.error = str(exc)
+        return
     try:
         with storage.local_path(entry.name) as p:
             reader = _format.open_file(p)
@@ -245,6 +261,10 @@ def scan(storage: Storage, cache: dict[str, CheckpointEntry] | None = None) -> l
     """
     cache = {} if cache is None else cache
     names = [n for n in storage.list() if parse_name(n) is not None]
+    if isinstance(storage, LocalStorage):  # sharded steps are directories, which list() leaves out
+        from ..distributed._listing import list_names
+
+        names += list_names(storage.root)
     present = set(names)
     for gone in [n for n in cache if n not in present]:
         del cache[gone]
