@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PAD_KEY", "aligned", "alignment_order", "pack", "rng_state", "set_rng_state", "unpack"]
+__all__ = ["aligned", "pack", "rng_state", "set_rng_state", "unpack"]
 
 _ALIGNMENT = 64
 
@@ -78,37 +78,11 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state(s, i)
 
 
-PAD_KEY = "__pad__"
-_PAD_DTYPES = {16: torch.complex128, 8: torch.int64, 4: torch.int32, 2: torch.int16}
-
-
-def alignment_order(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Order tensors (and add small padding tensors) so that large tensors load 64-byte aligned.
-
-    The format lays tensors out packed, grouped by element size (largest first) in the order
-    given. Within each group, tensors whose size is a multiple of 64 bytes come first, then the
-    odd ones (step counters, scalars), then a zero tensor ``__pad__/<itemsize>`` that rounds the
-    group up to 64 bytes. Every large tensor then starts 64-byte aligned in the mapped file and
-    loads without a copy (see :func:`aligned`). The padding is referenced by nothing.
-    """
-    groups: dict[int, list[tuple[str, torch.Tensor]]] = {}
-    for name, t in tensors.items():
-        groups.setdefault(t.element_size(), []).append((name, t))
-    out: dict[str, torch.Tensor] = {}
-    for size, members in groups.items():
-        members.sort(key=lambda item: (item[1].numel() * size) % _ALIGNMENT != 0)
-        out.update(members)
-        total = sum(t.numel() for _, t in members) * size
-        pad_dtype = _PAD_DTYPES.get(size)
-        if total % _ALIGNMENT and pad_dtype is not None:
-            out[f"{PAD_KEY}/{size}"] = torch.zeros((_ALIGNMENT - total % _ALIGNMENT) // size, dtype=pad_dtype)
-    return out
-
-
 def aligned(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself when its data is 64-byte aligned, else an aligned copy.
 
-    Tensors mapped from the file are packed, so most sit at 4- or 8-byte boundaries. Vectorized
+    The file format puts every tensor whose size is a multiple of 64 bytes on a 64-byte boundary;
+    the others (and tensors of files written by other tools) may sit at 4- or 8-byte boundaries. Vectorized
     CPU kernels (dot products, reductions) split their work by alignment, so the same values at a
     different alignment can round differently — enough to break bit-exact resume (LBFGS shows
     it). Fresh allocations are 64-byte aligned, as in the run that saved the checkpoint.

@@ -73,6 +73,7 @@ def test_diff_identical_and_shape_change(tmp_path) -> None:
     assert entry == {"name": "w", "dtype": ["float32", "float16"], "shape": [[2, 3], [3, 2]], "max_abs_diff": None}
 
 
+@pytest.mark.slow
 def test_cli_diff_json_and_text(two_checkpoints) -> None:
     a, b = two_checkpoints
     proc = _cli("diff", str(a), str(b), "--json")
@@ -85,6 +86,7 @@ def test_cli_diff_json_and_text(two_checkpoints) -> None:
     assert "model/1.weight" in proc.stdout and "files differ" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_inspect_shows_checkpoint_first_and_bad_file_is_one_line(two_checkpoints, tmp_path) -> None:
     a, _ = two_checkpoints
     proc = _cli("inspect", str(a))

@@ -53,6 +53,7 @@ def test_resume_gives_the_same_batches(tmp_path, kind: str, workers: int, stop_a
             first.append(next(it)[0].tolist())
     path = tmp_path / "ckpt.safetensors"
     tk.save_checkpoint(path, data=stateful)
+    assert tk.read_info(path).objects == {"data": kind}
     del it
 
     loader2, stateful2 = _make(kind, workers, seed=999)  # the seed comes back from the checkpoint
@@ -115,3 +116,10 @@ def test_bad_arguments() -> None:
         tk.ResumableLoader(Stream(), batch_size=2)
     with pytest.raises(tk.UnsupportedValueError, match="__len__"):
         tk.ResumableSampler(object())  # type: ignore[arg-type]
+
+
+def test_loader_state_does_not_go_into_a_sampler(tmp_path) -> None:
+    path = tmp_path / "c.safetensors"
+    tk.save_checkpoint(path, data=tk.ResumableLoader(DATA, batch_size=4))
+    with pytest.raises(tk.StateMismatchError, match="state of a loader, but a sampler"):
+        tk.load_checkpoint(path, data=tk.ResumableSampler(DATA))

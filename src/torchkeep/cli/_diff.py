@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import _api, _checkpoint, _format, _state_io
+from .. import _api, _checkpoint, _format
 
 __all__ = ["diff_files", "register"]
 
@@ -106,7 +106,7 @@ def diff_files(path_a: str, path_b: str) -> dict[str, Any]:
     # RNG states always differ between two points of a run and mean nothing element by element:
     # they are reported as one line per generator instead.
     # Alignment padding is not data.
-    skip = (_checkpoint.RNG_KEY + "/", _state_io.PAD_KEY + "/")
+    skip = (_checkpoint.RNG_KEY + "/",)
     names_a = {n for n in ra.names if not n.startswith(skip)}
     names_b = {n for n in rb.names if not n.startswith(skip)}
     changed: list[dict[str, Any]] = []

@@ -8,10 +8,8 @@ the parity numbers.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ExportError
+from ._common import ImportModules, import_user_modules
 
 __all__ = ["parse_shape", "register"]
 
@@ -101,10 +99,7 @@ def export(
     ] = True,
     torchscript_method: Annotated[str, typer.Option(help="trace or script.")] = "trace",
     tensorrt_precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
-    module: Annotated[
-        list[str] | None,
-        typer.Option("--module", "-m", help="Import this Python module first (where your @tk.register classes live)."),
-    ] = None,
+    module: ImportModules = None,
     import_module: Annotated[
         bool, typer.Option(help="Import the module recorded in the file (runs its code: trusted files only).")
     ] = False,
@@ -137,12 +132,7 @@ def export(
         if on
     ] or ["pt2", "onnx"]
     examples = _examples(input_shape, dtype or [], int_high)
-    sys.path.insert(0, str(Path.cwd()))  # `--module models` finds ./models.py, as `python -m` would
-    for name in module or []:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ExportError(f"--module {name}: cannot import it ({exc})", step="load") from exc
+    import_user_modules(module)
     model = load_model(source, import_module=import_module)
     console = Console(stderr=as_json)
     options: dict[str, Any] = {"source_file": str(source), "torchscript_method": torchscript_method}

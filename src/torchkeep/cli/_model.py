@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ._common import ImportModules, import_user_modules
+
 __all__ = ["register"]
 
 
@@ -36,19 +38,22 @@ def audit(
     path: Annotated[
         list[Path] | None, typer.Option("--path", help="Add a directory to sys.path first (repeatable).")
     ] = None,
+    modules: ImportModules = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Rebuild the model in FILE and list the state a saved file would lose. Exit 1 on errors found.
 
     FILE must hold a registry entry (written by tk.save_model, or a checkpoint of a registered
     model). The class comes from the registry, so its module must be imported: pass
-    --import-module to let torchkeep import it, and --path DIR if it is not installed.
+    --import MODULE (or --import-module to import the module recorded in the file), and
+    --path DIR if it is not installed.
     """
     from .._audit import audit as run_audit
     from .._modelfile import load_model
 
     for p in path or []:
         sys.path.insert(0, str(p.resolve()))
+    import_user_modules(modules)
     model = load_model(file, import_module=import_module)
     findings = run_audit(model)
     errors = [f for f in findings if f.severity == "error"]

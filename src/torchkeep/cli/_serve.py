@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ._common import ImportModules
+
 __all__ = ["register"]
 
 
@@ -36,10 +38,7 @@ def serve(
     backend: Annotated[str | None, typer.Option(help="Runtime backend (default: fastest in export.json).")] = None,
     device: Annotated[str, typer.Option(help="Inference device, e.g. cpu or cuda:0.")] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads for inference.")] = 1,
-    imports: Annotated[
-        list[str] | None,
-        typer.Option("--import", help="Import this module first (registers your model classes); repeatable."),
-    ] = None,
+    imports: ImportModules = None,
     input_shape: Annotated[
         list[str] | None,
         typer.Option("--input-shape", help="Eager model files: example input shape, e.g. 1,10; repeat per input."),

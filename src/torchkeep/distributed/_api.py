@@ -36,9 +36,10 @@ from torch.distributed.checkpoint.state_dict_saver import async_save as _dcp_asy
 from torch.distributed.checkpoint.state_dict_saver import save as _dcp_save
 from torch.utils._pytree import tree_map_only
 
-from .. import _checkpoint, _codec, _format, _state_io
+from .. import _checkpoint, _codec, _format
 from .._checkpoint import CheckpointInfo
 from .._format import MapLocation
+from .._state_io import pack, unpack
 from .._storage import atomic_write
 from ..errors import (
     CheckpointWriteError,
@@ -109,7 +110,7 @@ def _state_dicts(objects: Mapping[str, Any], *, template: bool = False) -> tuple
         elif template:
             state[name] = Opaque(None)  # filled whole by the load
         else:
-            state[name] = Opaque(_state_io.pack(obj.state_dict()))
+            state[name] = Opaque(pack(obj.state_dict()))
     return state, kinds
 
 
@@ -360,7 +361,7 @@ def _apply(objects: Mapping[str, Any], state: Mapping[str, Any], strict: bool, i
         elif isinstance(obj, torch.optim.Optimizer):
             set_optimizer_state_dict(_owner(name, obj, modules), obj, state[name], options=options)
         else:
-            obj.load_state_dict(_state_io.unpack(state[name]))
+            obj.load_state_dict(unpack(state[name]))
 
 
 def _rank_tree(reader: ShardReader, rank: int, map_location: MapLocation) -> Any:
