@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelNotRegisteredError, UsageError
+from .errors import ModelNotRegisteredError
 
 __all__ = ["Finding", "RoundtripResult", "audit", "eval_mode", "holds_unsaved_tensors", "verify_roundtrip"]
 
@@ -290,15 +290,6 @@ def holds_unsaved_tensors(model: nn.Module) -> bool:
     return bool(walker.findings)
 
 
-def _check_module(model: Any, what: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise UsageError(
-            f"{what}() takes a torch.nn.Module (the model object), got {type(model).__qualname__}; "
-            "for a file, load it first: tk.load_model(path), or run `torchkeep audit FILE`",
-            argument="model",
-        )
-
-
 def audit(model: nn.Module) -> list[Finding]:
     """List the tensors and modules that ``state_dict()`` (and so every saved file) would lose.
 
@@ -320,8 +311,9 @@ def audit(model: nn.Module) -> list[Finding]:
         UsageError: ``model`` is not an ``nn.Module``.
     """
     from ._checkpoint import unwrap_model
+    from ._registry import require_module
 
-    _check_module(model, "audit")
+    require_module(model, "audit")
     model = unwrap_model(model)
     walker = _Walker(model)
     for prefix, module in model.named_modules():
@@ -463,9 +455,9 @@ def verify_roundtrip(
     from . import _api
     from ._checkpoint import unwrap_model
     from ._modelfile import load_model, save_model
-    from ._registry import _record_of, not_registered
+    from ._registry import _record_of, not_registered, require_module
 
-    _check_module(model, "verify_roundtrip")
+    require_module(model, "verify_roundtrip")
     model = unwrap_model(model)
     if build is None and _record_of(model) is None:
         err = not_registered(model)
