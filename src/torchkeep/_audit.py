@@ -306,9 +306,14 @@ def audit(model: nn.Module) -> list[Finding]:
         [('module-in-container', 'blocks[0]')]
         >>> audit(torch.nn.Linear(2, 2))
         []
+
+    Raises:
+        UsageError: ``model`` is not an ``nn.Module``.
     """
     from ._checkpoint import unwrap_model
+    from ._registry import require_module
 
+    require_module(model, "audit")
     model = unwrap_model(model)
     walker = _Walker(model)
     for prefix, module in model.named_modules():
@@ -432,6 +437,7 @@ def verify_roundtrip(
 
     Raises:
         ModelNotRegisteredError: the model is not registered and no ``build`` was given.
+        UsageError: ``model`` is not an ``nn.Module``.
 
     Example:
         >>> import torch
@@ -449,8 +455,9 @@ def verify_roundtrip(
     from . import _api
     from ._checkpoint import unwrap_model
     from ._modelfile import load_model, save_model
-    from ._registry import _record_of, not_registered
+    from ._registry import _record_of, not_registered, require_module
 
+    require_module(model, "verify_roundtrip")
     model = unwrap_model(model)
     if build is None and _record_of(model) is None:
         err = not_registered(model)

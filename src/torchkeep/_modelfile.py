@@ -23,7 +23,17 @@ import torch
 
 from . import _codec, _format
 from ._format import MapLocation
-from ._registry import _MODULE_RE, _REGISTRY, SECTION, RegisteredModel, migrate, model_entry, not_registered, rebuild
+from ._registry import (
+    _MODULE_RE,
+    _REGISTRY,
+    SECTION,
+    RegisteredModel,
+    migrate,
+    model_entry,
+    not_registered,
+    rebuild,
+    require_module,
+)
 from ._storage import atomic_write
 from .errors import (
     CorruptCheckpointError,
@@ -61,6 +71,7 @@ def save_model(
 
     Raises:
         ModelNotRegisteredError: the model's class (or factory) is not registered.
+        UsageError: ``model`` is not an ``nn.Module``.
         UnsupportedValueError: a constructor argument (named) or a state-dict value cannot be stored.
         CheckpointWriteError: the write failed; an earlier file at ``path`` is unchanged.
 
@@ -78,6 +89,7 @@ def save_model(
     """
     from ._checkpoint import unwrap_model
 
+    require_module(model, "save_model")
     model = unwrap_model(model)
     entry = model_entry(model)
     if entry is None:

@@ -49,6 +49,7 @@ from .errors import (
     RegistryError,
     TorchkeepError,
     UnsupportedValueError,
+    UsageError,
 )
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "rebuild",
     "register",
     "registered",
+    "require_module",
 ]
 
 logger = logging.getLogger(__name__)
@@ -389,6 +391,20 @@ def model_entry(model: torch.nn.Module) -> dict[str, Any] | None:
         "kind": entry.kind,
         "arguments": _encode_arguments(record),
     }
+
+
+def require_module(model: Any, what: str) -> None:
+    """Raise :class:`UsageError` unless ``model`` is an ``nn.Module`` (``what`` names the caller).
+
+    Example:
+        >>> require_module(torch.nn.Linear(1, 1), "save_model")
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(
+            f"{what}() takes a torch.nn.Module (the model object), got {type(model).__qualname__}; "
+            "for a file, load it first with tk.load_model(path)",
+            argument="model",
+        )
 
 
 def not_registered(model: torch.nn.Module) -> ModelNotRegisteredError:

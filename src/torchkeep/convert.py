@@ -107,6 +107,8 @@ class Source:
     tree: Any
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: True when reading it ran full unpickling (``trust_pickle=True`` was needed and given).
+    trusted_pickle: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +381,7 @@ def _read_torch(path: Path, options: ConvertOptions) -> Source:
             "import the code that defines it",
             path=str(file),
         ) from exc
-    return Source(tree=tree, notes=[f"unpickled with trust_pickle=True ({needs})"])
+    return Source(tree=tree, notes=[f"unpickled with trust_pickle=True ({needs})"], trusted_pickle=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -494,7 +496,7 @@ def convert(
         tensor_bytes=nbytes,
         notes=source.notes + sanitizer.notes,
         dropped=sanitizer.dropped,
-        trusted_pickle=any("trust_pickle=True" in n for n in source.notes),
+        trusted_pickle=source.trusted_pickle,
     )
     logger.info("converted %s (%s) to %s: %d tensors", src_path, kind.name, dst_path, count)
     return report

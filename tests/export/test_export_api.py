@@ -140,6 +140,18 @@ def test_failed_export_raises_with_format_and_leaves_output_dir_untouched(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.pt2"]  # no staging left
 
 
+def test_re_export_into_an_old_export_names_the_files_it_left(tmp_path: Path) -> None:
+    tk.export(MLP().eval(), torch.randn(2, 10), tmp_path, formats=["pt2", "torchscript"], verify=False)
+    report = tk.export(MLP().eval(), torch.randn(2, 10), tmp_path, formats=["pt2"], verify=False)
+    assert (tmp_path / "model.torchscript.pt").is_file()  # nothing it did not write is deleted
+    manifest = json.loads((tmp_path / "export.json").read_text())
+    assert list(manifest["artifacts"]) == ["pt2"]
+    assert any("model.torchscript.pt" in n and "earlier export" in n for n in report.notes)
+    assert manifest["notes"] == report.notes
+    again = tk.export(MLP().eval(), torch.randn(2, 10), tmp_path, formats=["pt2"], verify=False)
+    assert not any("earlier export" in n for n in again.notes)  # the last export.json no longer lists it
+
+
 def test_parity_failure_names_format_output_and_error(tmp_path: Path) -> None:
     with pytest.raises(tk.ExportParityError) as info:
         tk.export(BakesBatchIntoTrace(), torch.randn(1, 3), tmp_path, formats=["torchscript"])

@@ -476,6 +476,20 @@ def test_save_without_the_monitored_metric_is_logged_once(tmp_path: Path, caplog
         assert [c.step for c in mgr.checkpoints] == [1, 3]  # best by val_loss (1) and the newest
 
 
+def test_monitored_metric_as_a_tensor_counts_and_bad_metrics_are_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_best=1, monitor="val_loss", model=model) as mgr:
+        mgr.save(step=1, metrics={"val_loss": torch.tensor(0.5)})  # stored as 0.5: rankable
+        assert "cannot rank" not in caplog.text
+        for bad in ("val_loss=0.3", [("val_loss", 0.3)], 0.3):
+            with pytest.raises(tk.UsageError, match="metrics must be a dict") as info:
+                mgr.save(step=2, metrics=bad)  # type: ignore[arg-type]
+            assert info.value.argument == "metrics"
+        assert [c.step for c in mgr.checkpoints] == [1]
+
+
 @pytest.mark.parametrize("async_save", [False, True])
 def test_failed_overwrite_keeps_the_old_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool

@@ -79,6 +79,8 @@ def test_policy_table(records: list[Record], policy: Any, expected: list[bool]) 
         (lambda: KeepEveryNSteps(-5), "positive int"),
         (lambda: KeepNewerThan(0), "must be positive"),
         (lambda: KeepNewerThan("1h"), "timedelta or seconds"),  # type: ignore[arg-type]
+        (lambda: KeepNewerThan(60, now=dt.datetime(2026, 1, 1)), "timezone-aware"),  # naive clock
+        (lambda: KeepNewerThan(60, now="2026-01-01"), "timezone-aware"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_policy_arguments(make: Any, match: str) -> None:

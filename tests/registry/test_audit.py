@@ -243,3 +243,11 @@ def test_verify_roundtrip_structured_outputs() -> None:
     assert not result.ok
     assert "output['pair'][0]: max abs diff" in result.message
     assert "output['a']" not in result.message.splitlines()[0]
+
+
+@pytest.mark.parametrize("not_a_model", ["model.safetensors", {"w": torch.ones(1)}, None])
+def test_audit_and_verify_roundtrip_refuse_non_modules(not_a_model: object) -> None:
+    with pytest.raises(tk.UsageError, match=r"audit\(\) takes a torch.nn.Module"):
+        tk.audit(not_a_model)  # type: ignore[arg-type]
+    with pytest.raises(tk.UsageError, match=r"verify_roundtrip\(\) takes a torch.nn.Module"):
+        tk.verify_roundtrip(not_a_model, torch.ones(1))  # type: ignore[arg-type]

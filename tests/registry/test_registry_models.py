@@ -658,3 +658,10 @@ def test_meta_and_sparse_state_are_refused_naming_the_key(tmp_path: Path) -> Non
     with pytest.raises(tk.UnsupportedValueError, match=r"\['sparse'\].*to_dense"):
         tk.save_model(odd("sparse"), tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_model_refuses_non_modules(tmp_path: Path) -> None:
+    state = nn.Linear(2, 2).state_dict()
+    with pytest.raises(tk.UsageError, match=r"save_model\(\) takes a torch.nn.Module.*got OrderedDict"):
+        tk.save_model(state, tmp_path / "m.safetensors")  # type: ignore[arg-type]
+    assert not (tmp_path / "m.safetensors").exists()

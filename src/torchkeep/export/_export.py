@@ -26,9 +26,9 @@ import xxhash
 
 from .. import _format
 from .._audit import eval_mode
-from .._manifest import MANIFEST_VERSION, write_manifest
+from .._manifest import MANIFEST_VERSION, read_manifest, write_manifest
 from .._version import __version__
-from ..errors import ExportError, MissingDependencyError, PredictorError
+from ..errors import ExportError, MissingDependencyError, PredictorError, TorchkeepError
 from . import _parity
 from ._base import (
     Exporter,
@@ -366,6 +366,14 @@ def export(
                         os.replace(f, dest)
                         moved.append(dest)
                     res.files, res.file = moved, moved[0]
+            stale = _stale_artifacts(out, results)
+            if stale:
+                note = (
+                    f"{', '.join(stale)} in {out} are left from an earlier export and were not written again; "
+                    "export.json no longer lists them (delete them, or export those formats again)"
+                )
+                logger.warning(note)
+                notes.append(note)
             final = {"manifest_version": MANIFEST_VERSION, **manifest(out)}
             write_manifest(out, final)
         finally:
@@ -378,6 +386,27 @@ def export(
         manifest=final,
         notes=notes,
     )
+
+
+def _stale_artifacts(out: Path, results: Mapping[str, FormatResult]) -> list[str]:
+    """Files the previous ``export.json`` in ``out`` listed that this export did not write again.
+
+    They stay (torchkeep deletes nothing it did not just write), but a user loading one by its file
+    name would get a model from an earlier export: the report and the new manifest say so.
+    """
+    try:
+        previous = read_manifest(out)
+    except (TorchkeepError, OSError):  # no earlier export here, or not one of ours
+        return []
+    written = {f.name for res in results.values() for f in res.files}
+    stale: set[str] = set()
+    for artifact in previous.get("artifacts", {}).values():
+        files = artifact.get("files") if isinstance(artifact, dict) else None
+        for name in files if isinstance(files, list) else []:
+            ours = isinstance(name, str) and name == os.path.basename(name) and name not in written
+            if ours and (out / name).is_file():
+                stale.add(name)
+    return sorted(stale)
 
 
 def _record_failure(res: FormatResult, message: str, step: str) -> None:

@@ -24,7 +24,7 @@ import operator
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import IO, Any
@@ -34,6 +34,7 @@ from .._checkpoint import (
     CheckpointInfo,
     _check_stateful,
     _info_from_section,
+    _jsonable_metrics,
     collect_state,
     load_checkpoint,
     write_checkpoint,
@@ -204,7 +205,7 @@ class CheckpointManager:
         *,
         step: int,
         epoch: int | None = None,
-        metrics: dict[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
         extra: Any = None,
         overwrite: bool = False,
     ) -> CheckpointInfo:
@@ -217,7 +218,7 @@ class CheckpointManager:
         Raises:
             CheckpointWriteError: the step already has a checkpoint (pass ``overwrite=True``),
                 collecting the state failed, or the write failed. Earlier checkpoints are intact.
-            UsageError: ``step`` is not a non-negative int.
+            UsageError: ``step`` is not a non-negative int, or ``metrics`` is not a dict.
 
         Example:
             >>> import torch, torchkeep as tk, tempfile
@@ -233,6 +234,11 @@ class CheckpointManager:
                 path=self.directory,
             )
         step = _check_step(step)
+        if metrics is not None and not isinstance(metrics, Mapping):
+            raise UsageError(
+                f"metrics must be a dict of name -> number (e.g. {{'val_loss': 0.31}}), got {type(metrics).__name__}",
+                argument="metrics",
+            )
         if self._saver is not None:
             self._saver.wait()  # one save in flight; raises the previous save's error
         existing = [e for e in self.entries if e.step == step]
@@ -274,10 +280,16 @@ class CheckpointManager:
         info.extra = extra
         return info
 
-    def _check_monitored(self, step: int, metrics: dict[str, Any] | None) -> None:
+    def _check_monitored(self, step: int, metrics: Mapping[str, Any] | None) -> None:
         # Without the metric, keep_best cannot rank a checkpoint: the runs then keep only what the
         # other policies keep, which looks like "best-K deleted my checkpoints". Say so, once.
-        if self._told_no_metric or not self._rank0 or metric_value(metrics or {}, str(self.monitor)) is not None:
+        if self._told_no_metric or not self._rank0:
+            return
+        try:
+            stored = _jsonable_metrics(metrics)  # as the file will hold them (0-d tensors as numbers)
+        except TorchkeepError:
+            return  # collecting the state raises it, naming the metric
+        if metric_value(stored, str(self.monitor)) is not None:
             return
         self._told_no_metric = True
         logger.warning(

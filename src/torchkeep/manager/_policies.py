@@ -182,6 +182,14 @@ class KeepNewerThan:
         seconds = age.total_seconds() if isinstance(age, _dt.timedelta) else float(age)
         if not seconds > 0:
             raise UsageError(f"KeepNewerThan.max_age must be positive, got {age!r}", argument="KeepNewerThan.max_age")
+        now = self.now
+        if now is not None and (not isinstance(now, _dt.datetime) or now.utcoffset() is None):
+            # checkpoint times are timezone-aware (UTC): a naive or non-datetime clock fails only
+            # later, inside retention, after a save has already been written
+            raise UsageError(
+                f"KeepNewerThan.now must be a timezone-aware datetime such as datetime.now(timezone.utc), got {now!r}",
+                argument="KeepNewerThan.now",
+            )
 
     def keep(self, records: Sequence[Record]) -> list[bool]:
         age = self.max_age if isinstance(self.max_age, _dt.timedelta) else _dt.timedelta(seconds=self.max_age)
