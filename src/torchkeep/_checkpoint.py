@@ -497,6 +497,55 @@ def _check_module(name: str, module: torch.nn.Module, state: Any, info: Checkpoi
         )
     own = module.state_dict()
     state = _strip_wrapper_prefix(state, own)
+    diff = compare_state(own, state)
+    if strict and diff:
+        raise diff.error(
+            f"{info.path}: {name}= ({type(module).__qualname__}) does not match the checkpoint's state",
+            source="checkpoint",
+            hint="Build the model with the same architecture, or pass strict=False to load what fits.",
+        )
+    info.missing_keys[name] = diff.missing
+    info.unexpected_keys[name] = diff.unexpected
+    info.mismatched_keys[name] = [k for k, _, _ in diff.mismatched]
+
+
+@dataclass(frozen=True)
+class StateDiff:
+    """How a saved state dict differs from a module's own: keys only on one side, shape mismatches."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def error(self, header: str, *, source: str, hint: str) -> StateMismatchError:
+        """A :class:`StateMismatchError` listing every difference (``source``: "checkpoint", "file")."""
+        lines = [header]
+        if self.missing:
+            lines.append(f"  missing in {source} ({len(self.missing)}): {_some(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected in {source} ({len(self.unexpected)}): {_some(self.unexpected)}")
+        for k, saved, expected in self.mismatched[:10]:
+            lines.append(f"  shape mismatch {k}: {source} {list(saved)} vs model {list(expected)}")
+        if len(self.mismatched) > 10:
+            lines.append(f"  ... and {len(self.mismatched) - 10} more shape mismatches")
+        lines.append(hint)
+        return StateMismatchError(
+            "\n".join(lines), missing=self.missing, unexpected=self.unexpected, mismatched=self.mismatched
+        )
+
+
+def compare_state(own: Mapping[str, Any], state: Mapping[str, Any], *, any_shape: tuple[type, ...] = ()) -> StateDiff:
+    """Compare a saved state dict with a module's ``state_dict()`` (``any_shape``: tensor types, such
+    as uninitialized lazy parameters, that take their shape from the file).
+
+    Example:
+        >>> own = torch.nn.Linear(2, 3).state_dict()
+        >>> compare_state(own, {"weight": torch.zeros(3, 4)}).mismatched
+        [('weight', (3, 4), (3, 2))]
+    """
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [
@@ -505,23 +554,10 @@ def _check_module(name: str, module: torch.nn.Module, state: Any, info: Checkpoi
         if k in state
         and isinstance(state[k], torch.Tensor)
         and isinstance(own[k], torch.Tensor)
+        and not isinstance(own[k], any_shape)
         and state[k].shape != own[k].shape
     ]
-    if strict and (missing or unexpected or mismatched):
-        lines = [f"{info.path}: {name}= ({type(module).__qualname__}) does not match the checkpoint's state"]
-        if missing:
-            lines.append(f"  missing in checkpoint ({len(missing)}): {_some(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected in checkpoint ({len(unexpected)}): {_some(unexpected)}")
-        for k, saved, expected in mismatched[:10]:
-            lines.append(f"  shape mismatch {k}: checkpoint {list(saved)} vs model {list(expected)}")
-        if len(mismatched) > 10:
-            lines.append(f"  ... and {len(mismatched) - 10} more shape mismatches")
-        lines.append("Build the model with the same architecture, or pass strict=False to load what fits.")
-        raise StateMismatchError("\n".join(lines), missing=missing, unexpected=unexpected, mismatched=mismatched)
-    info.missing_keys[name] = missing
-    info.unexpected_keys[name] = unexpected
-    info.mismatched_keys[name] = [k for k, _, _ in mismatched]
+    return StateDiff(missing, unexpected, mismatched)
 
 
 def _some(keys: list[str], limit: int = 10) -> str:

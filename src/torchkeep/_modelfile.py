@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import _codec, _format
+from ._checkpoint import compare_state
 from ._format import MapLocation
 from ._registry import (
     _MODULE_RE,
@@ -39,7 +40,6 @@ from .errors import (
     CorruptCheckpointError,
     MissingObjectError,
     ModelNotRegisteredError,
-    StateMismatchError,
     UnsupportedValueError,
 )
 
@@ -252,29 +252,15 @@ def _state_from(reader: _format.Reader, path: str, map_location: MapLocation, ve
 def _load_state(
     model: torch.nn.Module, state: Mapping[str, torch.Tensor], reg: RegisteredModel, strict: bool, path: str
 ) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    lazy = _LAZY  # lazy modules take their shape from the file
-    mismatched = [
-        (k, tuple(state[k].shape), tuple(own[k].shape))
-        for k in own
-        if k in state and not isinstance(own[k], lazy) and state[k].shape != own[k].shape
-    ]
-    if strict and (missing or unexpected or mismatched):
-        lines = [f"{path}: the rebuilt {reg.name!r} (version {reg.version}) does not match the file's state"]
-        if missing:
-            lines.append(f"missing in file ({len(missing)}): {', '.join(missing[:10])}")
-        if unexpected:
-            lines.append(f"unexpected in file ({len(unexpected)}): {', '.join(unexpected[:10])}")
-        for k, saved, expected in mismatched[:10]:
-            lines.append(f"shape mismatch {k}: file {list(saved)} vs model {list(expected)}")
-        lines.append(
-            "If the class changed after the file was written, bump its version and add a @tk.migration; "
-            "or pass strict=False to load what fits"
+    diff = compare_state(model.state_dict(), state, any_shape=_LAZY)  # lazy modules take their shape from the file
+    if strict and diff:
+        raise diff.error(
+            f"{path}: the rebuilt {reg.name!r} (version {reg.version}) does not match the file's state",
+            source="file",
+            hint="If the class changed after the file was written, bump its version and add a @tk.migration; "
+            "or pass strict=False to load what fits",
         )
-        raise StateMismatchError("\n".join(lines), missing=missing, unexpected=unexpected, mismatched=mismatched)
-    skip = {k for k, _, _ in mismatched}
+    skip = {k for k, _, _ in diff.mismatched}
     model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
 
 
