@@ -10,6 +10,7 @@ Usage::
 
     PYTHONPATH=$PWD/src python benchmarks/io.py --quick
     PYTHONPATH=$PWD/src python benchmarks/io.py            # ~2 GiB, needs ~8 GiB free RAM and disk
+    PYTHONPATH=$PWD/src python benchmarks/io.py --cases load --dir /dev/shm/tk   # loads only, on tmpfs
 
 Targets (issue 2): save >= 0.95x raw write; save adds <= 64 MiB + largest tensor over the state's
 own memory; lazy load of 2 GiB <= 50 ms; load + verify + touch >= 5x faster than

@@ -39,7 +39,12 @@ _NAN_INF = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def is_key(k: Any) -> bool:
-    """Whether ``k`` may be a dict key in a stored tree (str, int, float, bool, None, tuples)."""
+    """Whether ``k`` may be a dict key in a stored tree (str, int, float, bool, None, tuples).
+
+    Example:
+        >>> is_key((1, "a")), is_key(frozenset())
+        (True, False)
+    """
     if k is None or type(k) in (str, int, float, bool):
         return True
     return type(k) is tuple and all(is_key(x) for x in k)
@@ -300,12 +305,13 @@ _HANDLERS: dict[str, Callable[[_Decoder, dict[str, Any], int, str], Any]] = {
 
 
 def decode(tree: Any, lookup: Callable[[str], torch.Tensor]) -> Any:
-    """Rebuild the value encoded by :func:`encode`; ``lookup(name)`` returns a stored tensor.
+    """Rebuild the value encoded by :func:`torchkeep._codec.encode`; ``lookup(name)`` returns a stored tensor.
 
     Raises:
         CorruptCheckpointError: the tree is malformed (unknown tag, bad field, too deep).
 
     Example:
+        >>> from torchkeep._codec import encode
         >>> enc = encode({"w": torch.ones(2), "k": (1, 2)})
         >>> decode(enc.tree, enc.tensors.__getitem__)["k"]
         (1, 2)

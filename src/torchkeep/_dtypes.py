@@ -49,7 +49,12 @@ FROM_ST = {v: k for k, v in ST_DTYPES.items()}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    """The dtype's name without the ``torch.`` prefix.
+
+    Example:
+        >>> dtype_name(torch.bfloat16)
+        'bfloat16'
+    """
     return str(dtype).removeprefix("torch.")
 
 
@@ -74,7 +79,12 @@ LOGICAL_DTYPES = {**{dtype_name(dt): dt for dt in ST_DTYPES}, **U8_DTYPES}
 
 
 def logical_dtype(name: str) -> torch.dtype:
-    """The dtype a file's ``torchkeep.tensors`` entry names; only allowlisted names resolve."""
+    """The dtype a file's ``torchkeep.tensors`` entry names; only allowlisted names resolve.
+
+    Example:
+        >>> logical_dtype("complex128")
+        torch.complex128
+    """
     dt = LOGICAL_DTYPES.get(name)
     if dt is None:
         raise ValueError(f"unknown dtype {name!r}")

@@ -72,7 +72,7 @@ def atomic_write(path: str | os.PathLike[str], *, overwrite: bool = True) -> Ite
         >>> d = tempfile.mkdtemp()
         >>> with atomic_write(os.path.join(d, "x.bin")) as f:
         ...     _ = f.write(b"hello")
-        >>> open(os.path.join(d, "x.bin"), "rb").read()
+        >>> Path(d, "x.bin").read_bytes()
         b'hello'
     """
     target = Path(path)

@@ -152,3 +152,19 @@ def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(tk.CorruptCheckpointError, match="not a regular file"):
         tk.load(fifo)
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_record_their_device_and_load_anywhere(tmp_path: Path) -> None:
+    w = torch.randn(4, 3, device="cuda")
+    tk.save({"w": w, "wT": w.T, "cpu": torch.ones(2)}, tmp_path / "gpu.safetensors")
+    reader = _format.open_file(tmp_path / "gpu.safetensors")
+    assert reader.info("w").device == "cuda:0" and reader.info("cpu").device == "cpu"
+    out = tk.load(tmp_path / "gpu.safetensors")  # no argument: everything on the CPU
+    assert out["w"].device.type == "cpu" and torch.equal(out["w"], w.cpu()) and torch.equal(out["wT"], w.T.cpu())
+    back = tk.load(tmp_path / "gpu.safetensors", map_location={"cuda:0": "cuda:0"})
+    assert back["w"].device.type == "cuda" and back["cpu"].device.type == "cpu"
+    assert (
+        torch.equal(back["wT"], w.T)
+        and back["wT"].untyped_storage().data_ptr() == back["w"].untyped_storage().data_ptr()
+    )
