@@ -41,6 +41,7 @@ from .errors import (
     StateMismatchError,
     TorchkeepError,
     UnsupportedValueError,
+    UsageError,
 )
 from .export import ExportReport, export
 from .manager import (
@@ -115,6 +116,7 @@ __all__ = [
     "StateMismatchError",
     "TorchkeepError",
     "UnsupportedValueError",
+    "UsageError",
     "errors",
     "__version__",
 ]

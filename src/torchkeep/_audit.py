@@ -41,7 +41,7 @@ from torch import nn
 
 from .errors import ModelNotRegisteredError
 
-__all__ = ["Finding", "RoundtripResult", "audit", "holds_unsaved_tensors", "verify_roundtrip"]
+__all__ = ["Finding", "RoundtripResult", "audit", "eval_mode", "holds_unsaved_tensors", "verify_roundtrip"]
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +395,17 @@ def _compare(a: Any, b: Any, rtol: float, atol: float) -> tuple[bool, float, lis
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode; put every submodule's own flag back after.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Dropout()).train()
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -460,7 +470,7 @@ def verify_roundtrip(
                 fresh = build().to(device)
                 fresh.load_state_dict(_api.load(path, map_location=device))
                 fresh.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _eval_mode(model):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), eval_mode(model):
             torch.manual_seed(0)
             expected = model(*example_inputs)
             torch.manual_seed(0)

@@ -50,6 +50,8 @@ from .errors import UnsupportedValueError
 # decode and the limits live in _decode; they are re-exported here, the codec's one seam.
 __all__ = ["DTYPES_BY_NAME", "MAX_DEPTH", "MAX_DIM", "Encoded", "decode", "encode", "format_path", "tensor_names"]
 
+_is_key = is_key  # the name torchkeep.convert (and older callers) use
+
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 

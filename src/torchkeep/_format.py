@@ -17,8 +17,9 @@ The header maps tensor names to ``{"dtype", "shape", "data_offsets"}`` and holds
 
 Writing is one pass over tensor memory: the header is written first with fixed-width checksum
 placeholders, each tensor is hashed while it streams to the file in chunks, and the final header
-(same length) is written over the placeholder. Tensors are ordered by element size, largest first,
-so every tensor is naturally aligned; the data section starts on a 64-byte boundary.
+(same length) is written over the placeholder. The data section starts on a 64-byte boundary;
+tensors whose size is a multiple of 64 bytes come first (so each is 64-byte aligned), the rest
+ordered by element size, largest first (so each is naturally aligned). See :func:`_layout`.
 
 Reading maps the file (copy-on-write, so tensors are writable and the file is never changed) and
 builds tensors over the mapping without copying. Every field of the header is treated as hostile:
@@ -42,7 +43,7 @@ import torch
 import xxhash
 
 from . import _codec
-from ._layout import FROM_ST, ST_DTYPES, U8_DTYPES, MapLocation, dtype_name, logical_dtype, place, resolve_device
+from ._dtypes import FROM_ST, ST_DTYPES, U8_DTYPES, MapLocation, dtype_name, logical_dtype, place, resolve_device
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError, UnsupportedValueError
 
 __all__ = [

@@ -286,8 +286,9 @@ def load_model(
     """Rebuild a model saved by :func:`save_model` (or held in a training checkpoint), in eval mode.
 
     The class or factory is found by its registry name in this process; nothing named by the
-    file is imported unless ``import_module=True`` (which imports the recorded module — that runs
-    its code, so only for files you trust). Older versions are upgraded through the registered
+    file is imported unless ``import_module=True`` (which imports the recorded module, and the
+    modules of dataclass/enum constructor arguments not yet imported — that runs their code, so
+    only for files you trust). Older versions are upgraded through the registered
     migrations. The model ends up on the device ``map_location`` sends the weights to (CPU by
     default; same forms as :func:`torchkeep.load`).
 
@@ -407,7 +408,9 @@ def _check_ties(model: torch.nn.Module, entry: Mapping[str, Any], path: str) -> 
     state = model.state_dict()
     live = {frozenset(g) for g in _tied_groups(state)}
     for group in tied:
-        if isinstance(group, list) and all(k in state for k in group) and not any(set(group) <= g for g in live):
+        if not (isinstance(group, list) and all(isinstance(k, str) for k in group)):
+            continue  # a damaged or hostile hint: it only ever feeds this warning
+        if all(k in state for k in group) and not any(set(group) <= g for g in live):
             logger.warning(
                 "%s: %s were tied when saved but the rebuilt model does not tie them; tie them in the constructor",
                 path,

@@ -49,6 +49,11 @@ class DemoContext:
         return os.path.join(self.workdir, "run")
 
     @property
+    def export_dir(self) -> str:
+        """Where the export step writes its artifacts."""
+        return os.path.join(self.workdir, "exported")
+
+    @property
     def model_file(self) -> str:
         """The whole-model file written by the rebuild step."""
         return os.path.join(self.workdir, "model.safetensors")
@@ -201,13 +206,83 @@ def step_rebuild_model(ctx: DemoContext) -> None:
             self.scale = torch.ones(4)  # the register_buffer trap: not in state_dict()
 
     findings = _audit.audit(Trap())
-    ctx.note(f"audit caught {len(findings)} trap(s): {findings[0].path} — {findings[0].fix[:70]}")
+    ctx.note(f"audit caught {len(findings)} trap(s): {findings[0].path} — fix: {findings[0].fix}")
+
+
+def step_export(ctx: DemoContext) -> None:
+    """Export to pt2, ONNX and TorchScript; every artifact is checked against eager at batch 1, 3, 17."""
+    from .export import export
+
+    model = _modelfile.load_model(ctx.model_file)
+    report = export(model, (torch.randn(1, 10),), ctx.export_dir, formats=("pt2", "onnx", "torchscript"))
+    for fmt, result in report.results.items():
+        worst = max((e["max_abs"] for per_batch in result.parity.values() for e in per_batch.values()), default=0.0)
+        batches = ", ".join(str(b) for b in sorted(result.parity))
+        ctx.note(
+            f"{fmt:<11} {os.path.basename(str(result.file))}: matches eager at batch {batches} (max abs err {worst:.1e})"
+        )
+
+
+def step_predict_and_bench(ctx: DemoContext) -> None:
+    """Run every artifact through one predictor interface; benchmark them; record the fastest."""
+    from .bench import benchmark
+    from .runtime import load_predictor
+
+    x = torch.randn(32, 10)
+    reference = _modelfile.load_model(ctx.model_file)(x)
+    for backend in ("pt2", "onnxruntime", "torchscript"):
+        out = load_predictor(ctx.export_dir, backend=backend)(x)
+        if not torch.allclose(out, reference, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"{backend} disagrees with eager")
+    ctx.note("pt2, onnxruntime and torchscript predictors agree with eager on a batch of 32")
+    report = benchmark(ctx.export_dir, batch_sizes=(1, 32), min_time=0.2, max_iters=300, threads=1)
+    for batch, backend in sorted(report.fastest().items()):
+        row = next(r for r in report.results if r.batch_size == batch and r.backend == backend)
+        ctx.note(f"batch {batch:>2}: fastest is {backend} ({row.p50_ms:.3f} ms p50, {row.throughput:,.0f} samples/s)")
+    chosen = load_predictor(ctx.export_dir).backend
+    ctx.note(f"recorded in export.json: load_predictor({os.path.basename(ctx.export_dir)}/) now picks {chosen}")
+
+
+def step_serve(ctx: DemoContext) -> None:
+    """Serve the export directory in-process; 64 concurrent /predict requests are batched."""
+    import asyncio
+
+    import httpx
+
+    from .serve import ServeOptions, create_app
+
+    app = create_app(ctx.export_dir, options=ServeOptions(max_batch_size=32, max_wait_ms=5))
+
+    async def drive() -> tuple[list[int], str]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://demo") as client,
+        ):
+            for _ in range(200):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            body = {"values": [0.1 * i for i in range(10)]}
+            answers = await asyncio.gather(*(client.post("/predict", json=body) for _ in range(64)))
+            metrics = (await client.get("/metrics")).text
+            return [a.status_code for a in answers], metrics
+
+    codes, metrics = asyncio.run(drive())
+    if set(codes) != {200}:
+        raise RuntimeError(f"server answered {sorted(set(codes))}")
+    batches = [line for line in metrics.splitlines() if line.startswith("torchkeep_batch_size_count")]
+    ran = batches[0].split()[-1] if batches else "?"
+    ctx.note(f"64 concurrent POST /predict → 64 × 200, run as {ran} model calls (dynamic batching)")
 
 
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("train with CheckpointManager, SIGKILL, resume bit-exactly", step_train_and_resume),
     ("verify checksums; a corrupt checkpoint is caught and skipped", step_verify_and_safety),
     ("rebuild a registered model from its file; audit the register_buffer trap", step_rebuild_model),
+    ("export to pt2, ONNX and TorchScript, each verified against eager", step_export),
+    ("one predictor API over every runtime; benchmark picks the fastest", step_predict_and_bench),
+    ("serve it over HTTP with dynamic batching", step_serve),
 ]
 
 

@@ -24,6 +24,7 @@ TorchkeepError
 │   └── PredictorInputError      (ValueError)          inputs do not match the predictor's specs
 ├── DistributedCheckpointError   (RuntimeError)        sharded (multi-process) checkpoint problems
 ├── ServeError                   (ValueError)          the server cannot start: a bad option or target
+├── UsageError                   (ValueError)          an argument out of range (a negative step, an unknown mode)
 └── MissingDependencyError       (ImportError)         an optional extra is not installed
 ```
 """
@@ -52,6 +53,7 @@ __all__ = [
     "StateMismatchError",
     "TorchkeepError",
     "UnsupportedValueError",
+    "UsageError",
 ]
 
 
@@ -220,6 +222,25 @@ class ServeError(TorchkeepError, ValueError):
     def __init__(self, message: str, *, option: str = "") -> None:
         super().__init__(message)
         self.option = option
+
+
+class UsageError(TorchkeepError, ValueError):
+    """An argument is out of range or of the wrong form (e.g. ``save(step=-1)``, ``mode="lowest"``).
+
+    Raised before anything is read or written. ``argument`` names the parameter at fault.
+
+    Example:
+        >>> import torchkeep as tk
+        >>> try:
+        ...     tk.KeepLastN(0)
+        ... except tk.UsageError as exc:
+        ...     print(exc.argument)
+        KeepLastN.n
+    """
+
+    def __init__(self, message: str, *, argument: str = "") -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class MissingDependencyError(TorchkeepError, ImportError):

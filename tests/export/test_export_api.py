@@ -216,6 +216,10 @@ def test_no_verify_writes_without_parity(tmp_path: Path) -> None:
         ({"torchscript_method": "compile"}, "'trace' or 'script'"),
         ({"frobnicate": True}, "unknown export option"),
         ({"verify_batch_sizes": [0]}, "verify_batch_sizes"),
+        ({"rtol": -1.0}, r"rtol=-1.0 is invalid"),
+        ({"atol": float("nan")}, r"atol=nan is invalid"),
+        ({"atol": "1e-3"}, r"atol='1e-3' is invalid"),
+        ({"source_file": "/nonexistent/model.safetensors"}, "cannot be read"),
     ],
 )
 def test_bad_arguments_are_clear_errors(tmp_path: Path, kwargs: dict[str, object], match: str) -> None:

@@ -20,6 +20,8 @@ import torch
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN_V1 = DATA / "format-v1" / "golden.safetensors"
+#: the same object written before the writer put 64-byte-multiple tensors first (still format v1)
+GOLDEN_V1_PACKED = DATA / "format-v1" / "golden-packed-layout.safetensors"
 BAD = DATA / "bad"
 
 

@@ -74,7 +74,7 @@ def test_restore_latest_best_and_by_step(tmp_path: Path) -> None:
         assert info is not None and info.step == 10
         with pytest.raises(tk.CheckpointNotFoundError, match=r"no checkpoint for step 15; it has steps \[10, 20, 30\]"):
             mgr.restore(15)
-        with pytest.raises(ValueError, match="'latest', 'best' or a step"):
+        with pytest.raises(tk.UsageError, match="'latest', 'best' or a step"):
             mgr.restore("newest")
 
 
@@ -125,6 +125,21 @@ def test_keep_every_and_retention_policies(tmp_path: Path) -> None:
 
 def test_no_policy_keeps_everything(tmp_path: Path) -> None:
     assert _run(tmp_path, range(1, 6)) == [1, 2, 3, 4, 5]
+
+
+def test_rolled_back_run_keeps_the_checkpoint_it_just_saved(tmp_path: Path) -> None:
+    # A run restarted from an earlier step saves step numbers below the newest file: retention
+    # ranks by step, but the file a save just wrote must survive that save.
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_last=2, model=model) as mgr:
+        for step in (80, 100):
+            mgr.save(step=step)
+        info = mgr.save(step=50)
+        assert info.path is not None and os.path.exists(info.path)
+        assert [c.step for c in mgr.checkpoints] == [50, 80, 100]
+        mgr.save(step=60)  # the next save may drop 50: it is neither kept by a policy nor just written
+        assert [c.step for c in mgr.checkpoints] == [60, 80, 100]
+        assert mgr.restore(60) is not None
 
 
 def test_existing_step_raises_unless_overwrite(tmp_path: Path) -> None:
@@ -313,9 +328,9 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"keep_best": 2}, ValueError, "keep_best needs monitor="),
-        ({"mode": "lowest"}, ValueError, "'min' or 'max'"),
-        ({"keep_last": 0}, ValueError, "positive int"),
+        ({"keep_best": 2}, tk.UsageError, "keep_best needs monitor="),
+        ({"mode": "lowest"}, tk.UsageError, "'min' or 'max'"),
+        ({"keep_last": 0}, tk.UsageError, "positive int"),
         ({"model": object()}, TypeError, "state_dict"),
     ],
 )
@@ -327,11 +342,12 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, Any], error: type[Excep
 
 def test_bad_step_and_closed_manager(tmp_path: Path) -> None:
     mgr = tk.CheckpointManager(tmp_path, model=make()[0])
-    for bad in (-1, True, 1.5, "3"):
-        with pytest.raises(ValueError, match="non-negative int"):
+    for bad in (-1, True, 1.5, "3", None):
+        with pytest.raises(tk.UsageError, match="non-negative int") as info:
             mgr.save(step=bad)  # type: ignore[arg-type]
+        assert info.value.argument == "step"
     assert mgr.checkpoints == []
-    with pytest.raises(ValueError, match="monitor="):
+    with pytest.raises(tk.UsageError, match="monitor="):
         mgr.restore("best")
     mgr.close()
     mgr.close()
@@ -411,3 +427,73 @@ def test_lock_file_that_cannot_be_created(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(_lock.os, "open", denied)
     with pytest.raises(tk.CheckpointWriteError, match=r"Permission denied.*read_only=True"):
         tk.CheckpointManager(tmp_path, model=make()[0])
+
+
+class _BrokenPolicy:
+    def keep(self, records: Any) -> list[bool]:
+        return [False]  # one flag, whatever the number of records
+
+
+def test_broken_custom_policy_deletes_nothing(tmp_path: Path) -> None:
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, retention=_BrokenPolicy(), model=model) as mgr:
+        mgr.save(step=1)  # one record, one flag: fine
+        with pytest.raises(tk.UsageError, match="returned 1 flags for 2 records"):
+            mgr.save(step=2)
+        # the mask is checked before anything is deleted: both checkpoints are there and load
+        assert [(e.step, e.status) for e in mgr.entries] == [(1, "ok"), (2, "ok")]
+        assert mgr.restore(1) is not None and mgr.restore(2) is not None
+
+
+def test_retention_that_cannot_delete_keeps_the_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torchkeep import _storage
+
+    def refuse(self: Any, name: str) -> None:
+        raise PermissionError(13, "Permission denied", name)
+
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_last=1, model=model) as mgr:
+        mgr.save(step=1)
+        monkeypatch.setattr(_storage.LocalStorage, "delete", refuse)
+        info = mgr.save(step=2)  # the save succeeded: a file retention could not remove is only logged
+        assert info.step == 2 and "retention could not delete" in caplog.text
+        assert [c.step for c in mgr.checkpoints] == [1, 2]
+        monkeypatch.undo()
+        mgr.save(step=3)  # the next save's retention removes both
+        assert [c.step for c in mgr.checkpoints] == [3]
+
+
+def test_save_without_the_monitored_metric_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_last=1, keep_best=1, monitor="val_loss", model=model) as mgr:
+        mgr.save(step=1, metrics={"val_loss": 0.5})
+        assert "cannot rank" not in caplog.text
+        mgr.save(step=2, metrics={"train_loss": 0.1})
+        mgr.save(step=3)
+        assert caplog.text.count("no finite 'val_loss'") == 1 and "['train_loss']" in caplog.text
+        assert [c.step for c in mgr.checkpoints] == [1, 3]  # best by val_loss (1) and the newest
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_failed_overwrite_keeps_the_old_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool
+) -> None:
+    model, _ = make()
+    with tk.CheckpointManager(tmp_path, keep_last=1, async_save=async_save, model=model) as mgr:
+        mgr.save(step=1, metrics={"v": 1})
+        mgr.wait()
+        before = sorted(os.listdir(tmp_path))
+        fill_disk_after(monkeypatch, limit=2000)
+
+        def overwrite() -> None:
+            mgr.save(step=1, metrics={"v": 2}, overwrite=True)
+            mgr.wait()  # an async save fails in the background: its error surfaces here
+
+        with pytest.raises(tk.CheckpointWriteError, match="No space left on device"):
+            overwrite()
+        monkeypatch.undo()
+        assert sorted(os.listdir(tmp_path)) == before  # the old file is removed only after the new one is written
+        info = mgr.restore(1)
+        assert info is not None and info.metrics == {"v": 1}

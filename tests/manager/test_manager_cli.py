@@ -68,6 +68,15 @@ def test_ls_monitor_override_and_empty_dir(run_dir: Path, tmp_path_factory: pyte
     assert result.exit_code == 0 and "no checkpoints" in result.output
 
 
+def test_ls_missing_directory_is_an_error_not_an_empty_run(tmp_path: Path) -> None:
+    missing = tmp_path / "runs" / "typo"
+    with pytest.raises(tk.CheckpointNotFoundError, match="no such directory"):
+        tk.list_checkpoints(missing)
+    result = CliRunner().invoke(app, ["ls", str(missing)])
+    assert result.exit_code != 0 and isinstance(result.exception, tk.CheckpointNotFoundError)
+    assert not missing.exists() and not missing.parent.exists()  # listing creates nothing
+
+
 @pytest.mark.slow
 def test_ls_subprocess_does_not_take_the_lock(run_dir: Path) -> None:
     with tk.CheckpointManager(run_dir, model=torch.nn.Linear(4, 4)):  # a live writer holds the lock

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import torchkeep as tk
 from torchkeep.manager import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, KeepNewerThan, Record
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
@@ -81,8 +82,9 @@ def test_policy_table(records: list[Record], policy: Any, expected: list[bool]) 
     ],
 )
 def test_bad_policy_arguments(make: Any, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(tk.UsageError, match=match) as info:
         make()
+    assert info.value.argument.split(".")[0] in {"KeepLastN", "KeepBestK", "KeepEveryNSteps", "KeepNewerThan"}
 
 
 def test_keep_any_rejects_non_policies() -> None:

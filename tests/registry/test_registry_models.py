@@ -454,6 +454,19 @@ def test_hostile_model_sections(tmp_path: Path, section: object) -> None:
         tk.load_model(path, import_module=True)
 
 
+@pytest.mark.parametrize("tied", [[[{"a": 1}]], [[["fc.weight"]]], "fc.weight", [[1, 2]], [None]])
+def test_hostile_tied_hint_is_ignored(tmp_path: Path, tied: object) -> None:
+    model = _make_mlp_class()(MLPConfig())
+    good, bad = tmp_path / "m.safetensors", tmp_path / "bad.safetensors"
+    tk.save_model(model, good)
+    reader = _format.open_file(good)
+    section = {**reader.section("model"), "tied": tied}
+    with open(bad, "wb") as f:
+        _format.write(f, {k: reader.tensor(k) for k in reader.names}, sections={"model": section})
+    loaded = tk.load_model(bad)  # "tied" only feeds a warning: a malformed one must not break loading
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("target", ["os; import shutil:x", "../evil:x", "__main__:Net", ":x", "a b:c"])
 def test_import_module_refuses_odd_module_names(tmp_path: Path, target: str) -> None:
     path = tmp_path / "odd.safetensors"

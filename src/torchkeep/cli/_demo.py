@@ -18,7 +18,7 @@ def demo(
     workdir: Annotated[Path | None, typer.Option(help="Where to write demo files (default: a temp dir).")] = None,
 ) -> None:
     """Train, checkpoint, kill and resume, verify, export, benchmark — on a small model."""
-    console = Console()
+    console = Console(soft_wrap=True)
     started = time.perf_counter()
     shown = 0
 

@@ -12,17 +12,9 @@ from rich.table import Table
 
 from .. import _checkpoint, _format
 from ..errors import TorchkeepError
+from ._text import human_size
 
 __all__ = ["describe", "preview_tree", "register"]
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
 
 
 _MAX_ITEMS = 50
@@ -156,7 +148,7 @@ def inspect(
         return
     console = Console()
     console.print(
-        f"[bold]{file}[/bold]  {desc['format']} file, {_human(desc['size_bytes'])}, {len(desc['tensors'])} tensors"
+        f"[bold]{file}[/bold]  {desc['format']} file, {human_size(desc['size_bytes'])}, {len(desc['tensors'])} tensors"
     )
     ckpt = desc.get("checkpoint")
     if ckpt:
@@ -189,11 +181,13 @@ def inspect(
     table = Table("tensor", "dtype", "shape", "size", "device", "xxh3", box=None, header_style="bold")
     shown = desc["tensors"] if limit <= 0 else desc["tensors"][:limit]
     for t in shown:
-        table.add_row(t["name"], t["dtype"], str(tuple(t["shape"])), _human(t["bytes"]), t["device"], t["xxh3"] or "-")
+        table.add_row(
+            t["name"], t["dtype"], str(tuple(t["shape"])), human_size(t["bytes"]), t["device"], t["xxh3"] or "-"
+        )
     console.print(table)
     if len(shown) < len(desc["tensors"]):
         console.print(f"... {len(desc['tensors']) - len(shown)} more (use --limit 0 to show all)")
-    console.print(f"tensor data: {_human(desc['tensor_bytes'])}")
+    console.print(f"tensor data: {human_size(desc['tensor_bytes'])}")
     if desc["metadata"]:
         console.print("metadata: " + json.dumps(desc["metadata"]))
     if verify:

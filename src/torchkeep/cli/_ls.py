@@ -10,19 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..manager._listing import CheckpointEntry, best_first, list_checkpoints
+from ._text import human_size
 
 __all__ = ["ls", "register"]
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
 
 
 def _options(pairs: list[str]) -> dict[str, Any]:
@@ -91,7 +81,7 @@ def ls(
             "" if info is None or info.epoch is None else str(info.epoch),
             e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             metrics,
-            _human(info.size_bytes if info else None),
+            human_size(info.size_bytes if info else None),
             status,
             " ".join(f"[bold cyan]{m}[/bold cyan]" for m in marks(e)),
         )

@@ -12,17 +12,9 @@ import typer
 from rich.console import Console
 
 from ._common import ImportModules, import_user_modules
+from ._text import human_size
 
 __all__ = ["register"]
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
 
 
 def audit(
@@ -105,7 +97,7 @@ def convert(
     console = Console()
     console.print(
         f"[green]converted[/green] {report.src} ({report.kind}) -> {report.dst}: "
-        f"{report.tensors} tensors, {_human(report.tensor_bytes)}"
+        f"{report.tensors} tensors, {human_size(report.tensor_bytes)}"
     )
     for note in report.notes:
         console.print(f"  note: {note}")

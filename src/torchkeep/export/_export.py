@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ import torch
 import xxhash
 
 from .. import _format
+from .._audit import eval_mode
 from .._manifest import MANIFEST_VERSION, write_manifest
 from .._version import __version__
 from ..errors import ExportError, MissingDependencyError, PredictorError
@@ -80,7 +82,6 @@ _TRAINING_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.d
 @contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
     """Export in eval mode (BatchNorm uses running stats, Dropout is off); restore the flags after."""
-    flags = {m: m.training for m in model.modules()}
     sensitive = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, _TRAINING_SENSITIVE)})
     if sensitive:
         note = (
@@ -89,12 +90,8 @@ def _eval_mode(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
         )
         logger.warning(note)
         notes.append(note)
-    model.eval()
-    try:
+    with eval_mode(model):
         yield
-    finally:
-        for module, training in flags.items():
-            module.train(training)
 
 
 def _versions() -> dict[str, str | None]:
@@ -136,6 +133,19 @@ def _normalize_formats(formats: str | Sequence[str]) -> list[str]:
         if name not in out:
             out.append(name)
     return out
+
+
+def _check_tolerance(name: str, value: Any) -> None:
+    # checked up front: a bad tolerance would otherwise surface only after every format was built,
+    # as a parity failure ("allowed rtol=-1") or a TypeError inside the comparison
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ExportError(
+            f"{name}={value!r} is invalid; expected a finite number >= 0 (e.g. {name}=1e-4), or None for the "
+            "default per output dtype",
+            step="options",
+        )
 
 
 def _artifact_json(res: FormatResult, root: Path) -> dict[str, Any]:
@@ -260,14 +270,16 @@ def export(
             progress(fmt, stage)
 
     fmts = _normalize_formats(formats)
+    _check_tolerance("rtol", rtol)
+    _check_tolerance("atol", atol)
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}", step="inputs")
+    source = _source(opts.source_file)
     out = Path(output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create output directory {out}: {exc}", step="output") from exc
-    source = _source(opts.source_file)
     versions = _versions()
     notes: list[str] = []
     results: dict[str, FormatResult] = {}

@@ -284,12 +284,21 @@ def list_checkpoints(
     Headers only, unless ``verify=True``, which also checks every tensor checksum (and downloads
     remote files to do so).
 
+    Raises:
+        CheckpointNotFoundError: ``directory`` is a local path that does not exist (a typo would
+            otherwise look like an empty run).
+
     Example:
         >>> import tempfile
         >>> list_checkpoints(tempfile.mkdtemp())
         []
     """
     storage = open_storage(directory, storage_options=storage_options, create=False)
+    if isinstance(storage, LocalStorage) and not os.path.isdir(storage.root):
+        raise CheckpointNotFoundError(
+            f"{storage.root}: no such directory; pass the directory a CheckpointManager saves into",
+            path=storage.root,
+        )
     entries = scan(storage)
     if verify:
         for e in entries:

@@ -7,7 +7,9 @@ How a save stays safe, in order:
 2. the file is written under a temporary name (local) or to a local staging file (object stores),
    then **verified** by re-reading every tensor checksum;
 3. it is committed atomically (rename + directory fsync, or one whole-object upload);
-4. only then does retention delete what no policy keeps. The newest checkpoint is always kept.
+4. only then does retention delete what no policy keeps. The newest checkpoint and the one just
+   written are always kept (a run rolled back to an earlier step saves lower step numbers than
+   the files already there; its new checkpoints must not be deleted by the save that wrote them).
 
 So at every instant the directory holds every checkpoint that existed before the save, plus
 possibly the new one — never a partial file under a checkpoint name. Everything the manager knows
@@ -43,6 +45,7 @@ from ..errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
     TorchkeepError,
+    UsageError,
 )
 from ._async import BackgroundSaver, _BufferPool, snapshot
 from ._listing import (
@@ -57,7 +60,7 @@ from ._listing import (
     storage_path,
 )
 from ._lock import DirectoryLock
-from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, Policy
+from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, Policy, metric_value
 
 __all__ = ["CheckpointManager"]
 
@@ -88,6 +91,8 @@ class CheckpointManager:
 
     Raises:
         CheckpointLockedError: another live process has the directory open for writing.
+        UsageError: ``mode`` is not "min"/"max", ``keep_best`` lacks ``monitor``, or a count is not
+            a positive int.
 
     Example:
         >>> import torch, torchkeep as tk, tempfile
@@ -116,9 +121,15 @@ class CheckpointManager:
         **objects: Any,
     ) -> None:
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+            raise UsageError(
+                f"mode must be 'min' or 'max' (min: lower is better, e.g. a loss; max: e.g. accuracy), got {mode!r}",
+                argument="mode",
+            )
         if keep_best is not None and not monitor:
-            raise ValueError("keep_best needs monitor=, the name of the metric that defines 'best' (e.g. 'val_loss')")
+            raise UsageError(
+                "keep_best needs monitor=, the name of the metric that defines 'best' (e.g. 'val_loss')",
+                argument="monitor",
+            )
         for name, obj in objects.items():
             _check_stateful(name, obj)
         policies: list[Policy] = []
@@ -158,6 +169,7 @@ class CheckpointManager:
             logger.debug("%s is an object store: no cross-process write lock (see docs/guide/manager.md)", directory)
         self._saver = BackgroundSaver(self.directory) if self.async_save else None
         self._pool = _BufferPool()
+        self._told_no_metric = False
 
     # -- listing ------------------------------------------------------------------------------
     @property
@@ -205,6 +217,7 @@ class CheckpointManager:
         Raises:
             CheckpointWriteError: the step already has a checkpoint (pass ``overwrite=True``),
                 collecting the state failed, or the write failed. Earlier checkpoints are intact.
+            UsageError: ``step`` is not a non-negative int.
 
         Example:
             >>> import torch, torchkeep as tk, tempfile
@@ -219,14 +232,7 @@ class CheckpointManager:
                 f"{self.directory} was opened with read_only=True; open it without read_only to save",
                 path=self.directory,
             )
-        try:
-            if isinstance(step, bool):
-                raise TypeError
-            step = operator.index(step)  # numpy and 0-d integer tensors too
-        except TypeError:
-            raise ValueError(f"step must be a non-negative int, got {step!r}") from None
-        if step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        step = _check_step(step)
         if self._saver is not None:
             self._saver.wait()  # one save in flight; raises the previous save's error
         existing = [e for e in self.entries if e.step == step]
@@ -236,6 +242,8 @@ class CheckpointManager:
                 "it (the old file is removed only after the new one is written), or save a new step",
                 path=existing[-1].path,
             )
+        if self.monitor:
+            self._check_monitored(step, metrics)
         if self._sharded:
             return self._save_sharded(step, epoch, metrics, extra, existing)
         try:
@@ -265,6 +273,21 @@ class CheckpointManager:
         info = _info_from_section(path, section, None)
         info.extra = extra
         return info
+
+    def _check_monitored(self, step: int, metrics: dict[str, Any] | None) -> None:
+        # Without the metric, keep_best cannot rank a checkpoint: the runs then keep only what the
+        # other policies keep, which looks like "best-K deleted my checkpoints". Say so, once.
+        if self._told_no_metric or not self._rank0 or metric_value(metrics or {}, str(self.monitor)) is not None:
+            return
+        self._told_no_metric = True
+        logger.warning(
+            "save(step=%d): metrics has no finite %r (got %s), so keep_best and restore('best') cannot rank this "
+            "checkpoint; pass save(metrics={%r: value})",
+            step,
+            self.monitor,
+            sorted(metrics or {}),
+            self.monitor,
+        )
 
     def _write(
         self,
@@ -299,7 +322,7 @@ class CheckpointManager:
             for old in replaced:
                 if old.name != name:
                     self._delete(old)
-            self._apply_retention()
+            self._apply_retention(written=name)
         info.extra = extra
         logger.debug("saved %s (%d bytes)", path, size)
         return info
@@ -333,22 +356,22 @@ class CheckpointManager:
             for old in existing:
                 if old.path != info.path:
                     self._delete(old)
-            self._apply_retention()
+            self._apply_retention(written=os.path.basename(str(info.path).rstrip("/")))
 
     def _delete(self, entry: CheckpointEntry) -> None:
-        if entry.kind == "sharded":
-            distributed_listing.delete(entry.path)
-            self._cache.pop(entry.name, None)
-            return
         try:
-            self._storage.delete(entry.name)
-        except OSError as exc:  # the save itself succeeded; a leftover file is harmless
+            if entry.kind == "sharded":
+                distributed_listing.delete(entry.path)
+            else:
+                self._storage.delete(entry.name)
+        except OSError as exc:  # the save itself succeeded; a leftover checkpoint is harmless
             logger.warning("retention could not delete %s: %s", entry.path, exc)
             return
         self._cache.pop(entry.name, None)
         logger.debug("retention deleted %s", entry.path)
 
-    def _apply_retention(self) -> None:
+    def _apply_retention(self, *, written: str | None = None) -> None:
+        """Delete what no policy keeps, except the highest step and ``written`` (the file just saved)."""
         if self.policy is None:
             return
         entries = scan(self._storage, self._cache)
@@ -357,7 +380,7 @@ class CheckpointManager:
         mask = self.policy.keep([e.record() for e in entries])
         mask[-1] = True  # never delete the newest checkpoint
         for entry, keep in zip(entries, mask, strict=True):
-            if not keep:
+            if not keep and entry.name != written:
                 self._delete(entry)
 
     # -- restoring ----------------------------------------------------------------------------
@@ -375,6 +398,7 @@ class CheckpointManager:
             CheckpointNotFoundError: no checkpoint for the step asked for (or, for "best", none
                 records the monitored metric).
             CorruptCheckpointError: the step asked for (or every candidate) is corrupt.
+            UsageError: ``which`` is none of the above, or "best" without ``monitor``.
 
         Example:
             >>> import torch, torchkeep as tk, tempfile
@@ -404,7 +428,11 @@ class CheckpointManager:
             candidates = entries[::-1]
         elif which == "best":
             if not self.monitor:
-                raise ValueError("restore('best') needs the manager to be created with monitor=")
+                raise UsageError(
+                    "restore('best') needs the manager to be created with monitor= (the metric that defines "
+                    "'best'), e.g. CheckpointManager(dir, monitor='val_loss', ...); or restore 'latest' or a step",
+                    argument="which",
+                )
             if not entries:
                 return None
             candidates = self._best_first(entries)
@@ -415,7 +443,7 @@ class CheckpointManager:
                     path=self.directory,
                 )
         else:
-            raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}")
+            raise UsageError(f"which must be 'latest', 'best' or a step number, got {which!r}", argument="which")
         if not candidates:
             return None
         skipped: list[str] = []
@@ -481,6 +509,21 @@ class CheckpointManager:
     def __repr__(self) -> str:
         mode = "async" if self.async_save else "sync"
         return f"CheckpointManager({self.directory!r}, {mode}, objects={sorted(self._objects)})"
+
+
+def _check_step(step: Any) -> int:
+    """``step`` as an int (numpy and 0-d integer tensors too), or :class:`UsageError`."""
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        value = operator.index(step)
+    except TypeError:
+        value = -1
+    if value < 0:
+        raise UsageError(
+            f"step must be a non-negative int (e.g. the optimizer step or batch count), got {step!r}", argument="step"
+        )
+    return value
 
 
 def _rank() -> int:

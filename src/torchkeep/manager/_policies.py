@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import UsageError
+
 __all__ = [
     "KeepAny",
     "KeepBestK",
@@ -60,7 +62,7 @@ class Policy(Protocol):
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise UsageError(f"{name} must be a positive int, got {value!r}", argument=name)
     return value
 
 
@@ -117,9 +119,12 @@ class KeepBestK:
     def __post_init__(self) -> None:
         _positive_int("KeepBestK.k", self.k)
         if not isinstance(self.metric, str) or not self.metric:
-            raise ValueError(f"KeepBestK.metric must be a metric name, got {self.metric!r}")
+            raise UsageError(
+                f"KeepBestK.metric must be a metric name such as 'val_loss', got {self.metric!r}",
+                argument="KeepBestK.metric",
+            )
         if self.mode not in ("min", "max"):
-            raise ValueError(f"KeepBestK.mode must be 'min' or 'max', got {self.mode!r}")
+            raise UsageError(f"KeepBestK.mode must be 'min' or 'max', got {self.mode!r}", argument="KeepBestK.mode")
 
     def ranking(self, records: Sequence[Record]) -> list[int]:
         """Indices of records that have the metric, best first."""
@@ -171,10 +176,12 @@ class KeepNewerThan:
     def __post_init__(self) -> None:
         age = self.max_age
         if isinstance(age, bool) or not isinstance(age, (_dt.timedelta, int, float)):
-            raise ValueError(f"KeepNewerThan.max_age must be a timedelta or seconds, got {age!r}")
+            raise UsageError(
+                f"KeepNewerThan.max_age must be a timedelta or seconds, got {age!r}", argument="KeepNewerThan.max_age"
+            )
         seconds = age.total_seconds() if isinstance(age, _dt.timedelta) else float(age)
         if not seconds > 0:
-            raise ValueError(f"KeepNewerThan.max_age must be positive, got {age!r}")
+            raise UsageError(f"KeepNewerThan.max_age must be positive, got {age!r}", argument="KeepNewerThan.max_age")
 
     def keep(self, records: Sequence[Record]) -> list[bool]:
         age = self.max_age if isinstance(self.max_age, _dt.timedelta) else _dt.timedelta(seconds=self.max_age)
@@ -204,6 +211,10 @@ class KeepAny:
         for p in self.policies:
             got = p.keep(records)
             if len(got) != len(records):
-                raise ValueError(f"{type(p).__qualname__}.keep returned {len(got)} flags for {len(records)} records")
+                raise UsageError(
+                    f"{type(p).__qualname__}.keep returned {len(got)} flags for {len(records)} records; a retention "
+                    "policy must return one bool per record",
+                    argument="retention",
+                )
             mask = [a or bool(b) for a, b in zip(mask, got, strict=True)]
         return mask
