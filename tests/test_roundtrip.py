@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 import pytest
@@ -52,6 +52,8 @@ VALUES = {
     "int_keys": {1: "a", 2: "b"},
     "mixed_keys": {None: 1, True: 2, 1.5: 3, (1, "x"): 4, "s": 5},
     "odict": OrderedDict([("z", 1), ("a", 2)]),
+    "counter": Counter({3: 2, 5: 1}),  # MultiStepLR's milestones
+    "dict_like_old_wrapper": {"__counter__": {1: 2}},  # a plain dict stays a plain dict
     "dtype": torch.bfloat16,
     "device": torch.device("cuda", 1),
     "size": torch.Size([2, 3]),

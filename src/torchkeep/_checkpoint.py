@@ -24,7 +24,7 @@ import torch
 from . import _codec, _format
 from ._format import MapLocation
 from ._sampler import ResumableLoader, ResumableSampler
-from ._state_io import aligned, pack, rng_state, set_rng_state, unpack
+from ._state_io import aligned, rng_state, set_rng_state
 from ._storage import atomic_write
 from .errors import (
     CorruptCheckpointError,
@@ -205,7 +205,7 @@ def collect_state(
             if model_entry is None:
                 model_entry = _registry_entry(obj)
         kinds[name] = _kind(obj)
-        tree[name] = pack(obj.state_dict())
+        tree[name] = obj.state_dict()
     if extra is not None:
         tree[EXTRA_KEY] = extra
     if rng:
@@ -441,7 +441,7 @@ def restore_state(
         if name in modules:
             _load_module(name, target, tree[name], info)
         else:
-            _load_object(name, target, unpack(tree[name]), info, strict=strict)
+            _load_object(name, target, tree[name], info, strict=strict)
     info.extra = tree.get(EXTRA_KEY)
     if rng and RNG_KEY in tree:
         set_rng_state(tree[RNG_KEY])

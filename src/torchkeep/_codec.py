@@ -8,6 +8,7 @@ tag        fields
 =========  ==========================================================================
 dict       ``items``: object (all keys str) — or ``keys``/``values``: lists of nodes
 odict      as ``dict``, decodes to ``collections.OrderedDict``
+counter    as ``dict``, decodes to ``collections.Counter`` (e.g. MultiStepLR's milestones)
 tuple      ``items``: list of nodes
 int        ``v``: decimal string (ints outside int64)
 float      ``v``: ``"nan"``, ``"inf"`` or ``"-inf"``
@@ -37,7 +38,7 @@ import base64
 import dataclasses
 import enum
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,6 +83,9 @@ def _name_part(p: Any) -> str:
         return ",".join(_name_part(x) for x in p)
     return str(p)
 
+
+#: Mapping types stored with their exact type, and their tags.
+_MAPPING_TAGS: dict[type, str] = {dict: "dict", OrderedDict: "odict", Counter: "counter"}
 
 class _Encoder:
     def __init__(self) -> None:
@@ -131,7 +135,7 @@ class _Encoder:
             return {"t": "bytes", "v": base64.b64encode(obj).decode("ascii")}
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             return self.dataclass(obj, path)
-        if type(obj) in (dict, OrderedDict):
+        if type(obj) in _MAPPING_TAGS:
             return self.mapping(obj, path)
         if type(obj) is list:
             return self.container(obj, path, lambda items: items)
@@ -150,7 +154,7 @@ class _Encoder:
             return wrap([self.value(v, (*path, i)) for i, v in enumerate(obj)])
 
     def mapping(self, obj: Mapping[Any, Any], path: tuple[Any, ...]) -> Any:
-        tag = "odict" if type(obj) is OrderedDict else "dict"
+        tag = _MAPPING_TAGS[type(obj)]
         with self._guard(obj, path):
             if all(type(k) is str for k in obj):
                 return {"t": tag, "items": {k: self.value(v, (*path, k)) for k, v in obj.items()}}
@@ -342,7 +346,7 @@ def _why_unsupported(obj: Any) -> str:
     kind = type(obj)
     return (
         f"cannot store a value of type {kind.__module__}.{kind.__qualname__}; "
-        "supported are dict, list, tuple, OrderedDict, None, bool, int, float, str, bytes, "
+        "supported are dict, list, tuple, OrderedDict, Counter, None, bool, int, float, str, bytes, "
         "tensors, numpy arrays/scalars, torch.dtype/device/Size, dataclasses and enums"
     )
 

@@ -14,7 +14,7 @@ import enum
 import math
 import re
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -100,8 +100,11 @@ class _LookupFailed(Exception):
     """Carries an exception raised by the tensor lookup through the decoder untouched."""
 
 
+_MAPPING_TYPES: dict[str, type[dict[Any, Any]]] = {"dict": dict, "odict": OrderedDict, "counter": Counter}
+
+
 def _d_dict(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
-    cls: type[dict[Any, Any]] = OrderedDict if node["t"] == "odict" else dict
+    cls: type[dict[Any, Any]] = _MAPPING_TYPES[node["t"]]
     if "items" in node:
         items = node["items"]
         if not isinstance(items, dict):
@@ -289,6 +292,7 @@ def _d_enum(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
 _HANDLERS: dict[str, Callable[[_Decoder, dict[str, Any], int, str], Any]] = {
     "dict": _d_dict,
     "odict": _d_dict,
+    "counter": _d_dict,
     "tuple": _d_tuple,
     "int": _d_int,
     "float": _d_float,

@@ -7,50 +7,17 @@ and checkpoints.
 from __future__ import annotations
 
 import random
-from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["aligned", "pack", "rng_state", "set_rng_state", "unpack"]
+__all__ = ["aligned", "rng_state", "set_rng_state"]
 
 _ALIGNMENT = 64
 
 # -- values torch keeps in state dicts that the codec does not store as such ------------------
-# MultiStepLR keeps its milestones in a collections.Counter, and its get_lr() relies on Counter
-# semantics (missing keys count 0), so a plain dict would break it after a load. Counters are
-# stored as {"__counter__": {...}} and turned back into Counters on restore.
-_COUNTER = "__counter__"
-
-
-def pack(value: Any) -> Any:
-    """A copy of a state tree in which Counters are tagged dicts the codec can store."""
-    if isinstance(value, Counter):
-        return {_COUNTER: {k: pack(v) for k, v in value.items()}}
-    if type(value) in (dict, OrderedDict):
-        return type(value)((k, pack(v)) for k, v in value.items())
-    if type(value) is list:
-        return [pack(v) for v in value]
-    if type(value) is tuple:
-        return tuple(pack(v) for v in value)
-    return value
-
-
-def unpack(value: Any) -> Any:
-    """Undo :func:`pack` on a decoded state tree."""
-    if isinstance(value, dict):
-        if len(value) == 1 and _COUNTER in value and isinstance(value[_COUNTER], dict):
-            return Counter(value[_COUNTER])
-        return type(value)((k, unpack(v)) for k, v in value.items())
-    if type(value) is list:
-        return [unpack(v) for v in value]
-    if type(value) is tuple:
-        return tuple(unpack(v) for v in value)
-    return value
-
-
 def rng_state() -> dict[str, Any]:
     """Python's, NumPy's (global), torch's CPU and every CUDA device's generator states."""
     state: dict[str, Any] = {

@@ -39,7 +39,6 @@ from torch.utils._pytree import tree_map_only
 from .. import _checkpoint, _codec, _format
 from .._checkpoint import CheckpointInfo
 from .._format import MapLocation
-from .._state_io import pack, unpack
 from .._storage import atomic_write
 from ..errors import (
     CheckpointWriteError,
@@ -110,7 +109,7 @@ def _state_dicts(objects: Mapping[str, Any], *, template: bool = False) -> tuple
         elif template:
             state[name] = Opaque(None)  # filled whole by the load
         else:
-            state[name] = Opaque(pack(obj.state_dict()))
+            state[name] = Opaque(obj.state_dict())
     return state, kinds
 
 
@@ -361,7 +360,7 @@ def _apply(objects: Mapping[str, Any], state: Mapping[str, Any], strict: bool, i
         elif isinstance(obj, torch.optim.Optimizer):
             set_optimizer_state_dict(_owner(name, obj, modules), obj, state[name], options=options)
         else:
-            obj.load_state_dict(unpack(state[name]))
+            obj.load_state_dict(state[name])
 
 
 def _rank_tree(reader: ShardReader, rank: int, map_location: MapLocation) -> Any:
