@@ -87,6 +87,7 @@ def _name_part(p: Any) -> str:
 #: Mapping types stored with their exact type, and their tags.
 _MAPPING_TAGS: dict[type, str] = {dict: "dict", OrderedDict: "odict", Counter: "counter"}
 
+
 class _Encoder:
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}

@@ -17,6 +17,7 @@ __all__ = ["aligned", "rng_state", "set_rng_state"]
 
 _ALIGNMENT = 64
 
+
 # -- values torch keeps in state dicts that the codec does not store as such ------------------
 def rng_state() -> dict[str, Any]:
     """Python's, NumPy's (global), torch's CPU and every CUDA device's generator states."""
