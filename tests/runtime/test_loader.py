@@ -199,3 +199,11 @@ def test_cuda_torch_backends(cases: dict[str, Case]) -> None:
         out = predictor(x)
         assert out.device.type == "cpu"  # outputs come back where the inputs were
         torch.testing.assert_close(out, want, rtol=1e-3, atol=1e-4)
+
+
+def test_missing_onnxruntime_names_the_extra(cases: dict[str, Case], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(tk.MissingDependencyError, match=r"pip install 'torchkeep\[onnx\]'"):
+        tk.load_predictor(cases["mlp"].files["onnx"])
+    # An export directory moves on to the next backend instead.
+    assert tk.load_predictor(cases["mlp"].directory).backend != "onnxruntime"
