@@ -11,7 +11,7 @@ Example:
     ['bias', 'weight']
 """
 
-from . import errors
+from . import distributed, errors
 from ._api import load, save
 from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
@@ -37,10 +37,12 @@ from .errors import (
     PredictorError,
     PredictorInputError,
     RegistryError,
+    ServeError,
     StateMismatchError,
     TorchkeepError,
     UnsupportedValueError,
 )
+from .export import ExportReport, export
 from .manager import (
     CheckpointManager,
     KeepAny,
@@ -82,10 +84,15 @@ __all__ = [
     "KeepLastN",
     "KeepNewerThan",
     "list_checkpoints",
+    # multi-process (sharded) checkpoints: the torchkeep.distributed module
+    "distributed",
     # inference runtimes
     "Predictor",
     "TensorSpec",
     "load_predictor",
+    # export for deployment
+    "ExportReport",
+    "export",
     "BenchReport",
     "benchmark",
     # errors
@@ -104,6 +111,7 @@ __all__ = [
     "PredictorError",
     "PredictorInputError",
     "RegistryError",
+    "ServeError",
     "StateMismatchError",
     "TorchkeepError",
     "UnsupportedValueError",

@@ -1,7 +1,8 @@
 """The end-to-end demo behind ``torchkeep demo``: every capability, on a small built-in model.
 
-Each step is a function taking a :class:`DemoContext`; the CLI shows them with progress output.
-Steps are added here as features land, so the demo always shows everything that exists.
+Each step is a function taking a :class:`DemoContext` and adding lines to ``ctx.notes``; the CLI
+shows them with progress output. Steps are added here as features land, so the demo always shows
+everything that exists. Importing this module registers the demo model class.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from . import _api, _checkpoint, _format
+from . import _api, _audit, _checkpoint, _format, _modelfile
+from ._registry import register
 from .errors import CorruptCheckpointError
+from .manager import CheckpointManager, list_checkpoints
 
-__all__ = ["STEPS", "DemoContext", "run_demo", "train_steps"]
+__all__ = ["STEPS", "DemoContext", "DemoMLP", "run_demo", "train_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -36,96 +40,174 @@ class DemoContext:
     kill_at: int = 25
 
     def note(self, line: str) -> None:
+        """Record one line for the user."""
         self.notes.append(line)
 
+    @property
+    def run_dir(self) -> str:
+        """The manager directory of the interrupted-and-resumed run."""
+        return os.path.join(self.workdir, "run")
 
-def _make() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    @property
+    def model_file(self) -> str:
+        """The whole-model file written by the rebuild step."""
+        return os.path.join(self.workdir, "model.safetensors")
+
+
+@register(name="torchkeep-demo-mlp")
+class DemoMLP(torch.nn.Module):
+    """The seed tutorial's MLP (10 → hidden → 1) with dropout, registered so files rebuild it.
+
+    Example:
+        >>> DemoMLP(hidden=8)(torch.zeros(2, 10)).shape
+        torch.Size([2, 1])
+    """
+
+    def __init__(self, in_features: int = 10, hidden: int = 32, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(in_features, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict one value per row of ``x``."""
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+def _make() -> tuple[DemoMLP, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 1))
+    model = DemoMLP()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
     return model, opt, sched
 
 
-def train_steps(workdir: str, start: int, stop: int, *, resume: bool) -> torch.nn.Module:
-    """Train the demo MLP from ``start`` to ``stop``, saving a checkpoint every step.
+def train_steps(run_dir: str, stop: int) -> DemoMLP:
+    """Train the demo MLP up to step ``stop``, resuming from ``run_dir`` and checkpointing every step.
 
-    Dropout and the synthetic batches draw from the global RNG, so a resumed run only matches
-    an uninterrupted one if the checkpoint restores RNG state exactly.
+    Dropout and the synthetic batches draw from the global RNG, so a resumed run only matches an
+    uninterrupted one if the checkpoint restores RNG state exactly.
     """
     model, opt, sched = _make()
-    ckpt = os.path.join(workdir, "train.safetensors")
-    if resume:
-        info = _checkpoint.load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched)
-        start = int(info.step or 0)
-    for step in range(start, stop):
-        x = torch.randn(32, 10)
-        y = x.sum(dim=1, keepdim=True)
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        sched.step()
-        _checkpoint.save_checkpoint(
-            ckpt, model=model, optimizer=opt, scheduler=sched, step=step + 1, metrics={"loss": loss.item()}
-        )
+    with CheckpointManager(
+        run_dir, keep_last=3, keep_best=1, monitor="loss", model=model, optimizer=opt, scheduler=sched
+    ) as mgr:
+        info = mgr.restore()
+        start = int(info.step) if info is not None and info.step is not None else 0
+        for step in range(start, stop):
+            x = torch.randn(32, 10)
+            y = x.sum(dim=1, keepdim=True)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            mgr.save(step=step + 1, epoch=(step + 1) // 10, metrics={"loss": loss.item()})
     return model
 
 
 def step_train_and_resume(ctx: DemoContext) -> None:
-    """Train straight through; then train in a child process that is killed, and resume."""
-    straight_dir = os.path.join(ctx.workdir, "straight")
-    os.makedirs(straight_dir, exist_ok=True)
-    reference = train_steps(straight_dir, 0, ctx.total_steps, resume=False)
+    """Train straight through; then train in a child process that is SIGKILLed, and resume."""
+    reference = train_steps(os.path.join(ctx.workdir, "straight"), ctx.total_steps)
 
-    killed_dir = os.path.join(ctx.workdir, "killed")
-    os.makedirs(killed_dir, exist_ok=True)
-    ckpt = os.path.join(killed_dir, "train.safetensors")
-    code = f"from torchkeep.demo import train_steps; train_steps({killed_dir!r}, 0, {ctx.total_steps}, resume=False)"
+    code = f"from torchkeep.demo import train_steps; train_steps({ctx.run_dir!r}, {ctx.total_steps})"
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if os.path.exists(ckpt) and (_checkpoint.read_info(ckpt).step or 0) >= ctx.kill_at:
+        steps = [e.step or 0 for e in _checkpoint_infos(ctx.run_dir)]
+        if steps and max(steps) >= ctx.kill_at:
             break
         time.sleep(0.01)
     if proc.poll() is not None:
         raise RuntimeError(f"demo training child ended (exit {proc.returncode}) before it could be killed")
-    proc.send_signal(signal.SIGKILL)  # mid-run, possibly mid-save: the file must stay whole
+    proc.send_signal(signal.SIGKILL)  # mid-run, possibly mid-save: no checkpoint may be left half-written
     proc.wait()
-    info = _checkpoint.read_info(ckpt)
-    ctx.note(f"training process SIGKILLed at step {info.step} of {ctx.total_steps}; resuming from its checkpoint")
-    resumed = train_steps(killed_dir, 0, ctx.total_steps, resume=True)
+    newest = max(e.step or 0 for e in _checkpoint_infos(ctx.run_dir))
+    ctx.note(f"training process SIGKILLed at step {newest} of {ctx.total_steps}; a new process resumes from it")
+    resumed = train_steps(ctx.run_dir, ctx.total_steps)
     same = all(
         torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True)
     )
     if not same:
         raise RuntimeError("resumed parameters differ from the uninterrupted run")
     ctx.note(f"resumed run is bit-identical to the uninterrupted run after {ctx.total_steps} steps")
+    kept = _checkpoint_infos(ctx.run_dir)
+    ctx.note(f"retention kept {len(kept)} checkpoints (last 3 + best 1 by loss): steps {[e.step for e in kept]}")
+
+
+def _checkpoint_infos(run_dir: str) -> list[_checkpoint.CheckpointInfo]:
+    """Header info of the readable checkpoints in ``run_dir``, oldest first."""
+    if not os.path.isdir(run_dir):
+        return []
+    return [e.info for e in list_checkpoints(run_dir) if e.info is not None]
 
 
 def step_verify_and_safety(ctx: DemoContext) -> None:
-    """Verify checksums, show that corruption is caught by tensor name, and that nothing unpickles."""
-    path = os.path.join(ctx.workdir, "straight", "train.safetensors")
-    reader = _format.open_file(path)
+    """Verify checksums, show that corruption is caught by tensor name and skipped on restore."""
+    newest = _checkpoint_infos(ctx.run_dir)[-1]
+    assert newest.path is not None
+    reader = _format.open_file(newest.path)
     reader.verify()
-    ctx.note(f"{len(reader.names)} tensors verified (xxh3) in {os.path.basename(path)}")
-    bad = os.path.join(ctx.workdir, "corrupt.safetensors")
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    data[-3] ^= 0x01
-    with open(bad, "wb") as f:
-        f.write(data)
+    ctx.note(f"{len(reader.names)} tensors verified (xxh3) in {os.path.basename(newest.path)}")
+    with open(newest.path, "r+b") as f:  # flip one bit of the last tensor byte
+        f.seek(-1, os.SEEK_END)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([byte ^ 0x01]))
     try:
-        _api.load(bad)
+        _api.load(newest.path)
     except CorruptCheckpointError as exc:
-        ctx.note(f"a flipped bit is caught: {str(exc).split(': ', 1)[-1][:100]}")
+        ctx.note(f"a flipped bit is caught: {str(exc).split(': ', 1)[-1][:90]}...")
     else:  # pragma: no cover - would be a bug
         raise RuntimeError("corruption was not detected")
+    model, opt, sched = _make()
+    manager_log = logging.getLogger("torchkeep.manager")
+    level = manager_log.level
+    manager_log.setLevel(logging.ERROR)  # the warning is shown below as a note, not as a log line
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with CheckpointManager(ctx.run_dir, model=model, optimizer=opt, scheduler=sched) as mgr:
+                info = mgr.restore()
+    finally:
+        manager_log.setLevel(level)
+    assert info is not None
+    ctx.note(f"restore() skipped the corrupt step {newest.step} ({len(caught)} warning) and used step {info.step}")
+
+
+def step_rebuild_model(ctx: DemoContext) -> None:
+    """Save a registered model; rebuild it in a fresh process with no constructor code; audit a trap."""
+    model = DemoMLP(hidden=32).eval()
+    _modelfile.save_model(model, ctx.model_file)
+    code = (
+        "import torch, torchkeep as tk; "
+        f"m = tk.load_model({ctx.model_file!r}, import_module=True); "
+        "torch.manual_seed(1); x = torch.randn(4, 10); print(repr(m(x).sum().item()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    torch.manual_seed(1)
+    expected = repr(model(torch.randn(4, 10)).sum().item())
+    if out != expected:
+        raise RuntimeError(f"rebuilt model disagrees: {out} != {expected}")
+    ctx.note(
+        f"a fresh process rebuilt {type(model).__name__} from {os.path.basename(ctx.model_file)} with identical outputs"
+    )
+
+    class Trap(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+            self.scale = torch.ones(4)  # the register_buffer trap: not in state_dict()
+
+    findings = _audit.audit(Trap())
+    ctx.note(f"audit caught {len(findings)} trap(s): {findings[0].path} — {findings[0].fix[:70]}")
 
 
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
-    ("train, kill, resume bit-exactly", step_train_and_resume),
-    ("verify checksums and catch corruption", step_verify_and_safety),
+    ("train with CheckpointManager, SIGKILL, resume bit-exactly", step_train_and_resume),
+    ("verify checksums; a corrupt checkpoint is caught and skipped", step_verify_and_safety),
+    ("rebuild a registered model from its file; audit the register_buffer trap", step_rebuild_model),
 ]
 
 

@@ -23,6 +23,7 @@ TorchkeepError
 ├── PredictorError               (RuntimeError)        a runtime could not load or run an artifact
 │   └── PredictorInputError      (ValueError)          inputs do not match the predictor's specs
 ├── DistributedCheckpointError   (RuntimeError)        sharded (multi-process) checkpoint problems
+├── ServeError                   (ValueError)          the server cannot start: a bad option or target
 └── MissingDependencyError       (ImportError)         an optional extra is not installed
 ```
 """
@@ -47,6 +48,7 @@ __all__ = [
     "PredictorError",
     "PredictorInputError",
     "RegistryError",
+    "ServeError",
     "StateMismatchError",
     "TorchkeepError",
     "UnsupportedValueError",
@@ -210,6 +212,14 @@ class PredictorInputError(PredictorError, ValueError):
 
 class DistributedCheckpointError(TorchkeepError, RuntimeError):
     """A sharded checkpoint is incomplete, inconsistent, or used in the wrong process group."""
+
+
+class ServeError(TorchkeepError, ValueError):
+    """``torchkeep serve`` cannot start: an option is out of range or the target cannot be served."""
+
+    def __init__(self, message: str, *, option: str = "") -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class MissingDependencyError(TorchkeepError, ImportError):

@@ -1,0 +1,445 @@
+"""The FastAPI app: ``create_app(target_or_predictor, options=...)``.
+
+Routes (SPEC §5): ``POST /predict`` (tutorial-compatible), ``POST /v1/predict`` (JSON batches or
+an ``application/x-npy`` body), ``GET /healthz``, ``GET /readyz``, ``GET /v1/metadata``,
+``GET /metrics``, OpenAPI at ``/docs``.
+
+The two predict routes are the hot path. They are answered by a small pure-ASGI layer in front
+of FastAPI's router (same app, same docs): it reads the body with a hard size limit, parses
+it with :mod:`json` (no pydantic model per request), queues the arrays for the batcher and
+writes the JSON answer itself. FastAPI's routes for them exist for the OpenAPI schema and call
+the same code, so behaviour is identical either way.
+
+No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations
+at runtime, and those name classes imported inside :func:`create_app` (fastapi is optional).
+"""
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from .. import _version
+from ..errors import missing_dependency
+from ..runtime._base import Predictor
+from ._batching import Batcher, ModelSlot
+from ._inputs import Reject, describe_inputs, outputs_to_json, parse_npy, predict_request, v1_request
+from ._loading import import_modules, load_kwargs, load_slot, warm_up
+from ._metrics import Metrics
+from ._options import ServeOptions
+from ._reload import Watcher
+
+__all__ = ["Server", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+_ROUTES = {"/predict", "/v1/predict", "/healthz", "/readyz", "/v1/metadata", "/metrics", "/docs", "/openapi.json"}
+
+
+def _error_body(type_: str, message: str, **extra: Any) -> bytes:
+    return json.dumps({"error": {"type": type_, "message": message, **extra}}).encode()
+
+
+class Server:
+    """Everything one serving process holds: the model slot, batcher, metrics, options, watcher.
+
+    Example:
+        >>> server = Server(slot, ServeOptions())  # doctest: +SKIP
+        >>> status, headers, body = await server.predict("/predict", b'{"values": [1, 2]}', "application/json")  # doctest: +SKIP
+    """
+
+    def __init__(self, slot: ModelSlot, options: ServeOptions) -> None:
+        self.slot = slot
+        self.options = options
+        self.metrics = Metrics(queue_depth=lambda: self.batcher.depth)
+        self.batcher = Batcher(
+            lambda: self.slot,
+            max_batch_size=options.max_batch_size,
+            max_wait_ms=options.max_wait_ms,
+            max_queue=options.max_queue,
+            metrics=self.metrics,
+        )
+        self.ready = False
+        self.watcher: Watcher | None = None
+        if options.watch is not None:
+            self.watcher = Watcher(
+                options.watch,
+                get_slot=lambda: self.slot,
+                set_slot=self._swap,
+                load_kwargs=load_kwargs(options),
+                poll_s=options.poll_s,
+                metrics=self.metrics,
+            )
+
+    def _swap(self, slot: ModelSlot) -> None:
+        # One attribute store: the batcher reads self.slot once per batch.
+        self.slot = slot
+
+    async def start(self) -> None:
+        """Warm the model up (off the event loop), start the batcher and the watcher; then ready."""
+        if self.options.threads:
+            import torch
+
+            torch.set_num_threads(self.options.threads)
+        if self.options.warmup:
+            await asyncio.to_thread(warm_up, self.slot.predictor, (1, self.options.max_batch_size))
+        self.batcher.start()
+        if self.watcher is not None:
+            self.watcher.start()
+        self.ready = True
+        logger.info("serving %s (backend %s)", self.slot.version, self.slot.predictor.backend)
+
+    async def stop(self) -> None:
+        """Stop accepting work; the running batch finishes."""
+        self.ready = False
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop)
+        await asyncio.to_thread(self.batcher.stop)
+
+    async def predict(
+        self, route: str, body: bytes, content_type: str | None, accept: str | None = None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Answer one predict request: ``(status, headers, body)``. Never raises."""
+        try:
+            return await self._predict(route, body, content_type, accept)
+        except Reject as rej:
+            headers = [_JSON, *((k.lower().encode(), v.encode()) for k, v in rej.headers.items())]
+            return rej.status, headers, _error_body(rej.type, rej.message)
+        except Exception as exc:
+            request_id = uuid.uuid4().hex[:16]
+            logger.error("request %s: the model failed: %s: %s", request_id, type(exc).__name__, exc, exc_info=exc)
+            msg = f"the model failed on this request ({type(exc).__name__}); quote request id {request_id} to the operator"
+            return (
+                500,
+                [_JSON, (b"x-request-id", request_id.encode())],
+                _error_body("internal", msg, request_id=request_id),
+            )
+
+    async def _predict(
+        self, route: str, body: bytes, content_type: str | None, accept: str | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        slot = self.slot
+        specs = slot.predictor.inputs
+        ctype = (content_type or "application/json").split(";", 1)[0].strip().lower()
+        allow = self.options.allow_non_finite
+        if ctype in ("application/json", "text/json", ""):
+            arrays = (
+                predict_request(body, specs, allow_non_finite=allow)
+                if route == "/predict"
+                else v1_request(body, specs, allow_non_finite=allow)
+            )
+        elif ctype == "application/x-npy" and route == "/v1/predict":
+            arrays = parse_npy(body, specs, allow_non_finite=allow)
+        else:
+            accepted = "application/json" + (" or application/x-npy" if route == "/v1/predict" else "")
+            raise Reject(415, "unsupported_media_type", f"Content-Type {ctype!r} is not accepted; send {accepted}")
+        if not self.ready:
+            raise Reject(
+                503, "not_ready", "the model is still warming up; retry after /readyz answers 200", {"Retry-After": "1"}
+            )
+        outputs = await self._infer(arrays)
+        served = self.slot if self.slot.predictor is slot.predictor else slot
+        names = served.predictor.outputs
+        if accept is not None and "application/x-npy" in accept and route == "/v1/predict" and len(outputs) == 1:
+            buf = io.BytesIO()
+            np.save(buf, outputs[0], allow_pickle=False)
+            version = served.version.encode("latin-1", "replace")
+            return 200, [(b"content-type", b"application/x-npy"), (b"x-model-version", version)], buf.getvalue()
+        if route == "/predict":
+            named = outputs_to_json(outputs, names)
+            payload: Any = {"prediction": next(iter(named.values())) if len(named) == 1 else named}
+        else:
+            payload = {
+                "outputs": outputs_to_json(outputs, names),
+                "model": {"version": served.version, "backend": served.predictor.backend},
+            }
+        return 200, [_JSON], json.dumps(payload).encode()
+
+    async def _infer(self, arrays: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+        loop = asyncio.get_running_loop()
+        timeout_ms = self.options.timeout_ms
+        n, limit = int(arrays[0].shape[0]), self.options.max_batch_size
+        if n <= limit:
+            fut = self.batcher.submit(arrays)
+            timer = loop.call_later(timeout_ms / 1000.0, _expire, fut, timeout_ms)
+            try:
+                return await fut
+            finally:
+                timer.cancel()
+        # A batch larger than --max-batch-size runs as several model calls, never one oversized one.
+        futs: list[asyncio.Future[list[np.ndarray[Any, Any]]]] = []
+        try:
+            for start in range(0, n, limit):
+                futs.append(self.batcher.submit([a[start : start + limit] for a in arrays]))
+        except Reject:
+            for f in futs:
+                f.cancel()  # queued chunks of a refused request are skipped, not run
+            raise
+        timers = [loop.call_later(timeout_ms / 1000.0, _expire, f, timeout_ms) for f in futs]
+        try:
+            parts = await asyncio.gather(*futs)
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
+        finally:
+            for t in timers:
+                t.cancel()
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+    def metadata(self) -> dict[str, Any]:
+        """The /v1/metadata answer."""
+        slot = self.slot
+        o = self.options
+        return {
+            "model": slot.describe(),
+            "inputs": [s.to_json() for s in slot.predictor.inputs],
+            "outputs": [s.to_json() for s in slot.predictor.outputs],
+            "input_help": describe_inputs(slot.predictor.inputs),
+            "ready": self.ready,
+            "batching": {"max_batch_size": o.max_batch_size, "max_wait_ms": o.max_wait_ms, "max_queue": o.max_queue},
+            "limits": {
+                "timeout_ms": o.timeout_ms,
+                "max_body_bytes": o.max_body_bytes,
+                "allow_non_finite": o.allow_non_finite,
+            },
+            "watch": o.watch,
+            "refused_versions": dict(self.watcher.refused) if self.watcher else {},
+            "torchkeep": _version.__version__,
+        }
+
+
+def _expire(fut: asyncio.Future[Any], timeout_ms: float) -> None:
+    if not fut.done():
+        fut.set_exception(
+            Reject(
+                504,
+                "timeout",
+                f"no answer within {timeout_ms:g} ms (--timeout-ms); the server is overloaded, retry later",
+            )
+        )
+
+
+class _FastPath:
+    """Pure-ASGI layer: answers the predict routes directly and times every request for /metrics."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], server: Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        t0 = time.perf_counter()
+        route = path if path in _ROUTES else "other"
+        if scope["method"] == "POST" and (path == "/predict" or path == "/v1/predict"):
+            status = await self._predict(scope, receive, send, path)
+        else:
+            box = [500]
+
+            async def send_wrapper(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    box[0] = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, send_wrapper)
+            status = box[0]
+        self.server.metrics.observe_request(route, status, time.perf_counter() - t0)
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
+        limit = self.server.options.max_body_bytes
+        content_type = accept = None
+        declared = -1
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"accept":
+                accept = value.decode("latin-1")
+            elif key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+        if declared > limit:
+            return await _respond(send, 413, [_JSON, (b"connection", b"close")], _too_large(declared, limit))
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return 499
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                # Stop reading: the rest of the body is never buffered.
+                return await _respond(send, 413, [_JSON, (b"connection", b"close")], _too_large(size, limit))
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        status, headers, payload = await self.server.predict(path, body, content_type, accept)
+        return await _respond(send, status, headers, payload)
+
+
+def _too_large(size: int, limit: int) -> bytes:
+    return _error_body(
+        "payload_too_large",
+        f"the body has at least {size} bytes; the limit is {limit} (--max-body-bytes); send smaller batches",
+    )
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+_PREDICT_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"values": {"type": "array", "items": {}}},
+                    "required": ["values"],
+                },
+                "example": {"values": [0.1, 0.2, 0.3]},
+            }
+        },
+    }
+}
+_V1_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"inputs": {"oneOf": [{"type": "object"}, {"type": "array"}]}},
+                    "required": ["inputs"],
+                },
+                "example": {"inputs": {"x": [[0.1, 0.2, 0.3]]}},
+            },
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def create_app(target: str | Predictor, *, options: ServeOptions | None = None) -> Any:
+    """Build the FastAPI app serving ``target`` (a path, or a Predictor already loaded).
+
+    The model is loaded here (errors surface at once); warm-up, the batcher and the watcher
+    start with the app's lifespan, and /readyz answers 200 only after warm-up.
+
+    Args:
+        target: a model file, a checkpoint directory (its newest checkpoint), an export
+            directory (backend: the fastest in its benchmark), a single artifact, or any
+            object satisfying :class:`torchkeep.runtime.Predictor`.
+        options: batching, limits and reload settings.
+
+    Example:
+        >>> import uvicorn  # doctest: +SKIP
+        >>> app = create_app("export/", options=ServeOptions(max_batch_size=32))  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse, PlainTextResponse, Response
+        from starlette.exceptions import HTTPException as StarletteHTTPException
+    except ImportError:
+        raise missing_dependency("fastapi", "serve", "torchkeep serve") from None
+
+    opts = options if options is not None else ServeOptions()
+    import_modules(opts.imports)
+    if isinstance(target, Predictor):
+        slot = ModelSlot(predictor=target, version="in-process", source=type(target).__name__)
+    else:
+        slot = load_slot(str(target), **load_kwargs(opts))
+    server = Server(slot, opts)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPI(
+        title="torchkeep serve",
+        version=_version.__version__,
+        description="Dynamic-batching inference server. Input specs: GET /v1/metadata.",
+        lifespan=lifespan,
+    )
+    app.state.server = server
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": {"type": kind, "message": str(exc.detail)}}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    async def _route(request: Request) -> Response:
+        body = await request.body()
+        status, headers, payload = await server.predict(
+            request.url.path, body, request.headers.get("content-type"), request.headers.get("accept")
+        )
+        extra = {k.decode(): v.decode() for k, v in headers if k != b"content-type"}
+        media = dict(headers).get(b"content-type", b"application/json").decode()
+        return Response(payload, status_code=status, media_type=media, headers=extra)
+
+    app.add_api_route(
+        "/predict",
+        _route,
+        methods=["POST"],
+        summary="Predict one example (tutorial-compatible)",
+        openapi_extra=_PREDICT_DOC,
+    )
+    app.add_api_route(
+        "/v1/predict", _route, methods=["POST"], summary="Predict a batch (JSON or .npy)", openapi_extra=_V1_DOC
+    )
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: model loaded and warmed up")
+    async def readyz() -> JSONResponse:
+        if server.ready:
+            return JSONResponse({"status": "ready", "version": server.slot.version})
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/v1/metadata", summary="Input/output specs, backend and the version being served")
+    async def metadata() -> dict[str, Any]:
+        return server.metadata()
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.add_middleware(_FastPath, server=server)
+    return app

@@ -1,0 +1,273 @@
+"""Dynamic batching: requests queue up and run together in one model call, off the event loop.
+
+One worker thread owns the model. It takes the oldest request, then keeps taking requests whose
+inputs have the same per-example shapes until the batch holds ``max_batch_size`` examples or
+``max_wait_ms`` has passed since it started waiting; while the model runs, new requests queue,
+so under load batches fill without waiting at all. The queue is bounded: a full queue is
+refused at once (HTTP 503 + Retry-After) instead of letting latency grow without limit.
+
+The model is read from a :class:`ModelSlot` at the start of each batch, so a hot reload swaps
+the slot and the batch already running finishes on the old model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import PredictorError
+from ..runtime._base import Predictor, TensorSpec
+from ._inputs import Reject
+from ._metrics import Metrics
+
+__all__ = ["Batcher", "ModelSlot", "normalize_outputs", "run_predictor"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSlot:
+    """The model being served and what /v1/metadata says about it.
+
+    Example:
+        >>> slot = ModelSlot(predictor=None, version="v1")  # doctest: +SKIP
+    """
+
+    predictor: Predictor
+    version: str
+    source: str = ""
+    loaded_at: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The ``model`` object of /v1/predict and /v1/metadata answers."""
+        return {
+            "version": self.version,
+            "backend": self.predictor.backend,
+            "device": self.predictor.device,
+            "source": self.source,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            **self.extra,
+        }
+
+
+def normalize_outputs(raw: Any, specs: Sequence[TensorSpec]) -> list[np.ndarray[Any, Any]]:
+    """A predictor's tensor / tuple / dict output as numpy arrays in ``specs`` order."""
+    if isinstance(raw, dict):
+        items = [raw[s.name] for s in specs] if all(s.name in raw for s in specs) else list(raw.values())
+    elif isinstance(raw, (tuple, list)):
+        items = list(raw)
+    else:
+        items = [raw]
+    out = []
+    for item in items:
+        if isinstance(item, np.ndarray):
+            out.append(item)
+        elif hasattr(item, "detach"):
+            t = item.detach().cpu()
+            if str(t.dtype) == "torch.bfloat16":
+                t = t.float()  # numpy has no bfloat16
+            out.append(t.numpy())
+        else:
+            out.append(np.asarray(item))
+    return out
+
+
+def run_predictor(predictor: Predictor, arrays: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+    """Call a predictor positionally on numpy batches; outputs as numpy arrays."""
+    return normalize_outputs(predictor(*arrays), predictor.outputs)
+
+
+class _Item:
+    __slots__ = ("arrays", "future", "key", "loop", "n")
+
+    def __init__(
+        self, arrays: list[np.ndarray[Any, Any]], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.arrays = arrays
+        self.n = int(arrays[0].shape[0])
+        self.key = tuple(a.shape[1:] for a in arrays)
+        self.future = future
+        self.loop = loop
+
+
+def _deliver(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in results:
+        if fut.done():  # timed out and abandoned by its request
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+class Batcher:
+    """Queue + one inference thread. :meth:`submit` is called on the event loop.
+
+    Example:
+        >>> batcher = Batcher(slot, max_batch_size=32, max_wait_ms=2, max_queue=1024)  # doctest: +SKIP
+        >>> outputs = await batcher.submit([np.ones((1, 10), np.float32)])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        slot_getter: Callable[[], ModelSlot],
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._slot_getter = slot_getter
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the model (not counting the batch that is running)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the inference thread (idempotent)."""
+        with self._cond:
+            if self._running:
+                return
+            self._running = True
+        self._thread = threading.Thread(target=self._loop, name="torchkeep-serve-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the running batch; requests still queued fail with 503."""
+        with self._cond:
+            self._running = False
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for item in pending:
+            err = Reject(503, "shutting_down", "the server is shutting down; retry on another replica")
+            item.loop.call_soon_threadsafe(_deliver, [(item.future, False, err)])
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, arrays: list[np.ndarray[Any, Any]]) -> asyncio.Future[list[np.ndarray[Any, Any]]]:
+        """Queue one request's input batches; the future resolves to its output arrays."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[np.ndarray[Any, Any]]] = loop.create_future()
+        item = _Item(arrays, fut, loop)
+        with self._cond:
+            if not self._running:
+                raise Reject(
+                    503,
+                    "not_ready",
+                    "the model is not loaded yet; retry after /readyz answers 200",
+                    {"Retry-After": "1"},
+                )
+            if len(self._queue) >= self.max_queue:
+                raise Reject(
+                    503,
+                    "queue_full",
+                    f"{len(self._queue)} requests are already waiting (--max-queue {self.max_queue}); retry shortly",
+                    {"Retry-After": "1"},
+                )
+            self._queue.append(item)
+            self._cond.notify()
+        return fut
+
+    def _next_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while self._running:
+                # A request that timed out or whose client went away is skipped, not run.
+                while self._queue and self._queue[0].future.done():
+                    self._queue.popleft()
+                if self._queue:
+                    break
+                self._cond.wait()
+            if not self._running:
+                return None
+            first = self._queue.popleft()
+            batch, n = [first], first.n
+            deadline = time.monotonic() + self.max_wait_s
+            while n < self.max_batch_size:
+                if self._queue:
+                    head = self._queue[0]
+                    if head.future.done():
+                        self._queue.popleft()
+                        continue
+                    if head.key != first.key or n + head.n > self.max_batch_size:
+                        break
+                    batch.append(self._queue.popleft())
+                    n += head.n
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._running:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._run(batch)
+            except BaseException:  # never let the inference thread die: log, fail the batch
+                logger.exception("batch of %d requests failed outside the model", len(batch))
+
+    def _run(self, batch: list[_Item]) -> None:
+        slot = self._slot_getter()
+        predictor = slot.predictor
+        t0 = time.perf_counter()
+        try:
+            if len(batch) == 1:
+                outputs = run_predictor(predictor, batch[0].arrays)
+            else:
+                joined = [np.concatenate([it.arrays[i] for it in batch]) for i in range(len(batch[0].arrays))]
+                outputs = run_predictor(predictor, joined)
+            total = sum(it.n for it in batch)
+            for o in outputs:
+                if o.ndim == 0 or o.shape[0] != total:
+                    raise PredictorError(
+                        f"the model returned an output of shape {list(o.shape)} for a batch of {total}; "
+                        "outputs must keep the batch dimension first"
+                    )
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad request must not fail its neighbours: retry each alone.
+                for it in batch:
+                    self._run([it])
+                return
+            self._finish(batch, [(batch[0].future, False, exc)])
+            return
+        if self.metrics is not None:
+            self.metrics.observe_batch(sum(it.n for it in batch), time.perf_counter() - t0)
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        start = 0
+        for it in batch:
+            stop = start + it.n
+            results.append((it.future, True, [o[start:stop] for o in outputs] if len(batch) > 1 else outputs))
+            start = stop
+        self._finish(batch, results)
+
+    @staticmethod
+    def _finish(batch: list[_Item], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+        loop = batch[0].loop
+        if all(it.loop is loop for it in batch):
+            loop.call_soon_threadsafe(_deliver, results)
+        else:  # pragma: no cover - one app serves from one loop
+            for it, res in zip(batch, results, strict=True):
+                it.loop.call_soon_threadsafe(_deliver, [res])
