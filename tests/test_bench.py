@@ -203,3 +203,11 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    report = tk.benchmark(_mlp(), example_inputs=[torch.zeros(1, 10)], batch_sizes=(1,), **TINY)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(tk.MissingDependencyError, match=r"torchkeep\[bench\]"):
+        report.plot(tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

@@ -85,6 +85,35 @@ def test_directory_uses_recorded_benchmark(cases: dict[str, Case], tmp_path: Pat
     assert backend_order(manifest, "cuda:0", 1)[0] == "tensorrt"  # a CPU benchmark says nothing about CUDA
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        {"device": "cpu", "results": 7},
+        {"device": "cpu", "results": [1, "x", {"backend": ["pt2"], "batch_size": [1], "p50_ms": "fast"}]},
+        {"device": "cpu", "results": [{"backend": "pt2", "batch_size": 1, "p50_ms": -1}], "fastest": [1]},
+        "not an object",
+    ],
+)
+def test_garbage_benchmark_section_falls_back(cases: dict[str, Case], tmp_path: Path, garbage: object) -> None:
+    directory = tmp_path / "export"
+    shutil.copytree(cases["mlp"].directory, directory)
+    manifest = read_manifest(directory)
+    manifest["benchmark"] = garbage
+    write_manifest(directory, manifest)
+    assert tk.load_predictor(directory).backend == "onnxruntime"
+    assert tk.load_predictor(directory, batch_size=1).backend == "onnxruntime"
+
+
+def test_every_backend_satisfies_the_protocol(cases: dict[str, Case]) -> None:
+    case = cases["twoheads"]
+    for path in case.files.values():
+        predictor = tk.load_predictor(path)
+        assert isinstance(predictor, tk.Predictor)
+        assert predictor.device == "cpu"
+        assert [s.name for s in predictor.inputs] == ["x", "scale"]
+    assert isinstance(tk.load_predictor(case.model), tk.Predictor)
+
+
 def test_directory_skips_a_broken_artifact(
     cases: dict[str, Case], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -170,3 +199,11 @@ def test_cuda_torch_backends(cases: dict[str, Case]) -> None:
         out = predictor(x)
         assert out.device.type == "cpu"  # outputs come back where the inputs were
         torch.testing.assert_close(out, want, rtol=1e-3, atol=1e-4)
+
+
+def test_missing_onnxruntime_names_the_extra(cases: dict[str, Case], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(tk.MissingDependencyError, match=r"pip install 'torchkeep\[onnx\]'"):
+        tk.load_predictor(cases["mlp"].files["onnx"])
+    # An export directory moves on to the next backend instead.
+    assert tk.load_predictor(cases["mlp"].directory).backend != "onnxruntime"

@@ -118,7 +118,17 @@ def backend_order(manifest: dict[str, Any], device: str, batch_size: int | None 
     bench = manifest.get("benchmark")
     if not isinstance(bench, dict) or str(bench.get("device", "cpu")).split(":")[0] != device.split(":")[0]:
         return fixed
-    results = [r for r in bench.get("results", []) if isinstance(r, dict) and isinstance(r.get("p50_ms"), int | float)]
+    raw = bench.get("results")
+    # export.json is hostile input: keep only well-formed rows.
+    results = [
+        r
+        for r in (raw if isinstance(raw, list) else [])
+        if isinstance(r, dict)
+        and isinstance(r.get("p50_ms"), int | float)
+        and r["p50_ms"] >= 0
+        and isinstance(r.get("batch_size"), int)
+        and isinstance(r.get("backend"), str)
+    ]
     if batch_size is not None:
         measured = sorted((r for r in results if r.get("batch_size") == batch_size), key=lambda r: float(r["p50_ms"]))
         if measured:

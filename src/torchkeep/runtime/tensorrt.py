@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import torch
@@ -100,9 +101,15 @@ class TensorRTPredictor(BasePredictor):
         self._in = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._out = [n for n in names if engine.get_tensor_mode(n) != trt.TensorIOMode.INPUT]
         self._runtime: Any = None  # the engine must not outlive its runtime
+        # One execution context holds per-call shapes and addresses: one call at a time.
+        self._lock = threading.Lock()
         self._dtypes = {n: _torch_dtype(trt, engine.get_tensor_dtype(n)) for n in names}
 
     def _run(self, bound: Bound) -> Any:
+        with self._lock:
+            return self._run_locked(bound)
+
+    def _run_locked(self, bound: Bound) -> Any:
         names = bound.names if bound.names is not None and set(bound.names) == set(self._in) else self._in
         if len(bound.tensors) != len(self._in):
             from ..errors import PredictorInputError
