@@ -18,7 +18,14 @@ def _same(a: object, b: object) -> bool:
         return False
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor)
-        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8) if a.numel() and a.dtype.itemsize == 1 else a, b.view(torch.uint8) if b.numel() and b.dtype.itemsize == 1 else b)
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(
+                a.view(torch.uint8) if a.numel() and a.dtype.itemsize == 1 else a,
+                b.view(torch.uint8) if b.numel() and b.dtype.itemsize == 1 else b,
+            )
+        )
     if isinstance(a, np.ndarray):
         assert isinstance(b, np.ndarray)
         return a.dtype == b.dtype and np.array_equal(a, b)
@@ -61,10 +68,27 @@ def test_plain_values_roundtrip(tmp_path, key: str) -> None:
 
 
 DTYPES = [
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16, torch.int32,
-    torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.bool, torch.complex64,
-    torch.complex128, torch.complex32, torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz,
-    torch.float8_e5m2fnuz, torch.float8_e8m0fnu,
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.bool,
+    torch.complex64,
+    torch.complex128,
+    torch.complex32,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+    torch.float8_e8m0fnu,
 ]
 
 
@@ -83,7 +107,15 @@ def test_every_dtype_and_shape(tmp_path, dtype: torch.dtype, shape: tuple[int, .
 def test_views_parameters_and_tied_weights(tmp_path) -> None:
     w = torch.randn(4, 5)
     p = torch.nn.Parameter(torch.randn(3))
-    obj = {"a": w, "b": w, "t": w.T, "row": w[1], "p": p, "g": torch.ones(2, requires_grad=True), "nc": torch.randn(6, 4)[:, ::2]}
+    obj = {
+        "a": w,
+        "b": w,
+        "t": w.T,
+        "row": w[1],
+        "p": p,
+        "g": torch.ones(2, requires_grad=True),
+        "nc": torch.randn(6, 4)[:, ::2],
+    }
     path = tmp_path / "v.safetensors"
     tk.save(obj, path)
     out = tk.load(path)

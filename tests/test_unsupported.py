@@ -11,7 +11,11 @@ import torchkeep as tk
 @pytest.mark.parametrize(
     ("obj", "where", "what"),
     [
-        ({"optimizer": {"param_groups": [{"lr_lambda": lambda e: e}]}}, "['optimizer']['param_groups'][0]['lr_lambda']", "function"),
+        (
+            {"optimizer": {"param_groups": [{"lr_lambda": lambda e: e}]}},
+            "['optimizer']['param_groups'][0]['lr_lambda']",
+            "function",
+        ),
         ({"m": torch.nn.Linear(1, 1)}, "['m']", "whole module"),
         ({"s": {1, 2}}, "['s']", "set"),
         ({"k": {object(): 1}}, "['k']", "dict key"),

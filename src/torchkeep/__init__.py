@@ -11,7 +11,7 @@ Example:
     ['bias', 'weight']
 """
 
-from . import errors
+from . import distributed, errors
 from ._api import load, save
 from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
@@ -20,6 +20,7 @@ from ._registry import migration, model_entry, register
 from ._sampler import ResumableLoader, ResumableSampler
 from ._stateful import upgrade_state
 from ._version import __version__
+from .bench import BenchReport, benchmark
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -41,6 +42,7 @@ from .errors import (
     TorchkeepError,
     UnsupportedValueError,
 )
+from .export import ExportReport, export
 from .manager import (
     CheckpointManager,
     KeepAny,
@@ -82,10 +84,17 @@ __all__ = [
     "KeepLastN",
     "KeepNewerThan",
     "list_checkpoints",
+    # multi-process (sharded) checkpoints: the torchkeep.distributed module
+    "distributed",
     # inference runtimes
     "Predictor",
     "TensorSpec",
     "load_predictor",
+    # export for deployment
+    "ExportReport",
+    "export",
+    "BenchReport",
+    "benchmark",
     # errors
     "CheckpointLockedError",
     "CheckpointNotFoundError",

@@ -66,6 +66,12 @@ def load(
         >>> tk.load(path, map_location="cpu")["w"].tolist()
         [0, 1, 2]
     """
+    from . import distributed
+
+    if os.path.isdir(
+        path
+    ):  # a sharded checkpoint (directory) or an error saying what it is  # a sharded checkpoint directory: the full state
+        return distributed.load_full(path, map_location=map_location, verify=verify)
     reader = _format.open_file(path, mmap=mmap)
     if verify:
         reader.verify()

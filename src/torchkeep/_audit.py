@@ -41,12 +41,13 @@ from torch import nn
 
 from .errors import ModelNotRegisteredError
 
-__all__ = ["Finding", "RoundtripResult", "audit", "verify_roundtrip"]
+__all__ = ["Finding", "RoundtripResult", "audit", "holds_unsaved_tensors", "verify_roundtrip"]
 
 logger = logging.getLogger(__name__)
 
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {"_torchkeep_record"}
 _MAX_DEPTH = 6
+_LAZY = (torch.nn.parameter.UninitializedParameter, torch.nn.parameter.UninitializedBuffer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +85,32 @@ def _describe(t: torch.Tensor) -> str:
     return f"{kind} {str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
 
 
-def _storage_key(t: torch.Tensor) -> tuple[str, int] | None:
+def _storage_key(t: Any) -> tuple[str, int] | None:
+    if not isinstance(t, torch.Tensor) or isinstance(t, _LAZY):
+        return None
     if t.numel() == 0 or t.device.type == "meta":
         return None
     return (str(t.device), t.untyped_storage().data_ptr())
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(
+        t.numel() for t in module.state_dict().values() if isinstance(t, torch.Tensor) and not isinstance(t, _LAZY)
+    )
+
+
+def _derived_attributes(module: nn.Module) -> set[str]:
+    """Attributes that a forward pre-hook recomputes from saved parameters (old-style
+    ``spectral_norm`` / ``weight_norm`` keep ``weight`` as a plain tensor derived from
+    ``weight_orig`` / ``weight_g`` + ``weight_v``)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return {
+        hook.name
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, (SpectralNorm, WeightNorm)) and isinstance(hook.name, str)
+    }
 
 
 class _Walker:
@@ -154,7 +177,7 @@ class _Walker:
                 self.container(sub_path, v, depth + 1)
 
     def _module(self, path: str, module: nn.Module, *, container: str) -> None:
-        n = sum(t.numel() for t in module.state_dict().values() if isinstance(t, torch.Tensor))
+        n = _numel(module)
         fix = "use nn.ModuleDict({...})" if "dict" in container else "use nn.ModuleList([...])"
         if "attribute" in container:
             fix = "assign it normally (self.name = module) so nn.Module registers it"
@@ -252,6 +275,21 @@ def _non_persistent(model: nn.Module, findings: list[Finding]) -> None:
             )
 
 
+def holds_unsaved_tensors(model: nn.Module) -> bool:
+    """Whether ``model`` holds any tensor or module outside its state dict (including
+    non-persistent buffers and aliases: a conservative check used before skipping weight init).
+    """
+    if any(m._non_persistent_buffers_set for m in model.modules()):
+        return True
+    walker = _Walker(model)
+    for prefix, module in model.named_modules():
+        derived = _derived_attributes(module)
+        for attr, value in vars(module).items():
+            if attr not in _MODULE_INTERNALS and attr not in derived:
+                walker.attribute(f"{prefix}.{attr}" if prefix else attr, value)
+    return bool(walker.findings)
+
+
 def audit(model: nn.Module) -> list[Finding]:
     """List the tensors and modules that ``state_dict()`` (and so every saved file) would lose.
 
@@ -274,8 +312,9 @@ def audit(model: nn.Module) -> list[Finding]:
     model = unwrap_model(model)
     walker = _Walker(model)
     for prefix, module in model.named_modules():
+        derived = _derived_attributes(module)
         for attr, value in vars(module).items():
-            if attr in _MODULE_INTERNALS:
+            if attr in _MODULE_INTERNALS or attr in derived:
                 continue
             walker.attribute(f"{prefix}.{attr}" if prefix else attr, value)
     _non_persistent(model, walker.findings)

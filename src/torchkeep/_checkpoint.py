@@ -13,8 +13,7 @@ import logging
 import math
 import os
 import platform
-import random
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -24,6 +23,7 @@ import torch
 
 from . import _codec, _format
 from ._format import MapLocation
+from ._state_io import aligned, alignment_order, pack, rng_state, set_rng_state, unpack
 from ._storage import atomic_write
 from .errors import (
     CorruptCheckpointError,
@@ -144,62 +144,6 @@ def _check_stateful(name: str, obj: Any) -> None:
         )
 
 
-# -- values torch keeps in state dicts that the codec does not store as such ------------------
-# MultiStepLR keeps its milestones in a collections.Counter, and its get_lr() relies on Counter
-# semantics (missing keys count 0), so a plain dict would break it after a load. Counters are
-# stored as {"__counter__": {...}} and turned back into Counters on restore.
-_COUNTER = "__counter__"
-
-
-def _pack(value: Any) -> Any:
-    if isinstance(value, Counter):
-        return {_COUNTER: {k: _pack(v) for k, v in value.items()}}
-    if type(value) in (dict, OrderedDict):
-        return type(value)((k, _pack(v)) for k, v in value.items())
-    if type(value) is list:
-        return [_pack(v) for v in value]
-    if type(value) is tuple:
-        return tuple(_pack(v) for v in value)
-    return value
-
-
-def _unpack(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and _COUNTER in value and isinstance(value[_COUNTER], dict):
-            return Counter(value[_COUNTER])
-        return type(value)((k, _unpack(v)) for k, v in value.items())
-    if type(value) is list:
-        return [_unpack(v) for v in value]
-    if type(value) is tuple:
-        return tuple(_unpack(v) for v in value)
-    return value
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(legacy=True),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        np.random.set_state(state["numpy"])
-    if "torch" in state:
-        torch.set_rng_state(state["torch"].to("cpu", torch.uint8).contiguous())
-    if "cuda" in state and torch.cuda.is_available():
-        saved = [s.to("cpu", torch.uint8).contiguous() for s in state["cuda"]]
-        for i, s in enumerate(saved[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
-
-
 def _jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in (metrics or {}).items():
@@ -246,11 +190,11 @@ def collect_state(
             if model_entry is None:
                 model_entry = _registry_entry(obj)
         kinds[name] = _kind(obj)
-        tree[name] = _pack(obj.state_dict())
+        tree[name] = pack(obj.state_dict())
     if extra is not None:
         tree[EXTRA_KEY] = extra
     if rng:
-        tree[RNG_KEY] = _rng_state()
+        tree[RNG_KEY] = rng_state()
     section: dict[str, Any] = {
         "epoch": epoch,
         "step": step,
@@ -279,10 +223,11 @@ def _registry_entry(model: torch.nn.Module) -> dict[str, Any] | None:
 def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[str, Any]) -> int:
     """Encode ``tree`` and stream it with ``section`` to an open destination. Returns bytes written."""
     enc = _codec.encode(dict(tree))
+    tensors = alignment_order(enc.tensors)
     extra_sections: dict[str, Any] = {SECTION: dict(section)}
     if section.get("model") is not None:
         extra_sections["model"] = section["model"]
-    return _format.write(dest, enc.tensors, tree=enc.tree, sections=extra_sections)
+    return _format.write(dest, tensors, tree=enc.tree, sections=extra_sections)
 
 
 def save_checkpoint(
@@ -311,6 +256,12 @@ def save_checkpoint(
         >>> tk.load_checkpoint(path, model=model, optimizer=opt).extra["update_steps"]
         7
     """
+    from . import distributed  # light; DCP itself is imported only for sharded saves
+
+    if distributed.is_sharded_context(objects):
+        return distributed.save_checkpoint(
+            path, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, **objects
+        )
     tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
     with atomic_write(path) as f:
         size = write_checkpoint(f, tree, section)
@@ -383,33 +334,45 @@ def load_checkpoint(
         >>> tk.load_checkpoint(path, model=torch.nn.Linear(2, 2), map_location="cpu").epoch
         1
     """
+    from . import distributed
+
+    if os.path.isdir(path):  # a sharded checkpoint (directory) or an error saying what it is
+        return distributed.load_checkpoint(
+            path, map_location=map_location, strict=strict, rng=rng, verify=verify, **objects
+        )
     reader = _format.open_file(path)
     info = read_info(reader)
-    if verify:
-        reader.verify()
-    tree = (
-        _codec.decode(reader.tree, lambda n: _aligned(reader.tensor(n, map_location)))
-        if reader.tree is not None
-        else {}
-    )
+    wanted = [*objects, EXTRA_KEY] + ([RNG_KEY] if rng else [])
+    tree = _decode_subtrees(reader, wanted, map_location=map_location, verify=verify)
     restore_state(tree, objects, info, strict=strict, rng=rng)
     return info
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its data is 64-byte aligned, else an aligned copy.
+def _decode_subtrees(
+    reader: _format.Reader, names: list[str], *, map_location: MapLocation, verify: bool
+) -> dict[str, Any]:
+    """Decode (and verify) only the named top-level entries of a checkpoint tree.
 
-    Tensors mapped from the file are packed, so most sit at 4- or 8-byte boundaries. Vectorized
-    CPU kernels (dot products, reductions) split their work by alignment, so the same values at a
-    different alignment can round differently — enough to break bit-exact resume (LBFGS shows
-    it). Fresh allocations are 64-byte aligned, as in the run that saved the checkpoint.
+    Loading just the model of a checkpoint then neither checks nor moves the optimizer state.
+    Names the file does not hold are simply absent from the result.
     """
-    if t.device.type == "cpu" and t.numel() and t.data_ptr() % _ALIGNMENT:
-        return t.clone()
-    return t
-
-
-_ALIGNMENT = 64
+    root = reader.tree
+    items = root.get("items") if isinstance(root, dict) and root.get("t") in ("dict", "odict") else None
+    if not isinstance(items, dict):
+        raise CorruptCheckpointError(
+            f"{reader.path}: a checkpoint's object tree must be a dict of named objects", path=reader.path
+        )
+    selected = {k: v for k, v in items.items() if k in names}
+    if verify:
+        try:
+            refs = _codec.tensor_names(selected)
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{reader.path}: {exc}", path=reader.path, reason=exc.reason) from None
+        reader.verify([n for n in reader.names if n in refs])
+    tree: dict[str, Any] = _codec.decode(
+        {"t": "dict", "items": selected}, lambda n: aligned(reader.tensor(n, map_location))
+    )
+    return tree
 
 
 def restore_state(
@@ -420,7 +383,8 @@ def restore_state(
     Every object is checked (names, kinds) before any is changed, so a wrong call leaves the
     caller's objects as they were.
     """
-    available = [k for k in tree if not k.startswith("__")]
+    # info.objects lists everything the file holds; the tree may hold only what was asked for.
+    available = list(info.objects) or [k for k in tree if not k.startswith("__")]
     targets: dict[str, Any] = {}
     for name, obj in objects.items():
         _check_stateful(name, obj)
@@ -446,10 +410,10 @@ def restore_state(
         if name in modules:
             _load_module(name, target, tree[name], info)
         else:
-            _load_object(name, target, _unpack(tree[name]), info, strict=strict)
+            _load_object(name, target, unpack(tree[name]), info, strict=strict)
     info.extra = tree.get(EXTRA_KEY)
     if rng and RNG_KEY in tree:
-        _set_rng_state(tree[RNG_KEY])
+        set_rng_state(tree[RNG_KEY])
 
 
 def _load_object(name: str, target: Any, state: Any, info: CheckpointInfo, *, strict: bool) -> None:

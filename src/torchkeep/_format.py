@@ -34,14 +34,15 @@ import mmap as _mmap
 import os
 import stat
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import torch
 import xxhash
 
 from . import _codec
+from ._layout import FROM_ST, ST_DTYPES, U8_DTYPES, MapLocation, dtype_name, logical_dtype, place, resolve_device
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError, UnsupportedValueError
 
 __all__ = [
@@ -65,63 +66,6 @@ DATA_ALIGNMENT = 64
 CHUNK_BYTES = 16 * 1024 * 1024
 _PLACEHOLDER = "0" * 16
 
-MapLocation = Union[None, str, torch.device, Mapping[str, Union[str, torch.device]], Callable[[torch.Tensor, str], Any]]
-
-# dtypes safetensors names; anything else is stored as raw U8 bytes with its logical dtype recorded.
-_ST_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e4m3fnuz: "F8_E4M3FNUZ",
-    torch.float8_e5m2: "F8_E5M2",
-    torch.float8_e5m2fnuz: "F8_E5M2FNUZ",
-    torch.complex64: "C64",
-    torch.uint64: "U64",
-    torch.uint32: "U32",
-    torch.uint16: "U16",
-}
-_FROM_ST = {v: k for k, v in _ST_DTYPES.items()}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-# dtypes stored as U8 bytes plus a logical dtype. An allowlist: a file may only name dtypes whose
-# tensors can be built over raw bytes and used (quantized and sub-byte dtypes cannot).
-_U8_DTYPES: dict[str, torch.dtype] = {
-    name: dt
-    for name, dt in (
-        ("complex128", torch.complex128),
-        ("complex32", torch.complex32),
-        ("float8_e8m0fnu", getattr(torch, "float8_e8m0fnu", None)),
-        ("float4_e2m1fn_x2", getattr(torch, "float4_e2m1fn_x2", None)),
-        ("bits8", torch.bits8),
-        ("bits16", torch.bits16),
-        ("bits1x8", torch.bits1x8),
-        ("bits2x4", torch.bits2x4),
-        ("bits4x2", torch.bits4x2),
-    )
-    if isinstance(dt, torch.dtype)
-}
-_LOGICAL_DTYPES = {**{_dtype_name(dt): dt for dt in _ST_DTYPES}, **_U8_DTYPES}
-
-
-def _logical_dtype(name: str) -> torch.dtype:
-    dt = _LOGICAL_DTYPES.get(name)
-    if dt is None:
-        raise ValueError(f"unknown dtype {name!r}")
-    return dt
-
-
 # ------------------------------------------------------------------------------------------
 # writing
 
@@ -144,16 +88,16 @@ def _plan(name: str, t: torch.Tensor) -> _Planned:
         )
     nbytes = t.numel() * t.element_size()
     entry: dict[str, Any] = {"device": str(t.device)}
-    st = _ST_DTYPES.get(t.dtype)
+    st = ST_DTYPES.get(t.dtype)
     if st is None:
-        if t.dtype not in _U8_DTYPES.values():
+        if t.dtype not in U8_DTYPES.values():
             raise UnsupportedValueError(
                 f"tensor {name!r}: dtype {t.dtype} cannot be stored (it has no byte-addressable layout); "
                 "convert it to a supported dtype first",
                 path=name,
                 value_type=str(t.dtype),
             )
-        entry["dtype"] = _dtype_name(t.dtype)
+        entry["dtype"] = dtype_name(t.dtype)
         entry["shape"] = list(t.shape)
         return _Planned(name, t, "U8", [nbytes], nbytes, entry)
     return _Planned(name, t, st, list(t.shape), nbytes, entry)
@@ -199,7 +143,10 @@ def write(
     sections: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> int:
-    """Stream a torchkeep file to ``dest`` (a writable, seekable binary file). Returns its size.
+    """Stream a torchkeep file to ``dest`` (a writable binary file). Returns its size.
+
+    One pass over tensor memory when ``dest`` can seek (the header is patched in place at the
+    end); otherwise (an object-store upload) the tensors are hashed in a first pass.
 
     ``tree`` is the codec tree (None for a plain state dict file); ``sections`` are JSON-able
     values stored as ``torchkeep.<key>``; ``metadata`` is free str → str metadata, stored as is.
@@ -305,49 +252,6 @@ def _stream_tensor(dest: IO[bytes] | None, t: torch.Tensor, nbytes: int) -> str:
             if dest is not None:
                 _write_all(dest, chunk)
     return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------------
-# device mapping (same forms as torch.load's map_location)
-
-
-def resolve_device(map_location: MapLocation, original: str) -> torch.device | None:
-    """Target device for a tensor saved on ``original``; None means "ask the callable".
-
-    Tensors go to the CPU unless ``map_location`` says otherwise, so a file saved on a GPU loads
-    on a machine without one. A dict maps original device strings (``{"cuda:1": "cuda:0"}``);
-    devices it does not name go to the CPU.
-
-    Example:
-        >>> resolve_device({"cuda:1": "cuda:0"}, "cuda:1")
-        device(type='cuda', index=0)
-    """
-    if map_location is None:
-        return torch.device("cpu")
-    if isinstance(map_location, (str, torch.device)):
-        return torch.device(map_location)
-    if isinstance(map_location, Mapping):
-        target = map_location.get(original)
-        return torch.device(target) if target is not None else torch.device("cpu")
-    if callable(map_location):
-        return None
-    raise TypeError(
-        f"map_location must be None, a device string, a torch.device, a dict or a callable; "
-        f"got {type(map_location).__name__}"
-    )
-
-
-def _place(t: torch.Tensor, original: str, map_location: MapLocation) -> torch.Tensor:
-    device = resolve_device(map_location, original)
-    if device is None:
-        assert callable(map_location)
-        out = map_location(t, original)
-        if isinstance(out, torch.UntypedStorage):  # torch.load-style callables return storages
-            out = torch.empty(0, dtype=t.dtype, device=out.device).set_(out).view(t.shape)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"map_location callable returned {type(out).__name__}, expected a tensor")
-        return out
-    return t if device.type == "cpu" and t.device.type == "cpu" else t.to(device)
 
 
 # ------------------------------------------------------------------------------------------
@@ -477,13 +381,13 @@ class Reader:
         if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
             raise _bad(path, "header entry must have exactly dtype, shape and data_offsets", tensor=name)
         st_dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-        if not isinstance(st_dtype, str) or st_dtype not in _FROM_ST:
+        if not isinstance(st_dtype, str) or st_dtype not in FROM_ST:
             raise _bad(path, f"unknown dtype {st_dtype!r}", tensor=name)
         if not _shape(shape):
             raise _bad(path, f"shape {shape!r} is not a list of at most 64 non-negative ints", tensor=name)
         if not _int_list(offsets) or len(offsets) != 2 or not offsets[0] <= offsets[1] <= data_len:
             raise _bad(path, f"data_offsets {offsets!r} fall outside the {data_len} data bytes", tensor=name)
-        dtype = _FROM_ST[st_dtype]
+        dtype = FROM_ST[st_dtype]
         nbytes = offsets[1] - offsets[0]
         if _numel(shape) * dtype.itemsize != nbytes:
             raise _bad(
@@ -501,7 +405,7 @@ class Reader:
                 raise _bad(path, "device/xxh3 must be strings", tensor=name)
             if "dtype" in extra:
                 try:
-                    dtype = _logical_dtype(extra["dtype"]) if isinstance(extra["dtype"], str) else None  # type: ignore[assignment]
+                    dtype = logical_dtype(extra["dtype"]) if isinstance(extra["dtype"], str) else None  # type: ignore[assignment]
                 except ValueError:
                     dtype = None  # type: ignore[assignment]
                 lshape: Any = extra.get("shape")
@@ -537,7 +441,7 @@ class Reader:
                 # misaligned data is copied rather than handed to kernels that expect alignment.
                 t = t.clone()
             t = t.view(info.dtype).reshape(info.shape)
-        return _place(t, info.device, map_location)
+        return place(t, info.device, map_location)
 
     def checksum_of(self, name: str) -> str:
         """xxh3-64 of a tensor's stored bytes, computed now."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import os
 import struct
 import tempfile
@@ -23,11 +24,50 @@ from typing import IO, Any
 from ._storage import is_temporary
 from .errors import CheckpointNotFoundError, CheckpointWriteError, missing_dependency
 
-__all__ = ["FsspecStorage", "is_remote"]
+__all__ = ["FsspecStorage", "is_remote", "sweep_staging_files"]
+
+logger = logging.getLogger(__name__)
 
 _BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 #: Bytes fetched in the first request for a header; most checkpoint headers fit.
 _HEAD_GUESS = 256 * 1024
+#: Local staging files are named ``.torchkeep-upload-<pid>-<random>.tmp`` in the temp directory.
+_STAGING_PREFIX = ".torchkeep-upload-"
+
+
+def sweep_staging_files(directory: str | None = None) -> list[str]:
+    """Delete staging files left in the temp directory by killed writers (their PID is dead).
+
+    Example:
+        >>> isinstance(sweep_staging_files(), list)
+        True
+    """
+    directory = directory or tempfile.gettempdir()
+    swept = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        if not (name.startswith(_STAGING_PREFIX) and name.endswith(".tmp")):
+            continue
+        pid_text = name[len(_STAGING_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            swept.append(name)
+    return swept
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours, or cannot tell: keep the file
+        return True
+    return True
 
 
 def is_remote(url: str) -> bool:
@@ -72,6 +112,9 @@ class FsspecStorage:
         self.fs: Any = fs
         self._path = path.rstrip("/")
         if create:
+            swept = sweep_staging_files()
+            if swept:
+                logger.info("removed %d staging file(s) of killed uploads: %s", len(swept), swept)
             try:
                 self.fs.makedirs(self._path, exist_ok=True)
             except FileExistsError:
@@ -89,7 +132,7 @@ class FsspecStorage:
     @contextlib.contextmanager
     def atomic_write(self, name: str) -> Iterator[IO[bytes]]:
         """Write to a local temporary file; upload it whole on success, never on failure."""
-        fd, tmp = tempfile.mkstemp(prefix=".torchkeep-upload-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", suffix=".tmp")
         os.close(fd)
         try:
             # Opened by name (not fdopen) so that f.name is the path: callers may re-read it.

@@ -12,13 +12,18 @@ Schema (version 1)::
       "input_structure": "positional" | "dict",      # how the model takes its inputs
       "output_structure": "tensor" | "tuple" | "dict",
       "dynamic_batch": true,
+      "verify_batch_sizes": [1, 3, 17],                # batch sizes the parity check ran
+      "notes": ["the model was in training mode; ..."], # things the user should know
       "artifacts": {
         "<format>": {                                  # pt2, onnx, torchscript, aoti, tensorrt
           "ok": true, "file": "model.pt2", "files": ["model.pt2"], "backend": "pt2",
           "error": null,                               # the exporter's message when ok is false
+          "step": null,                                # where it failed: "torch.export", "verify", ...
           "options": {...},                            # e.g. {"opset": 18}, {"method": "trace"}
           "parity": {"<batch size>": {"<output name>": {"max_abs": 0.0, "max_rel": 0.0}}},
-          "tolerance": {"rtol": 1e-4, "atol": 1e-5}
+          "tolerance": {"<output name>": {"rtol": 1e-4, "atol": 1e-5}},
+          "export_seconds": 1.2, "verify_seconds": 0.1,
+          "warnings": ["TracerWarning: ..."]           # what the exporter warned, once each
         }
       },
       "benchmark": {                                   # written by tk.benchmark, optional

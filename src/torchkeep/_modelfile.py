@@ -36,6 +36,7 @@ from .errors import (
 __all__ = ["load_model", "save_model"]
 
 logger = logging.getLogger(__name__)
+_LAZY = (torch.nn.parameter.UninitializedParameter, torch.nn.parameter.UninitializedBuffer)
 
 
 def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
@@ -83,6 +84,13 @@ def save_model(
         raise not_registered(model)
     state = model.state_dict()
     for key, value in state.items():
+        if isinstance(value, _LAZY):
+            raise UnsupportedValueError(
+                f"state_dict()[{key!r}] is an uninitialized lazy parameter; run one forward pass with a real "
+                "input (to fix the lazy modules' shapes) before saving",
+                path=key,
+                value_type=type(value).__qualname__,
+            )
         if not isinstance(value, torch.Tensor):
             raise UnsupportedValueError(
                 f"state_dict()[{key!r}] is a {type(value).__qualname__} (extra state), which a model file cannot "
@@ -90,6 +98,7 @@ def save_model(
                 path=key,
                 value_type=type(value).__qualname__,
             )
+    _codec.encode(dict(state))  # the codec's checks: dense, non-meta, plain tensors (names the key)
     tied = _tied_groups(state)
     if tied:
         entry["tied"] = tied
@@ -150,6 +159,7 @@ def _validated_entry(raw: Any, path: str) -> dict[str, Any]:
         not isinstance(raw, dict)
         or not isinstance(raw.get("name"), str)
         or type(raw.get("version")) is not int
+        or raw["version"] < 1
         or not isinstance(raw.get("target"), str)
         or "arguments" not in raw
     ):
@@ -233,8 +243,11 @@ def _load_state(
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    lazy = _LAZY  # lazy modules take their shape from the file
     mismatched = [
-        (k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in own
+        if k in state and not isinstance(own[k], lazy) and state[k].shape != own[k].shape
     ]
     if strict and (missing or unexpected or mismatched):
         lines = [f"{path}: the rebuilt {reg.name!r} (version {reg.version}) does not match the file's state"]
@@ -312,11 +325,79 @@ def load_model(
     config = _decode_arguments(entry, src)
     state = _state_from(reader, src, map_location, verify)
     config, state = migrate(reg, entry["version"], config, state, src)
-    model = rebuild(reg, config, source=src)
-    model.to(_target_device(state))
-    _load_state(model, state, reg, strict, src)
+    model = _build_on_meta(reg, config, state, src)
+    if model is not None:
+        model = _adopt(model, state, src)
+    if model is None:
+        model = rebuild(reg, config, source=src)
+        model.to(_target_device(state))
+        _load_state(model, state, reg, strict, src)
     _check_ties(model, entry, src)
     return model.eval()
+
+
+def _build_on_meta(
+    reg: RegisteredModel, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], src: str
+) -> torch.nn.Module | None:
+    """Build on the meta device (no weight initialization, no memory), or None if that is unsafe.
+
+    Skipping initialization is only correct when the file supplies *every* tensor the model
+    holds, with the same shapes and dtypes. Anything else — a constructor that fails on meta
+    tensors, non-persistent buffers, tensors outside the state dict, lazy parameters, keys,
+    shapes or dtypes that differ from the file — returns None and the caller builds the model
+    normally (running its initialization) and copies the state in.
+    """
+    from ._audit import holds_unsaved_tensors
+
+    try:
+        with torch.device("meta"):
+            model = rebuild(reg, config, source=src)
+    except Exception as exc:  # any constructor that needs real data: build normally instead
+        logger.debug("%s: meta build of %s failed (%s); building normally", src, reg.name, exc)
+        return None
+    own = model.state_dict(keep_vars=True)
+    if set(own) != set(state) or holds_unsaved_tensors(model):
+        return None
+    for k, t in own.items():
+        if isinstance(t, _LAZY) or not isinstance(t, torch.Tensor) or t.device.type != "meta":
+            return None
+        if t.shape != state[k].shape or t.dtype != state[k].dtype:
+            return None
+    return model
+
+
+def _adopt(model: torch.nn.Module, state: Mapping[str, torch.Tensor], src: str) -> torch.nn.Module | None:
+    """Give a meta-built model the file's tensors themselves (mapped, not copied); None if that fails."""
+    shared = _shared_slots(model)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except Exception as exc:  # a module whose custom loading does not support assign=True
+        logger.debug("%s: assign-loading failed (%s); building normally", src, exc)
+        return None
+    for (first_module, kind, first_name), (module, _, name) in shared:
+        getattr(module, kind)[name] = getattr(first_module, kind)[first_name]
+    if any(t.device.type == "meta" for t in (*model.parameters(), *model.buffers())):
+        return None
+    return model
+
+
+def _shared_slots(
+    model: torch.nn.Module,
+) -> list[tuple[tuple[torch.nn.Module, str, str], tuple[torch.nn.Module, str, str]]]:
+    """Pairs (first holder, other holder) of parameters/buffers shared between modules (tied weights)."""
+    seen: dict[int, tuple[torch.nn.Module, str, str]] = {}
+    pairs = []
+    for module in model.modules():
+        for kind in ("_parameters", "_buffers"):
+            for name, t in getattr(module, kind).items():
+                if t is None:
+                    continue
+                slot = (module, kind, name)
+                if id(t) in seen:
+                    pairs.append((seen[id(t)], slot))
+                else:
+                    seen[id(t)] = slot
+    return pairs
 
 
 def _check_ties(model: torch.nn.Module, entry: Mapping[str, Any], path: str) -> None:

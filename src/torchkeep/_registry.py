@@ -47,6 +47,7 @@ from .errors import (
     MigrationError,
     ModelNotRegisteredError,
     RegistryError,
+    TorchkeepError,
     UnsupportedValueError,
 )
 
@@ -301,8 +302,12 @@ def lookup(name: str) -> RegisteredModel:
         ModelNotRegisteredError: nothing is registered under ``name`` in this process.
 
     Example:
-        >>> lookup("doc-mlp").version
-        1
+        >>> import torchkeep as tk
+        >>> @tk.register(name="doc-lookup", version=2)
+        ... def doc_lookup() -> torch.nn.Module:
+        ...     return torch.nn.Identity()
+        >>> lookup("doc-lookup").version
+        2
     """
     try:
         return _REGISTRY[name]
@@ -317,7 +322,7 @@ def registered() -> dict[str, RegisteredModel]:
     """A snapshot of the registry, by name.
 
     Example:
-        >>> "doc-mlp" in registered()
+        >>> isinstance(registered(), dict)
         True
     """
     return dict(_REGISTRY)
@@ -453,8 +458,12 @@ def rebuild(reg: RegisteredModel, config: Mapping[str, Any], *, source: str = ""
         RegistryError: the arguments do not fit the current signature (says which ones).
 
     Example:
-        >>> type(rebuild(lookup("doc-mlp"), {"width": 2})).__name__
-        'DocMLP'
+        >>> import torchkeep as tk
+        >>> @tk.register(name="doc-rebuild")
+        ... def doc_rebuild(width: int = 4) -> torch.nn.Module:
+        ...     return torch.nn.Linear(width, 1)
+        >>> rebuild(lookup("doc-rebuild"), {"width": 2}).in_features
+        2
     """
     sig = inspect.signature(reg.builder)
     params = sig.parameters
@@ -473,7 +482,17 @@ def rebuild(reg: RegisteredModel, config: Mapping[str, Any], *, source: str = ""
         raise RegistryError(
             f"{where}the recorded arguments do not fit {reg.target}{sig}: {exc}; add a @tk.migration that fills them in"
         ) from exc
-    model = reg.builder(*bound.args, **bound.kwargs)
+    try:
+        model = reg.builder(*bound.args, **bound.kwargs)
+    except TorchkeepError:
+        raise
+    except Exception as exc:  # the constructor itself failed: say with which recorded arguments
+        shown = ", ".join(f"{k}={v!r}" for k, v in ordered.items())
+        if len(shown) > 300:
+            shown = shown[:300] + "..."
+        raise RegistryError(
+            f"{where}rebuilding {reg.name!r} failed: {reg.target}({shown}) raised {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, torch.nn.Module):
         raise RegistryError(f"{where}{reg.target} returned {type(model).__qualname__}, not an nn.Module")
     return model

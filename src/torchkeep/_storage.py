@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
-from .errors import CheckpointWriteError
+from .errors import CheckpointWriteError, TorchkeepError
 
 __all__ = ["LocalStorage", "Storage", "atomic_write", "fsync_dir", "is_temporary", "temporary_name"]
 
@@ -94,7 +94,7 @@ def atomic_write(path: str | os.PathLike[str], *, overwrite: bool = True) -> Ite
         committed = True
         fsync_dir(directory)
     except OSError as exc:
-        if isinstance(exc, CheckpointWriteError):
+        if isinstance(exc, TorchkeepError):  # already says what went wrong (e.g. from the caller's body)
             raise
         raise CheckpointWriteError(
             f"could not write {target}: {exc.strerror or exc}. "

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from . import _api, _codec, _format
+from . import _api, _codec, _decode, _format
 from ._storage import atomic_write
 from .errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, UnsupportedValueError
 
@@ -326,6 +326,24 @@ def _torch_load(path: Path, *, weights_only: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) format
 
 
+def _sharded_dir(path: Path) -> bool:
+    from . import distributed
+
+    return distributed.is_sharded_checkpoint(path)
+
+
+@source_kind("torchkeep-sharded", detect=_sharded_dir)
+def _read_sharded(path: Path, options: ConvertOptions) -> Source:
+    """A ``torchkeep.distributed`` checkpoint (one shard per rank + index.json), gathered whole."""
+    from . import distributed
+
+    index = distributed.read_index(path)
+    return Source(
+        tree=distributed.load_full(path),
+        notes=[f"a sharded checkpoint of {index.world_size} rank(s), gathered into one unsharded state"],
+    )
+
+
 @source_kind("torch", detect=lambda p: _torch_file(p) is not None)
 def _read_torch(path: Path, options: ConvertOptions) -> Source:
     file = _torch_file(path)
@@ -389,7 +407,7 @@ class _Sanitizer:
         if isinstance(obj, Mapping):
             out: dict[Any, Any] = OrderedDict() if type(obj) is OrderedDict else {}
             for k, v in obj.items():
-                if not _codec._is_key(k):
+                if not _decode.is_key(k):
                     self._unsupported(f"{_codec.format_path(path)} key {k!r}", "dict key of unsupported type")
                     continue
                 converted = self.value(v, (*path, k))

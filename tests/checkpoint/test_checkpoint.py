@@ -317,3 +317,43 @@ def test_user_object_and_multistep_counter(tmp_path) -> None:
     info = tk.load_checkpoint(path, counter=c2, optimizer=opt2, scheduler=sched2)
     assert c2.n == 41 and info.objects["counter"] == "object"
     assert sched2.milestones == sched.milestones and type(sched2.milestones).__name__ == "Counter"
+
+
+def test_loading_some_objects_reads_and_verifies_only_those(tmp_path) -> None:
+    from torchkeep import _format
+
+    path = tmp_path / "c.safetensors"
+    model = Net()
+    opt = torch.optim.Adam(model.parameters())
+    _train(model, opt)
+    tk.save_checkpoint(path, model=model, optimizer=opt)
+    begin = _format.open_file(path).info("optimizer/state/0/exp_avg").begin
+    raw = bytearray(path.read_bytes())
+    raw[begin] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    plain = Net()
+    tk.load_checkpoint(path, model=plain)  # the damaged optimizer state is not needed
+    assert torch.equal(plain.fc1.weight, model.fc1.weight)
+    with pytest.raises(tk.CorruptCheckpointError, match="optimizer/state/0/exp_avg"):
+        tk.load_checkpoint(path, model=Net(), optimizer=torch.optim.Adam(Net().parameters()))
+
+
+def test_large_tensors_are_stored_64_byte_aligned(tmp_path) -> None:
+    """Step counters and BatchNorm's int64 counter must not shift the big tensors off alignment."""
+    from torchkeep import _format
+
+    path = tmp_path / "c.safetensors"
+    model = Net(hidden=64)
+    opt = torch.optim.Adam(model.parameters())
+    _train(model, opt)
+    tk.save_checkpoint(path, model=model, optimizer=opt, extra={"ids": torch.arange(3)})
+    reader = _format.open_file(path)
+    big = [reader.info(n) for n in reader.names if reader.info(n).nbytes % 64 == 0]
+    assert len(big) >= 10
+    assert all((i.begin - reader.data_start) % 64 == 0 for i in big), [(i.name, i.begin) for i in big]
+    target = Net(hidden=64)
+    target_opt = torch.optim.Adam(target.parameters())
+    tk.load_checkpoint(path, model=target, optimizer=target_opt)
+    exp_avg = target_opt.state_dict()["state"][0]["exp_avg"]
+    assert exp_avg.data_ptr() % 64 == 0
+    assert torch.equal(exp_avg, opt.state_dict()["state"][0]["exp_avg"])

@@ -46,6 +46,7 @@ def test_inspect_shows_tensors_and_metadata(capsys: pytest.CaptureFixture[str], 
     assert "torchkeep file" in out and "2 tensors" in out
     assert "model/w" in out and "float32" in out and "(8, 4)" in out
     assert '"run": "r1"' in out
+    assert '"step": 3' in out and "<tensor model/w float32 (8, 4)>" in out  # the tree, from the header
 
 
 def test_inspect_json(capsys: pytest.CaptureFixture[str], files: dict[str, Path]) -> None:
@@ -56,6 +57,10 @@ def test_inspect_json(capsys: pytest.CaptureFixture[str], files: dict[str, Path]
     assert {t["name"]: t["shape"] for t in desc["tensors"]} == {"model/w": [8, 4], "model/b": [8]}
     assert all(len(t["xxh3"]) == 16 and t["device"] == "cpu" for t in desc["tensors"])
     assert desc["metadata"] == {"run": "r1"} and desc["tensor_bytes"] == 8 * 4 * 4 + 8 * 4
+    assert desc["tree"] == {
+        "model": {"w": "<tensor model/w float32 (8, 4)>", "b": "<tensor model/b float32 (8,)>"},
+        "step": 3,
+    }
 
 
 def test_inspect_bad_file_prints_one_line(capsys: pytest.CaptureFixture[str], files: dict[str, Path]) -> None:

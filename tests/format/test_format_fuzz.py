@@ -6,6 +6,7 @@ no MemoryError, no bare ValueError from deep inside torch or json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torchkeep as tk
+from torchkeep.cli._files import describe
 
 EXPECTED: dict[str, dict[str, str]] = json.loads((BAD / "expected.json").read_text())
 
@@ -152,3 +154,6 @@ def test_only_torchkeep_errors_escape_load(fuzz_dir: Path, raw: bytes) -> None:
             assert str(exc)  # every error says something
         else:
             _touch(out)
+    # `torchkeep inspect` reads the same hostile header, and previews the tree without decoding it
+    with contextlib.suppress(tk.TorchkeepError):
+        json.dumps(describe(str(path)))

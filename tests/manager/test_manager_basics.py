@@ -283,11 +283,11 @@ import torchkeep as tk
 try:
     tk.CheckpointManager({str(tmp_path)!r})
 except tk.CheckpointLockedError as exc:
-    print("LOCKED", exc.holder)
+    print("LOCKED", exc.holder, "read_only=True" in str(exc))
 """
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
-        assert f"LOCKED PID {os.getpid()}" in out.stdout, out.stdout + out.stderr
-        with pytest.raises(tk.CheckpointLockedError, match="read_only=True"):
+        assert f"LOCKED PID {os.getpid()}" in out.stdout and "True" in out.stdout, out.stdout + out.stderr
+        with pytest.raises(tk.CheckpointLockedError, match="this very process"):
             tk.CheckpointManager(tmp_path, model=model)
         reader = tk.CheckpointManager(tmp_path, read_only=True, model=make()[0])
         mgr.save(step=1)
@@ -371,3 +371,43 @@ def test_async_overwrite_and_keep_newer_than(tmp_path: Path) -> None:
         mgr.save(step=1, metrics={"v": 2}, overwrite=True)
         mgr.wait()
         assert [(c.step, c.metrics) for c in mgr.checkpoints] == [(1, {"v": 2})]
+
+
+def test_directory_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(tk.CheckpointWriteError, match="is a file"):
+        tk.CheckpointManager(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_unwritable_directory_suggests_read_only(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    with tk.CheckpointManager(ro, model=make()[0]) as mgr:
+        mgr.save(step=1)
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that ignores permissions")
+        with pytest.raises(tk.CheckpointWriteError, match="read_only=True"):
+            tk.CheckpointManager(ro, model=make()[0])
+        with tk.CheckpointManager(ro, read_only=True, model=make()[0]) as mgr:
+            assert mgr.restore(np_int(1)).step == 1  # type: ignore[union-attr]
+    finally:
+        ro.chmod(0o755)
+
+
+def np_int(v: int) -> Any:
+    import numpy as np
+
+    return np.int64(v)
+
+
+def test_lock_file_that_cannot_be_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchkeep.manager import _lock
+
+    def denied(path: str, *args: Any, **kwargs: Any) -> int:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(_lock.os, "open", denied)
+    with pytest.raises(tk.CheckpointWriteError, match=r"Permission denied.*read_only=True"):
+        tk.CheckpointManager(tmp_path, model=make()[0])

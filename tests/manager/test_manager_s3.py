@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +98,35 @@ def test_failed_upload_leaves_bucket_unchanged(s3_url: str, s3_options: dict[str
         with pytest.raises(tk.CheckpointWriteError, match="could not upload"):
             mgr.save(step=2)
         assert [c.step for c in mgr.checkpoints] == [1]
+
+
+def test_upload_in_progress_is_never_listed(s3_url: str, s3_options: dict[str, Any]) -> None:
+    model = torch.nn.Linear(64, 64)
+    seen_during_upload: list[list[int]] = []
+    with tk.CheckpointManager(s3_url, storage_options=s3_options, model=model) as mgr:
+        mgr.save(step=1)
+        storage: Any = mgr._storage
+        real_put = storage.fs.put_file
+
+        def watched_put(local: str, remote: str, **kwargs: Any) -> None:
+            # the whole file is staged locally and verified before the first byte goes out
+            assert tk.read_info(local).step == 2
+            seen_during_upload.append([e.step for e in tk.list_checkpoints(s3_url, storage_options=s3_options)])
+            real_put(local, remote, **kwargs)
+
+        storage.fs.put_file = watched_put
+        mgr.save(step=2)
+    assert seen_during_upload == [[1]]
+    assert [e.step for e in tk.list_checkpoints(s3_url, storage_options=s3_options)] == [1, 2]
+
+
+def test_staging_files_of_dead_uploaders_are_swept(tmp_path: Path) -> None:
+    from torchkeep._fsspec import sweep_staging_files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".torchkeep-upload-{int(dead.stdout)}-abc.tmp"
+    mine = tmp_path / f".torchkeep-upload-{os.getpid()}-def.tmp"
+    left.write_bytes(b"x")
+    mine.write_bytes(b"y")
+    assert sweep_staging_files(str(tmp_path)) == [left.name]
+    assert not left.exists() and mine.exists()

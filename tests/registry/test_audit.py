@@ -52,6 +52,11 @@ class TinyResNet(nn.Module):
         return self.heads["cls"](self.pool(x).flatten(1))
 
 
+def _after_forward(m: nn.Module) -> nn.Module:
+    m(torch.randn(2, 3))  # old-style norms recompute `weight` as a plain (derived) attribute
+    return m
+
+
 def _kinds(model: nn.Module) -> list[tuple[str, str]]:
     return [(f.kind, f.path) for f in tk.audit(model)]
 
@@ -64,10 +69,15 @@ def _kinds(model: nn.Module) -> list[tuple[str, str]]:
         lambda: nn.LSTM(3, 4, num_layers=2),
         lambda: DynamicModel(use_buffer=True),
         lambda: nn.utils.parametrizations.weight_norm(nn.Linear(3, 3)),
+        lambda: _after_forward(nn.utils.spectral_norm(nn.Linear(3, 3))),
+        lambda: _after_forward(nn.utils.weight_norm(nn.Linear(3, 3))),
+        lambda: nn.LazyLinear(3),
     ],
-    ids=["resnet-like", "transformer", "lstm", "dynamic-buffer", "weight-norm"],
+    ids=["resnet-like", "transformer", "lstm", "dynamic-buffer", "weight-norm", "old-spectral", "old-wn", "lazy"],
 )
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor is True:UserWarning")
+@pytest.mark.filterwarnings("ignore:Lazy modules are a new feature:UserWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_clean_models_have_no_findings(make) -> None:  # type: ignore[no-untyped-def]
     assert tk.audit(make()) == []
 

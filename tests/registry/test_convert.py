@@ -173,16 +173,19 @@ def test_cli_refuses_pickle_and_runs_nothing(tmp_path: Path, legacy: object, run
     src, dst = tmp_path / "evil.pt", tmp_path / "out.safetensors"
     torch.save({"payload": legacy.Marker(str(marker))}, src)  # type: ignore[attr-defined]
     root = Path(legacy.__file__).parent  # type: ignore[attr-defined]
-    cli = "import sys; from torchkeep.cli import main; sys.argv[0] = 'torchkeep'; main(sys.argv[1:])"
-    code = f"import sys; sys.argv = ['torchkeep', 'convert', {str(src)!r}, {str(dst)!r}]\n{cli}"
+    # the real command line, in a process where the payload's module is importable
+    code = f"import sys; from torchkeep.cli import main; main(['convert', {str(src)!r}, {str(dst)!r}])"
     out = run_python(code, root)
     assert out.returncode == 1
     assert "error:" in out.stderr and "--trust-pickle" in out.stderr
     assert not marker.exists() and not dst.exists()
-    code = f"import sys; sys.argv = ['torchkeep', 'convert', {str(src)!r}, {str(dst)!r}, '--trust-pickle', '--json']\n{cli}"
-    out = run_python(code, root)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["trusted_pickle"] is True
+    from typer.testing import CliRunner
+
+    from torchkeep.cli import app
+
+    result = CliRunner().invoke(app, ["convert", str(src), str(dst), "--trust-pickle", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["trusted_pickle"] is True
     assert marker.exists() and dst.exists()
 
 

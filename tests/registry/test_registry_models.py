@@ -286,6 +286,22 @@ def test_unregistered_model_and_unregistered_subclass(tmp_path: Path) -> None:
     assert not (tmp_path / "x.safetensors").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Lazy modules are a new feature:UserWarning")
+def test_lazy_modules_must_be_initialized_before_saving(tmp_path: Path) -> None:
+    @tk.register(name="lazy")
+    def lazy() -> nn.Module:
+        return nn.Sequential(nn.LazyLinear(3))
+
+    model = lazy()
+    with pytest.raises(tk.UnsupportedValueError, match="uninitialized lazy parameter; run one forward pass"):
+        tk.save_model(model, tmp_path / "lazy.safetensors")
+    model(torch.randn(2, 5))
+    tk.save_model(model, tmp_path / "lazy.safetensors")
+    assert load_file(str(tmp_path / "lazy.safetensors"))["0.weight"].shape == (3, 5)
+    x = torch.randn(2, 5)
+    assert torch.equal(tk.load_model(tmp_path / "lazy.safetensors")(x), model(x))
+
+
 def test_wrapped_models_save_unwrapped(tmp_path: Path) -> None:
     MLP = _make_mlp_class()
     model = MLP(MLPConfig())
@@ -421,6 +437,52 @@ def test_corrupt_model_section(tmp_path: Path) -> None:
         tk.load_model(path)
 
 
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"name": "x", "version": 0, "target": "a:b", "arguments": {"t": "dict", "items": {}}},
+        {"name": "x", "version": True, "target": "a:b", "arguments": {"t": "dict", "items": {}}},
+        {"name": "x", "version": 1, "target": "a:b"},
+        ["not", "an", "object"],
+    ],
+)
+def test_hostile_model_sections(tmp_path: Path, section: object) -> None:
+    path = tmp_path / "bad.safetensors"
+    with open(path, "wb") as f:
+        _format.write(f, {"w": torch.ones(1)}, sections={"model": section})
+    with pytest.raises(tk.CorruptCheckpointError, match="model section is malformed"):
+        tk.load_model(path, import_module=True)
+
+
+@pytest.mark.parametrize("target", ["os; import shutil:x", "../evil:x", "__main__:Net", ":x", "a b:c"])
+def test_import_module_refuses_odd_module_names(tmp_path: Path, target: str) -> None:
+    path = tmp_path / "odd.safetensors"
+    section = {"name": "odd", "version": 1, "target": target, "arguments": {"t": "dict", "items": {}}}
+    with open(path, "wb") as f:
+        _format.write(f, {"w": torch.ones(1)}, sections={"model": section})
+    with pytest.raises(tk.ModelNotRegisteredError, match="cannot be imported"):
+        tk.load_model(path, import_module=True)
+
+
+def test_arguments_referring_to_tensors_are_refused(tmp_path: Path) -> None:
+    @tk.register(name="t-args")
+    class TArgs(nn.Module):
+        def __init__(self, w: object = None) -> None:
+            super().__init__()
+
+    path = tmp_path / "t.safetensors"
+    section = {
+        "name": "t-args",
+        "version": 1,
+        "target": "m:TArgs",
+        "arguments": {"t": "dict", "items": {"w": {"t": "tensor", "ref": "w"}}},
+    }
+    with open(path, "wb") as f:
+        _format.write(f, {"w": torch.ones(1)}, sections={"model": section})
+    with pytest.raises(tk.CorruptCheckpointError, match="refer to tensor 'w'"):
+        tk.load_model(path)
+
+
 def test_dataclass_argument_class_not_loaded(tmp_path: Path, write_module) -> None:  # type: ignore[no-untyped-def]
     write_module(
         "cfg_only",
@@ -447,3 +509,139 @@ def test_dataclass_argument_class_not_loaded(tmp_path: Path, write_module) -> No
     with pytest.raises(tk.CorruptCheckpointError, match="import cfg_only before loading"):
         tk.load_model(path)
     assert tk.load_model(path, import_module=True).lin.in_features == 3  # opt-in imports it
+
+
+def _fast(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record whether each load_model call took the no-initialization (meta) path."""
+    from torchkeep import _modelfile
+
+    taken: list[bool] = []
+    original = _modelfile._build_on_meta
+
+    def spy(*args: object) -> object:
+        model = original(*args)  # type: ignore[arg-type]
+        taken.append(model is not None)
+        return model
+
+    monkeypatch.setattr(_modelfile, "_build_on_meta", spy)
+    return taken
+
+
+def test_fast_path_skips_init_maps_the_file_and_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    MLP = _make_mlp_class()
+    model = MLP(MLPConfig())
+    path = tmp_path / "m.safetensors"
+    tk.save_model(model, path)
+    before = path.read_bytes()
+    taken = _fast(monkeypatch)
+    rng = torch.get_rng_state()
+    loaded = tk.load_model(path)
+    assert taken == [True]
+    assert torch.equal(torch.get_rng_state(), rng)  # no weight init ran
+    assert all(p.device.type == "cpu" and p.requires_grad for p in loaded.parameters())
+    x = torch.randn(3, 4)
+    assert torch.equal(loaded(x), model(x))
+    loaded.train()
+    opt = torch.optim.SGD(loaded.parameters(), lr=0.5)
+    loaded(x).sum().backward()
+    opt.step()
+    assert not torch.equal(loaded(x), model(x))
+    assert path.read_bytes() == before  # the mapping is copy-on-write: the file never changes
+
+
+def test_fallbacks_build_normally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    @tk.register(name="np-buffer")
+    class NonPersistent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("pos", torch.arange(4), persistent=False)
+
+    @tk.register(name="needs-data")
+    class NeedsData(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            n = int(torch.tensor(3).item())  # impossible on the meta device
+            self.lin = nn.Linear(n, n)
+
+    @tk.register(name="trap")
+    class Trap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.offset = torch.ones(2)
+
+    taken = _fast(monkeypatch)
+    for cls in (NonPersistent, NeedsData, Trap):
+        path = tmp_path / f"{cls.__name__}.safetensors"
+        model = cls()
+        tk.save_model(model, path)
+        loaded = tk.load_model(path)
+        assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+        assert torch.equal(loaded.lin.weight, model.lin.weight)
+    assert taken == [False, False, False]
+    assert torch.equal(loaded.offset, torch.ones(2))  # built by __init__, not left on meta
+    assert torch.equal(tk.load_model(tmp_path / "NonPersistent.safetensors").pos, torch.arange(4))
+
+
+def test_dtype_of_the_constructor_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    @tk.register(name="halfable")
+    class Halfable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+    model = Halfable().half()
+    tk.save_model(model, tmp_path / "h.safetensors")
+    taken = _fast(monkeypatch)
+    loaded = tk.load_model(tmp_path / "h.safetensors")
+    assert taken == [False] and loaded.lin.weight.dtype == torch.float32
+    assert torch.equal(loaded.lin.weight, model.lin.weight.float())
+
+
+def test_custom_loading_that_ignores_assign_falls_back(tmp_path: Path) -> None:
+    @tk.register(name="custom-load")
+    class CustomLoad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(2))
+
+        def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # type: ignore[no-untyped-def]
+            with torch.no_grad():
+                self.w.copy_(state_dict[prefix + "w"])  # copies in place: assign=True has no effect
+
+    model = CustomLoad()
+    tk.save_model(model, tmp_path / "c.safetensors")
+    loaded = tk.load_model(tmp_path / "c.safetensors")
+    assert loaded.w.device.type == "cpu" and torch.equal(loaded.w, model.w)
+
+
+def test_checkpoint_of_a_registered_model_with_an_unstorable_argument(tmp_path: Path) -> None:
+    @tk.register(name="ckpt-act")
+    class CkptAct(nn.Module):
+        def __init__(self, act: object = torch.tanh) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+    path = tmp_path / "ckpt.safetensors"
+    with pytest.raises(tk.UnsupportedValueError, match="argument 'act' of ckpt-act"):
+        tk.save_checkpoint(path, model=CkptAct())
+    assert not path.exists()
+    tk.save_checkpoint(path, model=CkptAct(act="tanh"))
+    assert tk.read_info(path).model["arguments"]["items"] == {"act": "tanh"}  # type: ignore[index]
+
+
+def test_meta_and_sparse_state_are_refused_naming_the_key(tmp_path: Path) -> None:
+    @tk.register(name="odd-state")
+    def odd(kind: str) -> nn.Module:
+        m = nn.Linear(2, 2)
+        if kind == "meta":
+            return m.to("meta")
+        m.register_buffer("sparse", torch.eye(2).to_sparse())
+        return m
+
+    with pytest.raises(tk.UnsupportedValueError, match=r"\['weight'\]: meta tensors have no data"):
+        tk.save_model(odd("meta"), tmp_path / "m.safetensors")
+    with pytest.raises(tk.UnsupportedValueError, match=r"\['sparse'\].*to_dense"):
+        tk.save_model(odd("sparse"), tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -26,11 +26,13 @@ app = typer.Typer(
 
 # One command module per line (keeps parallel work from colliding here); each has register(app).
 _COMMAND_MODULES = (
+    "_demo",
     "_files",
     "_diff",
     "_model",
     "_ls",
-    "_demo",
+    "_export",
+    "_bench",
     "_serve",
 )
 

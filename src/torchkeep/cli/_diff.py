@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import _api, _checkpoint, _format
+from .. import _api, _checkpoint, _format, _state_io
 
 __all__ = ["diff_files", "register"]
 
@@ -105,9 +105,10 @@ def diff_files(path_a: str, path_b: str) -> dict[str, Any]:
     ra, rb = _format.open_file(path_a), _format.open_file(path_b)
     # RNG states always differ between two points of a run and mean nothing element by element:
     # they are reported as one line per generator instead.
-    rng_prefix = _checkpoint.RNG_KEY + "/"
-    names_a = {n for n in ra.names if not n.startswith(rng_prefix)}
-    names_b = {n for n in rb.names if not n.startswith(rng_prefix)}
+    # Alignment padding is not data.
+    skip = (_checkpoint.RNG_KEY + "/", _state_io.PAD_KEY + "/")
+    names_a = {n for n in ra.names if not n.startswith(skip)}
+    names_b = {n for n in rb.names if not n.startswith(skip)}
     changed: list[dict[str, Any]] = []
     identical = 0
     for name in sorted(names_a & names_b):

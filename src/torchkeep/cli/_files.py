@@ -13,7 +13,7 @@ from rich.table import Table
 from .. import _checkpoint, _format
 from ..errors import TorchkeepError
 
-__all__ = ["describe", "register"]
+__all__ = ["describe", "preview_tree", "register"]
 
 
 def _human(n: int) -> str:
@@ -23,6 +23,77 @@ def _human(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"  # pragma: no cover
+
+
+_MAX_ITEMS = 50
+_MAX_DEPTH = 16
+
+
+def preview_tree(node: Any, reader: _format.Reader, depth: int = 0) -> Any:
+    """The stored object tree as plain JSON for display: tensors as ``<tensor name dtype shape>``.
+
+    Reads only the header (no tensor data, no classes resolved), so it works on any file and on
+    trees whose dataclasses are not importable here.
+
+    Example:
+        >>> import io, torch
+        >>> from torchkeep import _codec
+        >>> enc = _codec.encode({"w": torch.zeros(2), "step": (1, 2)})
+        >>> buf = io.BytesIO(); _ = _format.write(buf, enc.tensors, tree=enc.tree)
+        >>> preview_tree(enc.tree, _format.open_file(buf.getvalue()))
+        {'w': '<tensor w float32 (2,)>', 'step': [1, 2]}
+    """
+    if depth > _MAX_DEPTH:
+        return "..."
+    if node is None or isinstance(node, (bool, int, float)):
+        return node
+    if isinstance(node, str):
+        return node if len(node) <= 80 else node[:77] + "..."
+    if isinstance(node, list):
+        items = [preview_tree(v, reader, depth + 1) for v in node[:_MAX_ITEMS]]
+        return items + ([f"... {len(node) - _MAX_ITEMS} more"] if len(node) > _MAX_ITEMS else [])
+    if not isinstance(node, dict):
+        return "<?>"
+    tag, v = node.get("t"), node.get("v")
+    if tag in ("dict", "odict"):
+        if isinstance(node.get("items"), dict):
+            pairs = list(node["items"].items())
+        else:
+            keys, values = node.get("keys"), node.get("values")
+            pairs = list(zip(keys, values, strict=False)) if isinstance(keys, list) and isinstance(values, list) else []
+            pairs = [(k if isinstance(k, str) else json.dumps(preview_tree(k, reader, depth + 1)), v) for k, v in pairs]
+        out = {str(k): preview_tree(v, reader, depth + 1) for k, v in pairs[:_MAX_ITEMS]}
+        if len(pairs) > _MAX_ITEMS:
+            out["..."] = f"{len(pairs) - _MAX_ITEMS} more"
+        return out
+    if tag == "tuple":
+        return preview_tree(node.get("items"), reader, depth)
+    if tag in ("tensor", "ndarray"):
+        ref = node.get("ref")
+        try:
+            info = reader.info(str(ref))
+        except TorchkeepError:
+            return f"<{tag} {ref!r}: missing>"
+        view = node.get("view")
+        shape = (
+            tuple(view[1]) if isinstance(view, list) and len(view) == 3 and isinstance(view[1], list) else info.shape
+        )
+        kind = "parameter" if node.get("param") else tag
+        return f"<{kind} {ref} {str(info.dtype).removeprefix('torch.')} {shape}>"
+    if tag in ("int", "float"):
+        return v
+    if tag == "bytes":
+        return f"<{len(v) * 3 // 4 if isinstance(v, str) else '?'} bytes>"
+    if tag in ("dtype", "device", "size"):
+        return {"dtype": f"torch.{v}", "device": f"device({v!r})", "size": f"Size({v})"}[tag]
+    if tag == "npscalar":
+        return f"<numpy {node.get('dtype')} scalar>"
+    if tag == "enum":
+        return f"<{node.get('cls')} {json.dumps(preview_tree(v, reader, depth + 1))}>"
+    if tag == "dataclass":
+        fields = node.get("fields")
+        return {f"<{node.get('cls')}>": preview_tree(fields, reader, depth + 1)}
+    return f"<unknown tag {tag!r}>"
 
 
 def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
@@ -62,6 +133,8 @@ def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
             }
         )
     out["tensors"] = tensors
+    if reader.tree is not None:
+        out["tree"] = preview_tree(reader.tree, reader)
     out["tensor_bytes"] = sum(t["bytes"] for t in tensors)
     out["metadata"] = {k: v for k, v in reader.metadata.items() if not k.startswith(_format.META_PREFIX)}
     if verify:
@@ -106,10 +179,17 @@ def inspect(
     if desc.get("model"):
         m = desc["model"]
         console.print(f"[bold]model[/bold]  {m.get('name')} v{m.get('version')} ({m.get('target')})")
-    table = Table("tensor", "dtype", "shape", "size", "device", box=None, header_style="bold")
+    if "tree" in desc:
+        lines = json.dumps(desc["tree"], indent=2, ensure_ascii=False).splitlines()
+        cut = lines if limit <= 0 else lines[: max(limit, 10)]
+        console.print("[bold]tree[/bold]", highlight=False)
+        console.print("\n".join(cut), markup=False, highlight=False)
+        if len(cut) < len(lines):
+            console.print(f"... {len(lines) - len(cut)} more lines (use --limit 0 or --json)")
+    table = Table("tensor", "dtype", "shape", "size", "device", "xxh3", box=None, header_style="bold")
     shown = desc["tensors"] if limit <= 0 else desc["tensors"][:limit]
     for t in shown:
-        table.add_row(t["name"], t["dtype"], str(tuple(t["shape"])), _human(t["bytes"]), t["device"])
+        table.add_row(t["name"], t["dtype"], str(tuple(t["shape"])), _human(t["bytes"]), t["device"], t["xxh3"] or "-")
     console.print(table)
     if len(shown) < len(desc["tensors"]):
         console.print(f"... {len(desc['tensors']) - len(shown)} more (use --limit 0 to show all)")

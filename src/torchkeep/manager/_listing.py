@@ -25,7 +25,7 @@ from typing import Any
 from .. import _format
 from .._checkpoint import SECTION, CheckpointInfo, read_info
 from .._storage import LocalStorage, Storage
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from ..errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, FormatVersionError
 from ._policies import KeepBestK, Record
 
 __all__ = [
@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "ckpt-"
 SUFFIX = ".safetensors"
-_NAME_RE = re.compile(r"^ckpt-(\d{9,})-(\d{8}T\d{6}Z)\.safetensors$")
+# ".sharded": a step saved by several ranks, a directory (torchkeep.distributed)
+_NAME_RE = re.compile(r"^ckpt-(\d{9,})-(\d{8}T\d{6}Z)\.(?:safetensors|sharded)$")
+SHARDED_SUFFIX = ".sharded"
 _TS_FORMAT = "%Y%m%dT%H%M%SZ"
 #: Key in the checkpoint section where the manager records its monitor/mode.
 MANAGER_KEY = "manager"
@@ -167,7 +169,16 @@ def open_storage(
         return FsspecStorage(text, storage_options=storage_options, create=create)
     if text.startswith("file://"):
         text = text[len("file://") :]
-    return LocalStorage(text, create=create)
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise CheckpointWriteError(
+            f"{text} is a file, but a checkpoint directory was expected; pass a directory path", path=text
+        )
+    try:
+        return LocalStorage(text, create=create)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            f"cannot create the checkpoint directory {text}: {exc.strerror or exc}", path=text
+        ) from exc
 
 
 def storage_path(storage: Storage, name: str) -> str:
@@ -184,6 +195,8 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
     step, ts = parsed
     path = storage_path(storage, name)
     entry = CheckpointEntry(name=name, step=step, timestamp=ts, path=path)
+    if name.endswith(SHARDED_SUFFIX):
+        entry.kind = "sharded"
     try:
         entry.info, entry.manager = _read_header(storage, name)
         entry.info.path = path
@@ -196,6 +209,10 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
 
 def _read_header(storage: Storage, name: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
     read_head = getattr(storage, "read_head", None)
+    if name.endswith(SHARDED_SUFFIX):
+        from ..distributed import _listing as sharded
+
+        return sharded.read_header(storage_path(storage, name))
     if isinstance(storage, LocalStorage):
         reader = _format.open_file(storage.path(name))
     elif read_head is not None:
@@ -217,6 +234,14 @@ def verify_entry(storage: Storage, entry: CheckpointEntry) -> None:
     """Check every tensor checksum of ``entry``; on failure mark it corrupt (``status``, ``error``)."""
     if not entry.ok:
         return
+    if entry.kind == "sharded":
+        from ..distributed import _listing as sharded
+
+        try:
+            sharded.verify(entry.path)
+        except (CorruptCheckpointError, FormatVersionError, CheckpointNotFoundError) as exc:
+            entry.error = str(exc)
+        return
     try:
         with storage.local_path(entry.name) as p:
             reader = _format.open_file(p)
@@ -236,6 +261,10 @@ def scan(storage: Storage, cache: dict[str, CheckpointEntry] | None = None) -> l
     """
     cache = {} if cache is None else cache
     names = [n for n in storage.list() if parse_name(n) is not None]
+    if isinstance(storage, LocalStorage):  # sharded steps are directories, which list() leaves out
+        from ..distributed._listing import list_names
+
+        names += list_names(storage.root)
     present = set(names)
     for gone in [n for n in cache if n not in present]:
         del cache[gone]

@@ -25,7 +25,7 @@ import socket
 import weakref
 from typing import Any
 
-from ..errors import CheckpointLockedError
+from ..errors import CheckpointLockedError, CheckpointWriteError
 
 try:  # POSIX only
     import fcntl
@@ -129,7 +129,14 @@ class DirectoryLock:
             self._acquire_by_content()
             return
         for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise CheckpointWriteError(
+                    f"cannot create the lock file {self.path}: {exc.strerror or exc}. To only list and restore "
+                    "from a directory you cannot write to, open it with read_only=True.",
+                    path=self.directory,
+                ) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

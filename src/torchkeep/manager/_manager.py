@@ -23,10 +23,11 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future
 from types import TracebackType
 from typing import IO, Any
 
-from .. import _format
+from .. import _format, distributed
 from .._checkpoint import (
     CheckpointInfo,
     _check_stateful,
@@ -36,6 +37,7 @@ from .._checkpoint import (
     write_checkpoint,
 )
 from .._storage import LocalStorage, Storage
+from ..distributed import _listing as distributed_listing
 from ..errors import (
     CheckpointNotFoundError,
     CheckpointWriteError,
@@ -45,6 +47,7 @@ from ..errors import (
 from ._async import BackgroundSaver, _BufferPool, snapshot
 from ._listing import (
     MANAGER_KEY,
+    SHARDED_SUFFIX,
     CheckpointEntry,
     best_first,
     checkpoint_name,
@@ -140,9 +143,14 @@ class CheckpointManager:
         self._mutex = threading.RLock()
         self._closed = False
         self._lock: DirectoryLock | None = None
-        if not read_only and isinstance(self._storage, LocalStorage):
+        # several ranks (torchkeep.distributed): each saves its shard, rank 0 commits, locks, deletes
+        self._sharded = distributed.is_sharded_context(self._objects)
+        self._rank0 = not self._sharded or _rank() == 0
+        self._pending: tuple[Future[CheckpointInfo], list[CheckpointEntry]] | None = None
+        if not read_only and isinstance(self._storage, LocalStorage) and self._rank0:
             self._lock = DirectoryLock(self._storage.root)
             self._lock.acquire()
+            distributed.sweep(self._storage.root)  # uncommitted sharded steps (directories)
             swept = self._storage.sweep_temporaries()
             if swept:
                 logger.info("removed %d temporary file(s) left by an interrupted save: %s", len(swept), swept)
@@ -228,6 +236,8 @@ class CheckpointManager:
                 "it (the old file is removed only after the new one is written), or save a new step",
                 path=existing[-1].path,
             )
+        if self._sharded:
+            return self._save_sharded(step, epoch, metrics, extra, existing)
         try:
             tree, section = collect_state(self._objects, epoch=epoch, step=step, metrics=metrics, extra=extra)
         except TorchkeepError:
@@ -294,7 +304,42 @@ class CheckpointManager:
         logger.debug("saved %s (%d bytes)", path, size)
         return info
 
+    def _save_sharded(
+        self, step: int, epoch: int | None, metrics: Any, extra: Any, existing: list[CheckpointEntry]
+    ) -> CheckpointInfo:
+        """One directory per step, one shard per rank (torchkeep.distributed); rank 0 keeps the books."""
+        self._finish_sharded()
+        name = checkpoint_name(step).removesuffix(".safetensors") + SHARDED_SUFFIX
+        path = storage_path(self._storage, name)
+        annotations = {MANAGER_KEY: {"monitor": self.monitor, "mode": self.mode}} if self.monitor else None
+        kw: dict[str, Any] = dict(step=step, epoch=epoch, metrics=metrics, extra=extra, annotations=annotations)
+        if self.async_save:
+            self._pending = (distributed.async_save_checkpoint(path, **kw, **self._objects), existing)
+            return CheckpointInfo(path=path, step=step, epoch=epoch, metrics=dict(metrics or {}), extra=extra)
+        info = distributed.save_checkpoint(path, **kw, **self._objects)
+        self._after_sharded(info, existing)
+        return info
+
+    def _finish_sharded(self) -> None:
+        if self._pending is not None:
+            future, existing = self._pending
+            self._pending = None
+            self._after_sharded(future.result(), existing)
+
+    def _after_sharded(self, info: CheckpointInfo, existing: list[CheckpointEntry]) -> None:
+        if not self._rank0:
+            return
+        with self._mutex:
+            for old in existing:
+                if old.path != info.path:
+                    self._delete(old)
+            self._apply_retention()
+
     def _delete(self, entry: CheckpointEntry) -> None:
+        if entry.kind == "sharded":
+            distributed_listing.delete(entry.path)
+            self._cache.pop(entry.name, None)
+            return
         try:
             self._storage.delete(entry.name)
         except OSError as exc:  # the save itself succeeded; a leftover file is harmless
@@ -342,9 +387,10 @@ class CheckpointManager:
             >>> mgr.close()
         """
         self._check_open()
-        if self._saver is not None:
-            self._saver.wait()
+        self.wait()
         entries = self.entries
+        if not isinstance(which, (str, bool)) and hasattr(which, "__index__"):
+            which = operator.index(which)  # numpy ints too
         if isinstance(which, int) and not isinstance(which, bool):
             matches = [e for e in entries if e.step == which]
             if not matches:
@@ -399,6 +445,7 @@ class CheckpointManager:
     # -- lifecycle ----------------------------------------------------------------------------
     def wait(self) -> None:
         """Block until the background save (if any) is written; raise its error if it failed."""
+        self._finish_sharded()
         if self._saver is not None:
             self._saver.wait()
 
@@ -434,6 +481,12 @@ class CheckpointManager:
     def __repr__(self) -> str:
         mode = "async" if self.async_save else "sync"
         return f"CheckpointManager({self.directory!r}, {mode}, objects={sorted(self._objects)})"
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _verify_staged(f: IO[bytes], path: str) -> None:

@@ -120,6 +120,10 @@ def backend_order(manifest: dict[str, Any], device: str, batch_size: int | None 
         return fixed
     results = [r for r in bench.get("results", []) if isinstance(r, dict) and isinstance(r.get("p50_ms"), int | float)]
     if batch_size is not None:
+        measured = sorted((r for r in results if r.get("batch_size") == batch_size), key=lambda r: float(r["p50_ms"]))
+        if measured:
+            ranked_here = list(dict.fromkeys(str(r.get("backend")) for r in measured))
+            return [*ranked_here, *[b for b in fixed if b not in ranked_here]]
         fastest = bench.get("fastest", {}).get(str(batch_size)) if isinstance(bench.get("fastest"), dict) else None
         if isinstance(fastest, str):
             return [fastest, *[b for b in fixed if b != fastest]]

@@ -54,7 +54,11 @@ def program_specs(ep: Any) -> tuple[list[TensorSpec], list[TensorSpec], str, str
             spec = _spec(name, getattr(node, "meta", {}).get("val"))
             if spec is not None:
                 outputs.append(spec)
-    takes_kwargs = in_spec is not None and in_spec.num_children == 2 and in_spec.children_specs[1].num_children > 0
+    takes_kwargs = False
+    if in_spec is not None and in_spec.num_children == 2:
+        # torch >= 2.10 has TreeSpec.child(i) and deprecates children_specs.
+        kwargs_spec = in_spec.child(1) if hasattr(in_spec, "child") else in_spec.children_specs[1]
+        takes_kwargs = kwargs_spec.num_children > 0
     return inputs, outputs, "dict" if takes_kwargs else "positional", structure
 
 

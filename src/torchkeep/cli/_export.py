@@ -1,0 +1,205 @@
+"""``torchkeep export MODEL_FILE``: a torchkeep model file to deployment formats, verified.
+
+The tutorials' ``export_model.py --weights model_weights.pth --torchscript --onnx``, done
+safely: the model is rebuilt with :func:`torchkeep.load_model` (no pickle, no model code in the
+file), every artifact is checked against eager PyTorch at several batch sizes, and a table shows
+the parity numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ExportError
+
+__all__ = ["parse_shape", "register"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,10"`` (or ``"1x10"``) → ``(1, 10)``.
+
+    Example:
+        >>> parse_shape("1,3,224,224")
+        (1, 3, 224, 224)
+    """
+    parts = [p.strip() for p in re.split(r"[,x]", text)]
+    shape = tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
+    if not shape or any(d < 1 for d in shape):
+        raise typer.BadParameter(f"{text!r} is not a shape; expected positive ints separated by commas, e.g. 1,10")
+    return shape
+
+
+def _examples(shapes: list[str], dtypes: list[str], int_high: int) -> tuple[torch.Tensor, ...]:
+    parsed = [parse_shape(s) for s in shapes]
+    if len(dtypes) not in (0, 1, len(parsed)):
+        raise typer.BadParameter(f"give one --dtype for all inputs or one per --input-shape ({len(parsed)})")
+    names = dtypes if len(dtypes) == len(parsed) else [dtypes[0] if dtypes else "float32"] * len(parsed)
+    out = []
+    for shape, name in zip(parsed, names, strict=True):
+        if name not in _DTYPES:
+            raise typer.BadParameter(f"--dtype {name!r} is not one of {', '.join(_DTYPES)}")
+        dtype = _DTYPES[name]
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape).to(dtype))
+        elif dtype == torch.bool:
+            out.append(torch.ones(shape, dtype=torch.bool))
+        else:
+            out.append(torch.randint(0, int_high, shape, dtype=dtype))
+    return tuple(out)
+
+
+def export(
+    model_file: Annotated[
+        Path | None,
+        typer.Argument(help="A torchkeep model file (tk.save_model) or a checkpoint with a registered model."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Alias for MODEL_FILE (the tutorials' flag).")
+    ] = None,
+    pt2: Annotated[bool, typer.Option("--pt2", help="torch.export program (model.pt2).")] = False,
+    onnx: Annotated[bool, typer.Option("--onnx", help="ONNX (model.onnx).")] = False,
+    torchscript: Annotated[
+        bool, typer.Option("--torchscript", help="TorchScript, legacy (model.torchscript.pt).")
+    ] = False,
+    aoti: Annotated[
+        bool, typer.Option("--aoti", help="AOTInductor package (model.aoti.pt2); slow to compile.")
+    ] = False,
+    tensorrt: Annotated[bool, typer.Option("--tensorrt", help="TensorRT engine (model.engine); needs CUDA.")] = False,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write the artifacts.")] = Path(
+        "exported"
+    ),
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", help="Example input shape, e.g. 1,10; repeat for each input.")
+    ] = None,
+    dtype: Annotated[
+        list[str] | None, typer.Option("--dtype", help="Input dtype (one for all inputs, or one per --input-shape).")
+    ] = None,
+    int_high: Annotated[int, typer.Option(help="Integer example inputs are drawn from [0, INT_HIGH).")] = 10,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset version.")] = None,
+    dynamic_batch: Annotated[
+        bool, typer.Option("--dynamic-batch/--static", help="Keep dim 0 dynamic (default) or bake the shape in.")
+    ] = True,
+    torchscript_method: Annotated[str, typer.Option(help="trace or script.")] = "trace",
+    tensorrt_precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
+    module: Annotated[
+        list[str] | None,
+        typer.Option("--module", "-m", help="Import this Python module first (where your @tk.register classes live)."),
+    ] = None,
+    import_module: Annotated[
+        bool, typer.Option(help="Import the module recorded in the file (runs its code: trusted files only).")
+    ] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every artifact against eager.")] = True,
+    continue_on_error: Annotated[bool, typer.Option(help="Write the formats that work; report the others.")] = False,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance for the parity check.")] = None,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance for the parity check.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print export.json instead of a table.")] = False,
+) -> None:
+    """Export a torchkeep model file to pt2 / ONNX / TorchScript / AOTInductor / TensorRT, verified."""
+    from .. import export as tk_export
+    from .. import load_model
+
+    if model_file is not None and weights is not None and model_file != weights:
+        raise typer.BadParameter("give the model file once: as MODEL_FILE or as --weights")
+    source = model_file or weights
+    if source is None:
+        raise typer.BadParameter("missing MODEL_FILE (or --weights FILE)")
+    if not input_shape:
+        raise typer.BadParameter("give the example input shape, e.g. --input-shape 1,10 (repeat for several inputs)")
+    chosen = [
+        name
+        for name, on in (
+            ("pt2", pt2),
+            ("onnx", onnx),
+            ("torchscript", torchscript),
+            ("aoti", aoti),
+            ("tensorrt", tensorrt),
+        )
+        if on
+    ] or ["pt2", "onnx"]
+    examples = _examples(input_shape, dtype or [], int_high)
+    sys.path.insert(0, str(Path.cwd()))  # `--module models` finds ./models.py, as `python -m` would
+    for name in module or []:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ExportError(f"--module {name}: cannot import it ({exc})", step="load") from exc
+    model = load_model(source, import_module=import_module)
+    console = Console(stderr=as_json)
+    options: dict[str, Any] = {"source_file": str(source), "torchscript_method": torchscript_method}
+    options["tensorrt_precision"] = tensorrt_precision
+    if opset is not None:
+        options["opset"] = opset
+    stages = {"export": "exporting", "verify": "verifying", "ok": "done", "failed": "failed"}
+    status = console.status("loading...")
+
+    def progress(fmt: str, stage: str) -> None:
+        if stage == "ok":
+            console.print(f"[green]✓[/green] {fmt}")
+        elif stage == "failed":
+            console.print(f"[red]✗[/red] {fmt}")
+        else:
+            status.update(f"{fmt}: {stages[stage]}...")
+
+    with status:
+        report = tk_export(
+            model,
+            examples,
+            output_dir,
+            formats=chosen,
+            dynamic_batch=dynamic_batch,
+            verify=verify,
+            rtol=rtol,
+            atol=atol,
+            continue_on_error=continue_on_error,
+            progress=progress,
+            **options,
+        )
+    if as_json:
+        typer.echo(json.dumps(report.manifest, indent=2))
+    else:
+        for note in report.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        table = Table(
+            "format", "status", "file", "batches", "max abs err", "max rel err", "seconds", header_style="bold"
+        )
+        for r in report:
+            table.add_row(
+                r.format,
+                "[green]ok[/green]" if r.ok else f"[red]failed ({r.step})[/red]",
+                ", ".join(f.name for f in r.files) or "-",
+                ", ".join(str(b) for b in r.parity) or "-",
+                f"{r.max_abs_error:.2e}",
+                f"{r.max_rel_error:.2e}",
+                f"{r.export_seconds + r.verify_seconds:.1f}",
+            )
+        console.print(table)
+        for r in report.failed.values():
+            console.print(f"[red]{r.format}:[/red] {r.error}")
+        console.print(f"wrote {report.manifest_path}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    app.command()(export)
