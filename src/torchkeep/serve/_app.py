@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from ._loading import import_modules, load_kwargs, load_slot, warm_up
 from ._metrics import Metrics
 from ._options import ServeOptions
 from ._reload import Watcher
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = ["Server", "create_app"]
 
@@ -348,7 +351,7 @@ _V1_DOC = {
 }
 
 
-def create_app(target: str | Predictor, *, options: ServeOptions | None = None) -> Any:
+def create_app(target: str | Predictor, *, options: ServeOptions | None = None) -> "FastAPI":
     """Build the FastAPI app serving ``target`` (a path, or a Predictor already loaded).
 
     The model is loaded here (errors surface at once); warm-up, the batcher and the watcher

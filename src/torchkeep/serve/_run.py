@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ServeError, missing_dependency
 from ._app import create_app
 from ._options import ServeOptions
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = ["ENV_OPTIONS", "ENV_TARGET", "app_from_env", "serve"]
 
@@ -23,7 +26,7 @@ ENV_OPTIONS = "TORCHKEEP_SERVE_OPTIONS"
 logger = logging.getLogger(__name__)
 
 
-def app_from_env() -> Any:
+def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: the app for ``$TORCHKEEP_SERVE_TARGET``.
 
     Example:
