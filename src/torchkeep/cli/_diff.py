@@ -17,7 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import _api, _checkpoint, _format
+from ..checkpoint import _api, _checkpoint
+from ..io import _format
 
 __all__ = ["diff_files", "register"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .._manifest import MANIFEST_NAME, read_manifest
 from ..errors import PredictorError, ServeError, TorchkeepError
+from ..io._manifest import MANIFEST_NAME, read_manifest
 from ..runtime._base import Predictor, TensorSpec
 from ._batching import ModelSlot, run_predictor
 from ._inputs import NUMPY_DTYPES
@@ -39,7 +39,7 @@ _MODEL_SUFFIXES = (".safetensors", ".pt2", ".onnx", ".pt", ".ts", ".engine", ".p
 
 def _checkpoint_step(path: str) -> int | None:
     try:
-        from .._checkpoint import read_info
+        from ..checkpoint._checkpoint import read_info
 
         step = read_info(path).step
     except (TorchkeepError, OSError):

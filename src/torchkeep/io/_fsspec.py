@@ -1,4 +1,4 @@
-"""The :class:`~torchkeep._storage.Storage` Protocol over fsspec (S3, GCS, Azure, ...).
+"""The :class:`~torchkeep.io._storage.Storage` Protocol over fsspec (S3, GCS, Azure, ...).
 
 Object stores have no rename, so the local commit protocol (temporary sibling + rename) does not
 carry over. Instead a file is written completely to a local temporary file first and then
@@ -21,8 +21,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from ..errors import CheckpointNotFoundError, CheckpointWriteError, missing_dependency
 from ._storage import is_temporary
-from .errors import CheckpointNotFoundError, CheckpointWriteError, missing_dependency
 
 __all__ = ["FsspecStorage", "is_remote", "sweep_staging_files"]
 

@@ -21,18 +21,18 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from . import _codec, _format
-from ._format import MapLocation
-from ._sampler import ResumableLoader, ResumableSampler
-from ._state_io import aligned, rng_state, set_rng_state
-from ._storage import atomic_write
-from .errors import (
+from ..errors import (
     CorruptCheckpointError,
     MissingObjectError,
     StateMismatchError,
     TorchkeepError,
     UnsupportedValueError,
 )
+from ..io import _codec, _format
+from ..io._format import MapLocation
+from ..io._storage import atomic_write
+from ._sampler import ResumableLoader, ResumableSampler
+from ._state_io import aligned, rng_state, set_rng_state
 
 __all__ = [
     "CheckpointInfo",
@@ -90,7 +90,7 @@ def environment() -> dict[str, Any]:
         >>> sorted(environment())[:4]
         ['cuda', 'numpy', 'platform', 'python']
     """
-    from . import __version__
+    from .._version import __version__
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
@@ -228,7 +228,7 @@ def collect_state(
 def _registry_entry(model: torch.nn.Module) -> dict[str, Any] | None:
     """The registry entry of a registered model (None when the registry does not know it)."""
     try:
-        from ._registry import model_entry  # type: ignore[import-not-found,unused-ignore]
+        from ..models._registry import model_entry  # type: ignore[import-not-found,unused-ignore]
     except ImportError:  # the registry lands separately; until then no model is registered
         return None
     entry: dict[str, Any] | None = model_entry(model)
@@ -279,7 +279,7 @@ def save_checkpoint(
         >>> tk.load_checkpoint(path, model=model, optimizer=opt).extra["update_steps"]
         7
     """
-    from . import distributed  # light; DCP itself is imported only for sharded saves
+    from .. import distributed  # light; DCP itself is imported only for sharded saves
 
     if distributed.is_sharded_context(objects):
         return distributed.save_checkpoint(
@@ -357,7 +357,7 @@ def load_checkpoint(
         >>> tk.load_checkpoint(path, model=torch.nn.Linear(2, 2), map_location="cpu").epoch
         1
     """
-    from . import distributed
+    from .. import distributed
 
     if os.path.isdir(path):  # a sharded checkpoint (directory) or an error saying what it is
         return distributed.load_checkpoint(

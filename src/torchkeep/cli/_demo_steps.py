@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import _api, _audit, _checkpoint, _format, _modelfile
-from ._registry import register
-from .errors import CorruptCheckpointError
-from .manager import CheckpointManager, list_checkpoints
+from ..checkpoint import _api, _checkpoint
+from ..errors import CorruptCheckpointError
+from ..io import _format
+from ..manager import CheckpointManager, list_checkpoints
+from ..models import _audit, _modelfile
+from ..models._registry import register
 
 __all__ = ["STEPS", "DemoContext", "DemoMLP", "run_demo", "train_steps"]
 
@@ -116,7 +118,7 @@ def step_train_and_resume(ctx: DemoContext) -> None:
     """Train straight through; then train in a child process that is SIGKILLed, and resume."""
     reference = train_steps(os.path.join(ctx.workdir, "straight"), ctx.total_steps)
 
-    code = f"from torchkeep.demo import train_steps; train_steps({ctx.run_dir!r}, {ctx.total_steps})"
+    code = f"from torchkeep.cli._demo_steps import train_steps; train_steps({ctx.run_dir!r}, {ctx.total_steps})"
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -211,7 +213,7 @@ def step_rebuild_model(ctx: DemoContext) -> None:
 
 def step_export(ctx: DemoContext) -> None:
     """Export to pt2, ONNX and TorchScript; every artifact is checked against eager at batch 1, 3, 17."""
-    from .export import export
+    from ..export import export
 
     model = _modelfile.load_model(ctx.model_file)
     report = export(model, (torch.randn(1, 10),), ctx.export_dir, formats=("pt2", "onnx", "torchscript"))
@@ -225,8 +227,8 @@ def step_export(ctx: DemoContext) -> None:
 
 def step_predict_and_bench(ctx: DemoContext) -> None:
     """Run every artifact through one predictor interface; benchmark them; record the fastest."""
-    from .bench import benchmark
-    from .runtime import load_predictor
+    from ..bench import benchmark
+    from ..runtime import load_predictor
 
     x = torch.randn(32, 10)
     reference = _modelfile.load_model(ctx.model_file)(x)
@@ -249,7 +251,7 @@ def step_serve(ctx: DemoContext) -> None:
 
     import httpx
 
-    from .serve import ServeOptions, create_app
+    from ..serve import ServeOptions, create_app
 
     app = create_app(ctx.export_dir, options=ServeOptions(max_batch_size=32, max_wait_ms=5))
 

@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._manifest import MANIFEST_NAME, read_manifest, write_manifest
-from .errors import PredictorError, TorchkeepError
-from .runtime import Predictor, load_predictor
-from .runtime._inputs import example_inputs
-from .runtime._loader import export_targets
+from ..errors import PredictorError, TorchkeepError
+from ..io._manifest import MANIFEST_NAME, read_manifest, write_manifest
+from ..runtime import Predictor, load_predictor
+from ..runtime._inputs import example_inputs
+from ..runtime._loader import export_targets
 
 __all__ = ["BenchReport", "BenchResult", "benchmark", "plot_reports"]
 
@@ -572,7 +572,7 @@ def plot_reports(reports: Sequence[BenchReport], path: str | os.PathLike[str]) -
     Raises:
         MissingDependencyError: matplotlib is not installed.
     """
-    from .errors import missing_dependency
+    from ..errors import missing_dependency
 
     try:
         import matplotlib

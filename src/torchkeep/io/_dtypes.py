@@ -1,6 +1,6 @@
 """How tensors map onto safetensors entries (dtype tables) and onto devices (map_location).
 
-Kept apart from :mod:`torchkeep._format`, which stays about bytes.
+Kept apart from :mod:`torchkeep.io._format`, which stays about bytes.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The header maps tensor names to ``{"dtype", "shape", "data_offsets"}`` and holds
 * ``torchkeep.tensors`` — per tensor: ``xxh3`` (xxh3-64 of its bytes, 16 hex digits),
   ``device`` (where it lived when saved) and, for dtypes safetensors lacks, the logical
   ``dtype``/``shape`` (the bytes are then stored as ``U8``).
-* ``torchkeep.tree`` — the object tree from :mod:`torchkeep._codec` (absent in files written by
+* ``torchkeep.tree`` — the object tree from :mod:`torchkeep.io._codec` (absent in files written by
   :func:`torchkeep.save_model`, whose tensors are the plain state dict).
 * ``torchkeep.<section>`` — JSON sections of the layers above (checkpoint info, model entry).
 
@@ -42,9 +42,9 @@ from typing import IO, Any
 import torch
 import xxhash
 
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError, UnsupportedValueError
 from . import _codec
 from ._dtypes import FROM_ST, ST_DTYPES, U8_DTYPES, MapLocation, dtype_name, logical_dtype, place, resolve_device
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError, UnsupportedValueError
 
 __all__ = [
     "FORMAT_VERSION",

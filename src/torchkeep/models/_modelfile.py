@@ -1,7 +1,7 @@
 """Whole-model files: ``save_model`` and ``load_model``.
 
 A model file is a safetensors file whose tensors are the plain ``state_dict()`` keys and whose
-``torchkeep.model`` header section is the registry entry (see :mod:`torchkeep._registry`). Tied
+``torchkeep.model`` header section is the registry entry (see :mod:`torchkeep.models._registry`). Tied
 weights are written once per key, so ``safetensors.torch.load_file`` returns the complete state
 dict; the groups are listed under ``tied`` and the rebuilt model's constructor re-ties them (a
 warning says so when it does not).
@@ -21,9 +21,16 @@ from typing import Any
 
 import torch
 
-from . import _codec, _format
-from ._checkpoint import compare_state
-from ._format import MapLocation
+from ..checkpoint._checkpoint import compare_state
+from ..errors import (
+    CorruptCheckpointError,
+    MissingObjectError,
+    ModelNotRegisteredError,
+    UnsupportedValueError,
+)
+from ..io import _codec, _format
+from ..io._format import MapLocation
+from ..io._storage import atomic_write
 from ._registry import (
     _MODULE_RE,
     _REGISTRY,
@@ -34,13 +41,6 @@ from ._registry import (
     not_registered,
     rebuild,
     require_module,
-)
-from ._storage import atomic_write
-from .errors import (
-    CorruptCheckpointError,
-    MissingObjectError,
-    ModelNotRegisteredError,
-    UnsupportedValueError,
 )
 
 __all__ = ["load_model", "save_model"]
@@ -87,7 +87,7 @@ def save_model(
         >>> tk.load_model(path).fc.in_features
         3
     """
-    from ._checkpoint import unwrap_model
+    from ..checkpoint._checkpoint import unwrap_model
 
     require_module(model, "save_model")
     model = unwrap_model(model)

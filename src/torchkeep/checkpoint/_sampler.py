@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from .errors import StateMismatchError, UnsupportedValueError
+from ..errors import StateMismatchError, UnsupportedValueError
 
 __all__ = ["ResumableLoader", "ResumableSampler"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import StateMismatchError
+from ..errors import StateMismatchError
 
 __all__ = ["upgrade_state"]
 

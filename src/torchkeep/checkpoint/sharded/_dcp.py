@@ -1,6 +1,6 @@
 """DCP storage layer and planners that keep pickle out: safetensors shards + a JSON index.
 
-Atomic commit, the same rule as single files (see :mod:`torchkeep._storage`):
+Atomic commit, the same rule as single files (see :mod:`torchkeep.io._storage`):
 
 1. The coordinator (rank 0) creates a temporary sibling directory ``.NAME.tmp-<12 hex>`` while
    DCP builds the global plan, and sends its name to every rank inside the plan.
@@ -45,9 +45,10 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from .. import _api, _codec, _format
-from .._storage import atomic_write, fsync_dir, temporary_name
-from ..errors import CheckpointWriteError, CorruptCheckpointError, StateMismatchError
+from ...errors import CheckpointWriteError, CorruptCheckpointError, StateMismatchError
+from ...io import _codec, _format
+from ...io._storage import atomic_write, fsync_dir, temporary_name
+from .. import _api
 from ._index import INDEX_NAME, Index, ItemRef, build_index, shard_name
 
 __all__ = [

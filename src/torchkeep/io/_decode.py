@@ -1,4 +1,4 @@
-"""Decoding the typed JSON tree written by :mod:`torchkeep._codec`. The tree is hostile input.
+"""Decoding the typed JSON tree written by :mod:`torchkeep.io._codec`. The tree is hostile input.
 
 Every node is checked before it is used: depth is bounded, numbers and shapes are range-checked,
 dtypes come from a fixed table, and ``dataclass``/``enum`` nodes resolve only classes that are
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError
 
 __all__ = ["DTYPES_BY_NAME", "MAX_DEPTH", "MAX_DIM", "decode", "is_key", "tensor_names"]
 
@@ -309,13 +309,13 @@ _HANDLERS: dict[str, Callable[[_Decoder, dict[str, Any], int, str], Any]] = {
 
 
 def decode(tree: Any, lookup: Callable[[str], torch.Tensor]) -> Any:
-    """Rebuild the value encoded by :func:`torchkeep._codec.encode`; ``lookup(name)`` returns a stored tensor.
+    """Rebuild the value encoded by :func:`torchkeep.io._codec.encode`; ``lookup(name)`` returns a stored tensor.
 
     Raises:
         CorruptCheckpointError: the tree is malformed (unknown tag, bad field, too deep).
 
     Example:
-        >>> from torchkeep._codec import encode
+        >>> from torchkeep.io._codec import encode
         >>> enc = encode({"w": torch.ones(2), "k": (1, 2)})
         >>> decode(enc.tree, enc.tensors.__getitem__)["k"]
         (1, 2)

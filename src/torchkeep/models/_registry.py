@@ -6,7 +6,7 @@ remembers how it was built: the registry name and version, the importable locati
 writes the plain state dict as safetensors tensors and that recipe as the ``torchkeep.model``
 header section; ``load_model`` looks the name up in this process's registry, runs the recorded
 version's migrations up to the code's version, calls the class or factory with the recorded
-arguments and loads the state (both live in :mod:`torchkeep._modelfile`).
+arguments and loads the state (both live in :mod:`torchkeep.models._modelfile`).
 
 Nothing named by a file is imported unless the caller passes ``import_module=True``: the
 registry is filled by the user's own imports, so loading runs no code the user did not import.
@@ -42,8 +42,7 @@ from typing import Any, TypeVar, overload
 
 import torch
 
-from . import _codec
-from .errors import (
+from ..errors import (
     MigrationError,
     ModelNotRegisteredError,
     RegistryError,
@@ -51,6 +50,7 @@ from .errors import (
     UnsupportedValueError,
     UsageError,
 )
+from ..io import _codec
 
 __all__ = [
     "RegisteredModel",
@@ -82,7 +82,7 @@ class RegisteredModel:
 
     Example:
         >>> import torchkeep as tk
-        >>> from torchkeep._registry import lookup
+        >>> from torchkeep.models._registry import lookup
         >>> @tk.register(name="doc-linear")
         ... def doc_linear(n: int = 2) -> torch.nn.Module:
         ...     return torch.nn.Linear(n, n)

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelNotRegisteredError
+from ..errors import ModelNotRegisteredError
 
 __all__ = ["Finding", "RoundtripResult", "audit", "eval_mode", "holds_unsaved_tensors", "verify_roundtrip"]
 
@@ -310,7 +310,7 @@ def audit(model: nn.Module) -> list[Finding]:
     Raises:
         UsageError: ``model`` is not an ``nn.Module``.
     """
-    from ._checkpoint import unwrap_model
+    from ..checkpoint._checkpoint import unwrap_model
     from ._registry import require_module
 
     require_module(model, "audit")
@@ -452,8 +452,8 @@ def verify_roundtrip(
         >>> result.ok, [f.path for f in result.findings]
         (False, ['offset'])
     """
-    from . import _api
-    from ._checkpoint import unwrap_model
+    from ..checkpoint import _api
+    from ..checkpoint._checkpoint import unwrap_model
     from ._modelfile import load_model, save_model
     from ._registry import _record_of, not_registered, require_module
 

@@ -14,9 +14,9 @@ import os
 import shutil
 from typing import Any
 
+from ...io._format import open_file
+from ...io._storage import is_temporary, temporary_name
 from .._checkpoint import CheckpointInfo, _info_from_section
-from .._format import open_file
-from .._storage import is_temporary, temporary_name
 
 __all__ = ["SUFFIX", "delete", "list_names", "read_header", "sweep", "verify"]
 

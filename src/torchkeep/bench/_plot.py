@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .bench import BenchReport
+    from ._bench import BenchReport
 
 __all__ = ["draw"]
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
-from .errors import CheckpointWriteError, TorchkeepError
+from ..errors import CheckpointWriteError, TorchkeepError
 
 __all__ = ["LocalStorage", "Storage", "atomic_write", "fsync_dir", "is_temporary", "temporary_name"]
 

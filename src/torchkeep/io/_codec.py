@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UnsupportedValueError
 from ._decode import DTYPES_BY_NAME, MAX_DEPTH, MAX_DIM, decode, is_key, tensor_names
-from .errors import UnsupportedValueError
 
 # decode and the limits live in _decode; they are re-exported here, the codec's one seam.
 __all__ = ["DTYPES_BY_NAME", "MAX_DEPTH", "MAX_DIM", "Encoded", "decode", "encode", "format_path", "tensor_names"]

@@ -49,9 +49,10 @@ from typing import Any
 
 import torch
 
-from . import _api, _codec, _decode, _format
-from ._storage import atomic_write
-from .errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, UnsupportedValueError
+from ..checkpoint import _api
+from ..errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, UnsupportedValueError
+from ..io import _codec, _decode, _format
+from ..io._storage import atomic_write
 
 __all__ = [
     "ConvertOptions",
@@ -329,7 +330,7 @@ def _torch_load(path: Path, *, weights_only: bool) -> Any:
 
 
 def _sharded_dir(path: Path) -> bool:
-    from . import distributed
+    from .. import distributed
 
     return distributed.is_sharded_checkpoint(path)
 
@@ -337,7 +338,7 @@ def _sharded_dir(path: Path) -> bool:
 @source_kind("torchkeep-sharded", detect=_sharded_dir)
 def _read_sharded(path: Path, options: ConvertOptions) -> Source:
     """A ``torchkeep.distributed`` checkpoint (one shard per rank + index.json), gathered whole."""
-    from . import distributed
+    from .. import distributed
 
     index = distributed.read_index(path)
     return Source(

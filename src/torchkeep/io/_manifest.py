@@ -43,8 +43,8 @@ import json
 import os
 from typing import Any
 
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ._storage import atomic_write
-from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "read_manifest", "write_manifest"]
 

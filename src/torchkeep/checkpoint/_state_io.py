@@ -1,6 +1,6 @@
 """How live state meets the file: RNG capture, values the codec lacks, tensor alignment.
 
-Private helpers of :mod:`torchkeep._checkpoint`, kept apart so that module stays about objects
+Private helpers of :mod:`torchkeep.checkpoint._checkpoint`, kept apart so that module stays about objects
 and checkpoints.
 """
 

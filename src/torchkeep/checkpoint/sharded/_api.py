@@ -36,11 +36,7 @@ from torch.distributed.checkpoint.state_dict_saver import async_save as _dcp_asy
 from torch.distributed.checkpoint.state_dict_saver import save as _dcp_save
 from torch.utils._pytree import tree_map_only
 
-from .. import _checkpoint, _codec, _format
-from .._checkpoint import CheckpointInfo
-from .._format import MapLocation
-from .._storage import atomic_write
-from ..errors import (
+from ...errors import (
     CheckpointWriteError,
     CorruptCheckpointError,
     DistributedCheckpointError,
@@ -48,6 +44,11 @@ from ..errors import (
     StateMismatchError,
     TorchkeepError,
 )
+from ...io import _codec, _format
+from ...io._format import MapLocation
+from ...io._storage import atomic_write
+from .. import _checkpoint
+from .._checkpoint import CheckpointInfo
 from ._dcp import RANK_KEY, LoadPlanner_, Opaque, SavePlanner_, ShardReader, ShardWriter, decode_bytes
 from ._index import Index, read_index
 

@@ -6,10 +6,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from . import _codec, _format
-from ._format import MapLocation
-from ._storage import atomic_write
-from .errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError
+from ..io import _codec, _format
+from ..io._format import MapLocation
+from ..io._storage import atomic_write
 
 __all__ = ["load", "load_tree", "save"]
 
@@ -66,7 +66,7 @@ def load(
         >>> tk.load(path, map_location="cpu")["w"].tolist()
         [0, 1, 2]
     """
-    from . import distributed
+    from .. import distributed
 
     if os.path.isdir(
         path

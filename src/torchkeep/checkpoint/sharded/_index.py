@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from ...errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
 
 __all__ = [
     "INDEX_NAME",
