@@ -398,7 +398,15 @@ def run(
     try:
         if not ray.is_initialized():
             if address is None:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+                # Replicas run in Ray worker processes: give them this directory on sys.path, as
+                # `torchkeep serve --import` has, so that the user's model modules import there too.
+                path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+                ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": {"PYTHONPATH": path}},
+                )
             else:
                 ray.init(address=address, log_to_driver=False)
         serve.start(http_options={"host": host, "port": port})
@@ -411,8 +419,16 @@ def run(
     logger.info("Ray Serve: %s on http://%s:%d%s", target, host, port, ropts.route_prefix)
     if not blocking:
         return handle
+    import signal
+    import threading
     import time
 
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        # `docker stop` / Kubernetes send SIGTERM: shut the application and a local Ray down cleanly.
+        signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
             time.sleep(3600)
