@@ -8,6 +8,7 @@ load loop is bounded in requests and in time. Ray and Serve are shut down even o
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from torchkeep.serve.ray import RayOptions, app_builder, build_app
 
 from .conftest import SeedMLP, eager_out, export_onnx, free_port
 
+ROOT = Path(__file__).resolve().parents[2]
 APP = "tk-test"
 CLIENTS = 6
 XS = np.random.default_rng(3).standard_normal((32, 10)).astype(np.float32)
@@ -214,6 +216,23 @@ def test_two_replicas_survive_a_killed_replica_and_roll_out_a_new_version(tmp_pa
         f"new version on every replica after {rollout_s:.1f} s"
     )
 
+    # 4. Metrics: each replica's counters reach Ray's Prometheus endpoint, labelled by replica.
+    metrics_url = f"http://127.0.0.1:{ray._private.worker.global_worker.node.metrics_export_port}/metrics"
+
+    def replicas_exporting() -> set[str]:
+        text = httpx.get(metrics_url, timeout=10).text
+        return {
+            m.group(1)
+            for line in text.splitlines()
+            if line.startswith("ray_torchkeep_requests_total{")
+            and 'route="/predict"' in line
+            and 'status="200"' in line
+            for m in [re.search(r'replica="([^"]+)"', line)]
+            if m is not None and float(line.rsplit(" ", 1)[1]) > 0
+        }
+
+    _wait(lambda: len(replicas_exporting()) >= 2, 60, "two replicas' request counters in Ray's metrics")
+
 
 def test_app_builder_takes_serve_run_arguments(tmp_path: Path) -> None:
     v1, _ = _version(tmp_path, "v1", seed=1)
@@ -251,3 +270,35 @@ def test_ray_options_are_checked() -> None:
         RayOptions(autoscaling=[1, 2])  # type: ignore[arg-type]
     auto = RayOptions(autoscaling={"min_replicas": 1, "max_replicas": 4}).deployment_options()
     assert "num_replicas" not in auto and auto["autoscaling_config"]["max_replicas"] == 4
+
+
+def _checked_config(raw: dict[str, Any], tmp_path: Path) -> None:
+    """A Serve config as Ray reads it: its schema, then its builder with its args (target swapped for a real model)."""
+    import importlib
+
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(raw)
+    (app_cfg,) = config.applications
+    module, _, attr = app_cfg.import_path.partition(":")
+    assert (module, attr) == ("torchkeep.serve.ray", "app_builder")
+    builder = getattr(importlib.import_module(module), attr)
+    v1, _ = _version(tmp_path, "v1", seed=1)
+    app = builder({**app_cfg.args, "target": str(v1)})
+    assert app._bound_deployment.name == "torchkeep"
+
+
+def test_example_serve_config_is_valid(tmp_path: Path) -> None:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "examples" / "ray" / "serve-config.yaml").read_text())
+    _checked_config(raw, tmp_path)
+
+
+def test_example_kuberay_rayservice_embeds_a_valid_serve_config(tmp_path: Path) -> None:
+    import yaml
+
+    service = yaml.safe_load((ROOT / "examples" / "ray" / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService" and service["apiVersion"] == "ray.io/v1"
+    assert service["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
+    _checked_config(yaml.safe_load(service["spec"]["serveConfigV2"]), tmp_path)
