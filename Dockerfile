@@ -20,12 +20,12 @@
 #   EXTRAS           torchkeep extras installed in the image              [serve,onnx]
 # scripts/docker-smoke.sh builds it offline from a Debian base and a local wheelhouse.
 ARG BASE_IMAGE=python:3.11-slim
-FROM ${BASE_IMAGE}
+# Stage `torch`: the interpreter's venv with torch only (the slow, large layer), buildable on its
+# own (`--target torch`) so that a CI cache can keep it while the image itself is rebuilt.
+FROM ${BASE_IMAGE} AS torch
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
-ARG PIP_ARGS=""
-ARG EXTRAS="serve,onnx"
 
 # A virtual environment works the same on python:3.11-slim and on a distribution's python3
 # (where pip refuses system-wide installs, PEP 668).
@@ -39,6 +39,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # torch first, from the PyTorch CPU index: a bare `pip install torch` pulls the multi-GB CUDA build.
 RUN python3 -m venv /opt/venv && pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}"
+
+FROM torch
+ARG PIP_ARGS=""
+ARG EXTRAS="serve,onnx"
 
 WORKDIR /opt/torchkeep
 COPY pyproject.toml README.md constraints.txt ./

@@ -12,9 +12,14 @@
 # build itself needs no network. The rootfs tarball and the wheelhouse are cached in $CACHE_DIR,
 # so a second run skips debootstrap and downloads.
 #
+# The image, its container and the wheelhouse server are removed on exit; kept as caches are the
+# base image and the Dockerfile's `torch` stage (tagged torchkeep-ci/torch-layer), so that a rerun
+# does not reinstall torch. CLEAN_CACHE=1 removes those two images as well.
+#
 # Environment: PYTHON (a Python with torch and torchkeep, to make the export; default python3),
 # CACHE_DIR (default ~/.cache/torchkeep-ci), BASE_IMAGE (use this base instead of the Debian one,
-# e.g. python:3.11-slim where a registry is reachable), KEEP_IMAGE=1 (keep the built image).
+# e.g. python:3.11-slim where a registry is reachable), KEEP_IMAGE=1 (keep the built image),
+# WHEEL_PORT (loopback port of the wheelhouse during the build; a fixed one keeps the build cache).
 # Exit status 77: no Docker engine could be installed or started (the test suite skips on it).
 set -euo pipefail
 
@@ -25,6 +30,7 @@ DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEFAULT_BASE=torchkeep-ci/bookworm-python3:latest
 BASE_IMAGE=${BASE_IMAGE:-$DEFAULT_BASE}
 TAG=torchkeep-serve-smoke:$$
+TORCH_LAYER=torchkeep-ci/torch-layer:latest
 CONTAINER=torchkeep-serve-smoke-$$
 WORK=$(mktemp -d)
 T0=$(date +%s)
@@ -51,6 +57,9 @@ cleanup() {
     fi
     if [ "${KEEP_IMAGE:-0}" != 1 ] && docker image inspect "$TAG" > /dev/null 2>&1; then
         docker rmi -f "$TAG" > /dev/null 2>&1
+    fi
+    if [ "${CLEAN_CACHE:-0}" = 1 ]; then
+        docker rmi -f "$TORCH_LAYER" "$DEFAULT_BASE" > /dev/null 2>&1
     fi
     [ -z "$WHEEL_PID" ] || kill "$WHEEL_PID" 2> /dev/null
     if [ -n "$DOCKERD_PID" ]; then
@@ -130,8 +139,11 @@ ensure_wheelhouse() {
         die "pip download failed"
     }
     rm -f "$WHEELS"/torchkeep-*
-    local port
-    port=$(free_port)
+    # The URL is part of the build arguments, hence of the build cache key: keep it fixed.
+    local port=${WHEEL_PORT:-38517}
+    if ! "$PYTHON" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2> /dev/null; then
+        port=$(free_port)
+    fi
     "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$port" > "$WORK/wheels-http.log" 2>&1 &
     WHEEL_PID=$!
     WHEEL_URL="http://127.0.0.1:$port/"
@@ -149,6 +161,14 @@ ensure_wheelhouse
 log "docker build (base $BASE_IMAGE)"
 TB=$(date +%s)
 PIP_LOCAL="--no-index --find-links $WHEEL_URL"
+docker build --network host --target torch -t "$TORCH_LAYER" -f "$REPO/Dockerfile" \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    --build-arg "TORCH_PIP_ARGS=$PIP_LOCAL" \
+    "$REPO" > "$WORK/build-torch.log" 2>&1 || {
+    tail -30 "$WORK/build-torch.log"
+    die "docker build of the torch stage failed"
+}
+grep -q "Using cache" "$WORK/build-torch.log" && log "torch stage: from the cache ($TORCH_LAYER)"
 docker build --network host -t "$TAG" -f "$REPO/Dockerfile" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --build-arg "TORCH_PIP_ARGS=$PIP_LOCAL" \
