@@ -302,3 +302,21 @@ def test_example_kuberay_rayservice_embeds_a_valid_serve_config(tmp_path: Path) 
     assert service["kind"] == "RayService" and service["apiVersion"] == "ray.io/v1"
     assert service["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
     _checked_config(yaml.safe_load(service["spec"]["serveConfigV2"]), tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_refuses_workers_with_ray(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    v1, _ = _version(tmp_path, "v1", seed=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchkeep", "serve", str(v1), "--ray", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--replicas" in proc.stdout + proc.stderr
