@@ -16,6 +16,7 @@ batching; a small CNN that gains little from batching on a CPU (shown for honest
 
     python benchmarks/serve.py            # full run (about 2 minutes)
     python benchmarks/serve.py --quick    # a few seconds per server
+    python benchmarks/serve.py --ray      # wide MLP: one process vs Ray Serve with 1 and 2 replicas
 """
 
 from __future__ import annotations
@@ -269,6 +270,89 @@ def run_server(
             proc.kill()
 
 
+def _tk_serve_cmd(target: Path, port: int, dim: int, args: argparse.Namespace, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torchkeep",
+        "serve",
+        str(target),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--threads",
+        str(args.threads),
+        "--import",
+        "bench_models",
+        "--input-shape",
+        f"1,{dim}",
+        *extra,
+    ]
+
+
+def _run_ray_row(cmd: list[str], port: int, dim: int, args: argparse.Namespace, cwd: Path) -> dict[str, float]:
+    # Ray needs longer to start (a local instance, a proxy, replicas) and to shut down cleanly.
+    env = {**os.environ, "PYTHONPATH": SRC, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(port, proc, "/readyz", dim, timeout=300)
+        return asyncio.run(drive(port, dim, args.concurrency, args.warmup, args.duration))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def ray_comparison(args: argparse.Namespace) -> None:
+    """The wide MLP: one ``torchkeep serve`` process vs ``--ray --replicas 1`` vs ``--ray --replicas 2``.
+
+    Each server is a fresh subprocess (Ray: a fresh local instance with all CPUs) driven by the
+    same bounded load; Ray's HTTP proxy and each replica are separate processes, so the Ray rows
+    pay one extra local hop per request.
+    """
+    name = "wide-mlp"
+    workdir = Path(tempfile.mkdtemp(prefix="tk-serve-ray-bench-"))
+    print(f"# {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, load: {os.getloadavg()}")
+    print(
+        f"# {name}; {args.concurrency} connections, {args.warmup:g}s warm-up + {args.duration:g}s measured per server"
+    )
+    rows: list[tuple[str, dict[str, float]]] = []
+    try:
+        _, target, dim = write_artifacts(name, workdir, args.onnx)
+        configs: list[tuple[str, tuple[str, ...]]] = [
+            ("torchkeep serve (1 process)", ()),
+            ("Ray Serve, 1 replica", ("--ray", "--replicas", "1")),
+            ("Ray Serve, 2 replicas", ("--ray", "--replicas", "2")),
+        ]
+        for label, extra in configs:
+            port = free_port()
+            result = _run_ray_row(_tk_serve_cmd(target, port, dim, args, *extra), port, dim, args, workdir)
+            rows.append((label, result))
+            print(f"  {label}: {result['rps']:.0f} req/s", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    base = rows[0][1]
+    print()
+    print("| server | req/s | p50 ms | p99 ms | non-200 | throughput vs 1 process | p99 vs 1 process |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, r in rows:
+        print(
+            f"| {label} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {int(r['errors'])} "
+            f"| {r['rps'] / max(base['rps'], 1e-9):.2f}× | {r['p99'] / base['p99']:.2f}× |"
+        )
+    print(f"\n# load after run: {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(json.dumps([{"server": label, **r} for label, r in rows], indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs (seconds)")
@@ -283,9 +367,17 @@ def main() -> None:
         "--onnx", action="store_true", help="serve an ONNX file (onnxruntime) instead of the eager model file"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="instead: the wide MLP on one torchkeep process vs Ray Serve with 1 and 2 replicas (the `ray` extra)",
+    )
     args = parser.parse_args()
     args.duration = args.duration or (3.0 if args.quick else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
+    if args.ray:
+        ray_comparison(args)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="tk-serve-bench-"))
     print(f"# {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, load: {os.getloadavg()}")
     print(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from ._common import ImportModules
+
+if TYPE_CHECKING:
+    from ..serve import ServeOptions
 
 __all__ = ["register"]
 
@@ -49,6 +52,11 @@ def serve(
     allow_non_finite: Annotated[bool, typer.Option(help="Accept NaN/Infinity in float inputs.")] = False,
     log_level: Annotated[str, typer.Option(help="Server log level.")] = "warning",
     access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Serve with Ray Serve replicas (the `ray` extra).")] = False,
+    replicas: Annotated[int, typer.Option(help="With --ray: number of replicas.")] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(help="With --ray: join this cluster (e.g. auto, ray://head:10001); default: local.")
+    ] = None,
 ) -> None:
     """Serve a model over HTTP with dynamic batching, /healthz, /readyz, /metrics and hot reload."""
     from ..serve import ServeOptions
@@ -71,8 +79,27 @@ def serve(
         input_shapes=tuple(_shape(s) for s in input_shape or ()),
         input_dtypes=tuple(dtype or ()),
     )
+    if ray or ray_address is not None:
+        _serve_on_ray(
+            str(target), options, host=host, port=port, workers=workers, replicas=replicas, address=ray_address
+        )
+        return
     Console(stderr=True).print(f"[bold]torchkeep serve[/bold] {target} on http://{host}:{port} (workers={workers})")
     run(str(target), host=host, port=port, workers=workers, options=options, log_level=log_level, access_log=access_log)
+
+
+def _serve_on_ray(
+    target: str, options: ServeOptions, *, host: str, port: int, workers: int, replicas: int, address: str | None
+) -> None:
+    from ..serve.ray import RayOptions, run
+
+    if workers != 1:
+        raise typer.BadParameter(f"--workers {workers} with --ray: use --replicas N (Ray runs the processes)")
+    Console(stderr=True).print(
+        f"[bold]torchkeep serve[/bold] {target} on Ray Serve: http://{host}:{port} "
+        f"(replicas={replicas}, cluster={address or 'local'})"
+    )
+    run(target, options=options, ray_options=RayOptions(num_replicas=replicas), address=address, host=host, port=port)
 
 
 def register(app: typer.Typer) -> None:
