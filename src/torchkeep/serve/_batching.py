@@ -87,12 +87,17 @@ def run_predictor(predictor: Predictor, arrays: Sequence[np.ndarray[Any, Any]]) 
 
 
 class _Item:
-    __slots__ = ("arrays", "future", "key", "loop", "n")
+    __slots__ = ("arrays", "future", "key", "loop", "n", "tail")
 
     def __init__(
-        self, arrays: list[np.ndarray[Any, Any]], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+        self,
+        arrays: list[np.ndarray[Any, Any]],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        tail: bool = True,
     ) -> None:
         self.arrays = arrays
+        self.tail = tail  # the last (or only) queue item of its request
         self.n = int(arrays[0].shape[0])
         self.key = tuple(a.shape[1:] for a in arrays)
         self.future = future
@@ -134,12 +139,29 @@ class Batcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._running = False
+        self._busy = False
+        self._requests = 0
         self._thread: threading.Thread | None = None
 
     @property
     def depth(self) -> int:
-        """Requests waiting for the model (not counting the batch that is running)."""
-        return len(self._queue)
+        """Requests waiting for the model (not counting the batch that is running).
+
+        A request larger than ``max_batch_size`` waits as several queue items but counts once:
+        ``max_queue`` bounds requests, whatever their size.
+        """
+        return self._requests
+
+    @property
+    def busy(self) -> bool:
+        """True while a batch is running."""
+        return self._busy
+
+    def _pop(self) -> _Item:
+        item = self._queue.popleft()
+        if item.tail:
+            self._requests -= 1
+        return item
 
     def start(self) -> None:
         """Start the inference thread (idempotent)."""
@@ -156,6 +178,7 @@ class Batcher:
             self._running = False
             pending = list(self._queue)
             self._queue.clear()
+            self._requests = 0
             self._cond.notify_all()
         for item in pending:
             err = Reject(503, "shutting_down", "the server is shutting down; retry on another replica")
@@ -165,9 +188,15 @@ class Batcher:
 
     def submit(self, arrays: list[np.ndarray[Any, Any]]) -> asyncio.Future[list[np.ndarray[Any, Any]]]:
         """Queue one request's input batches; the future resolves to its output arrays."""
+        return self.submit_many([arrays])[0]
+
+    def submit_many(self, chunks: list[list[np.ndarray[Any, Any]]]) -> list[asyncio.Future[list[np.ndarray[Any, Any]]]]:
+        """Queue one request cut into several model calls: all chunks or none (one request of the queue)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[np.ndarray[Any, Any]]] = loop.create_future()
-        item = _Item(arrays, fut, loop)
+        futs: list[asyncio.Future[list[np.ndarray[Any, Any]]]] = [loop.create_future() for _ in chunks]
+        items = [
+            _Item(c, f, loop, tail=i == len(chunks) - 1) for i, (c, f) in enumerate(zip(chunks, futs, strict=True))
+        ]
         with self._cond:
             if not self._running:
                 raise Reject(
@@ -176,46 +205,48 @@ class Batcher:
                     "the model is not loaded yet; retry after /readyz answers 200",
                     {"Retry-After": "1"},
                 )
-            if len(self._queue) >= self.max_queue:
+            if self._requests >= self.max_queue:
                 raise Reject(
                     503,
                     "queue_full",
-                    f"{len(self._queue)} requests are already waiting (--max-queue {self.max_queue}); retry shortly",
+                    f"{self._requests} requests are already waiting (--max-queue {self.max_queue}); retry shortly",
                     {"Retry-After": "1"},
                 )
-            self._queue.append(item)
+            self._queue.extend(items)
+            self._requests += 1
             self._cond.notify()
-        return fut
+        return futs
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
             while self._running:
                 # A request that timed out or whose client went away is skipped, not run.
                 while self._queue and self._queue[0].future.done():
-                    self._queue.popleft()
+                    self._pop()
                 if self._queue:
                     break
                 self._cond.wait()
             if not self._running:
                 return None
-            first = self._queue.popleft()
+            first = self._pop()
             batch, n = [first], first.n
             deadline = time.monotonic() + self.max_wait_s
             while n < self.max_batch_size:
                 if self._queue:
                     head = self._queue[0]
                     if head.future.done():
-                        self._queue.popleft()
+                        self._pop()
                         continue
                     if head.key != first.key or n + head.n > self.max_batch_size:
                         break
-                    batch.append(self._queue.popleft())
+                    batch.append(self._pop())
                     n += head.n
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._running:
                     break
                 self._cond.wait(remaining)
+            self._busy = True  # under the lock: a drain never sees "empty and idle" mid-handoff
             return batch
 
     def _loop(self) -> None:
@@ -227,6 +258,8 @@ class Batcher:
                 self._run(batch)
             except BaseException:  # never let the inference thread die: log, fail the batch
                 logger.exception("batch of %d requests failed outside the model", len(batch))
+            finally:
+                self._busy = False
 
     def _run(self, batch: list[_Item]) -> None:
         slot = self._slot_getter()

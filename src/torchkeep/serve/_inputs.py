@@ -20,6 +20,7 @@ from ..runtime._base import TensorSpec
 __all__ = [
     "NUMPY_DTYPES",
     "Reject",
+    "check_array",
     "describe_inputs",
     "outputs_to_json",
     "parse_json",
@@ -41,6 +42,7 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "int8": np.dtype(np.int8),
     "uint8": np.dtype(np.uint8),
     "bool": np.dtype(np.bool_),
+    "bytes": np.dtype(object),  # text or encoded files, taken by a request handler
 }
 _FLOAT_KINDS = "fiu"
 _INT_KINDS = "iu"
@@ -78,9 +80,33 @@ def parse_json(body: bytes) -> Any:
         raise Reject(400, "invalid_json", f"the request body is not valid JSON ({exc}); send a JSON object") from None
 
 
-def _to_array(
+def _to_bytes_array(value: Any, spec: TensorSpec, *, batched: bool, where: str) -> np.ndarray[Any, Any]:
+    items = value.reshape(-1).tolist() if isinstance(value, np.ndarray) else value
+    if not batched:
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise Reject(422, "invalid_input", f"{where}: expected a non-empty list of strings, {_spec_text(spec)}")
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = item.encode("utf-8")
+        if not isinstance(item, bytes):
+            raise Reject(422, "invalid_input", f"{where}[{i}]: found {type(item).__name__}, expected a string")
+        out[i] = item
+    return out
+
+
+def check_array(
     value: Any, spec: TensorSpec, *, batched: bool, allow_non_finite: bool, where: str
 ) -> np.ndarray[Any, Any]:
+    """``value`` (an array or nested lists) as a batch matching ``spec``, or a 422 :class:`Reject`.
+
+    Checks the kind of values (booleans, integers in range, numbers), rank, fixed dimensions,
+    a non-empty batch and finiteness; casts to the spec's wire dtype. Every front end's inputs
+    pass through here.
+    """
+    if spec.dtype == "bytes":
+        return _to_bytes_array(value, spec, batched=batched, where=where)
     expect = f"expected {_spec_text(spec)}" + ("" if batched else " without the batch dimension")
     if isinstance(value, np.ndarray):
         raw = value
@@ -154,7 +180,7 @@ def predict_request(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finit
         raise Reject(
             422, "invalid_input", f'expected {{"values": [...]}} holding one example: {describe_inputs(specs)}'
         )
-    return [_to_array(data["values"], specs[0], batched=False, allow_non_finite=allow_non_finite, where="values")]
+    return [check_array(data["values"], specs[0], batched=False, allow_non_finite=allow_non_finite, where="values")]
 
 
 def v1_request(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finite: bool) -> list[np.ndarray[Any, Any]]:
@@ -185,7 +211,7 @@ def v1_request(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finite: bo
     else:
         raise Reject(422, "invalid_input", f"'inputs' is {type(inputs).__name__}; {usage}")
     arrays = [
-        _to_array(v, s, batched=True, allow_non_finite=allow_non_finite, where=f"inputs.{s.name}")
+        check_array(v, s, batched=True, allow_non_finite=allow_non_finite, where=f"inputs.{s.name}")
         for v, s in zip(values, specs, strict=True)
     ]
     _same_batch(arrays, specs)
@@ -217,7 +243,7 @@ def parse_npy(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finite: boo
             "invalid_input",
             f"the .npy array has dtype {getattr(arr, 'dtype', '?')}; expected {describe_inputs(specs)}",
         )
-    return [_to_array(arr, specs[0], batched=True, allow_non_finite=allow_non_finite, where="body")]
+    return [check_array(arr, specs[0], batched=True, allow_non_finite=allow_non_finite, where="body")]
 
 
 def _same_batch(arrays: Sequence[np.ndarray[Any, Any]], specs: Sequence[TensorSpec]) -> None:
