@@ -259,7 +259,10 @@ def outputs_to_json(outputs: Sequence[np.ndarray[Any, Any]], specs: Sequence[Ten
     """Name each output array and turn it into nested lists (NaN/Infinity become null)."""
     out: dict[str, Any] = {}
     for arr, spec in zip(outputs, specs, strict=True):
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind in "OSU":  # text a handler returned (labels)
+            flat = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()]
+            out[spec.name] = np.array(flat, dtype=object).reshape(arr.shape).tolist()
+        elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
             out[spec.name] = np.where(np.isfinite(arr), arr, np.nan).astype(object).tolist()
             out[spec.name] = _nan_to_none(out[spec.name])
         else:
