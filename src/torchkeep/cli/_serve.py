@@ -71,6 +71,10 @@ def serve(
     body_timeout_s: Annotated[
         float, typer.Option(help="Answer 408 when a request body has not arrived after this many seconds.")
     ] = 30.0,
+    inline_below_ms: Annotated[
+        float,
+        typer.Option(help="Run a model whose full batch takes less than this many ms on the event loop (0: never)."),
+    ] = 0.5,
     log_level: Annotated[str, typer.Option(help="Server log level.")] = "warning",
     access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = False,
 ) -> None:
@@ -100,6 +104,7 @@ def serve(
         model_name=model_name,
         handlers=tuple(handler or ()),
         body_timeout_s=body_timeout_s,
+        inline_below_ms=inline_below_ms,
     )
     Console(stderr=True).print(f"[bold]torchkeep serve[/bold] {target} on http://{host}:{port} (workers={workers})")
     run(str(target), host=host, port=port, workers=workers, options=options, log_level=log_level, access_log=access_log)

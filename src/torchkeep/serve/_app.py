@@ -16,6 +16,7 @@ at runtime, and those name classes imported inside :func:`create_app` (fastapi i
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -23,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from ..errors import missing_dependency
 from ..runtime._base import Predictor
 from ._batching import Batcher, ModelSlot
 from ._core import ServingCore
-from ._inputs import Reject, describe_inputs, outputs_to_json, parse_npy, predict_request, v1_request
+from ._inputs import Reject, describe_inputs, dumps, outputs_to_json, parse_npy, predict_request, v1_request
 from ._loading import import_modules, load_kwargs
 from ._options import ServeOptions
 from ._reload import Watcher
@@ -45,6 +46,7 @@ __all__ = ["Server", "create_app"]
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -75,6 +77,7 @@ class Server:
         self.watcher: Watcher | None = None
         self.poller: _Poller | None = None
         self.grpc: Any = None
+        self.on_stop: list[Callable[[], None]] = []
         if options.watch is not None and core.repository is None:
             self.watcher = Watcher(
                 options.watch,
@@ -123,6 +126,8 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting work; the running batches finish."""
+        for hook in self.on_stop:
+            hook()
         if self.grpc is not None:
             await self.grpc.stop(grace=2.0)
         if self.watcher is not None:
@@ -189,7 +194,7 @@ class Server:
                 "outputs": outputs_to_json(outputs, names),
                 "model": {"version": served.version, "backend": served.predictor.backend},
             }
-        return 200, [_JSON], json.dumps(payload).encode()
+        return 200, [_JSON], dumps(payload)
 
     def metadata(self) -> dict[str, Any]:
         """The /v1/metadata answer (the default model)."""
@@ -248,6 +253,27 @@ class _FastPath:
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], server: Server) -> None:
         self.app = app
         self.server = server
+        # Body-read deadlines: one sweeper task for all requests instead of a timer per request.
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        server.on_stop.append(self.close)
+
+    def close(self) -> None:
+        """Stop the sweeper (server shutdown)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def _sweep(self) -> None:
+        period = min(1.0, self.server.options.body_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for task, deadline in list(self._reading.items()):
+                if deadline < now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -290,23 +316,32 @@ class _FastPath:
         chunks: list[bytes] = []
         size = 0
         more = True
+        task = asyncio.current_task()
+        assert task is not None  # ASGI apps run in a task
+        self._reading[task] = time.monotonic() + self.server.options.body_timeout_s
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         try:
-            # One deadline for the whole body: a client trickling bytes cannot hold a connection.
-            async with asyncio.timeout(self.server.options.body_timeout_s):
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return None, 499, b""
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        # Stop reading: the rest of the body is never buffered.
-                        return None, 413, _too_large(size, limit)
-                    chunks.append(chunk)
-                    more = message.get("more_body", False)
-        except TimeoutError:
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None, 499, b""
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    # Stop reading: the rest of the body is never buffered.
+                    return None, 413, _too_large(size, limit)
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
             timeout = self.server.options.body_timeout_s
             return None, 408, _error_body("timeout", f"the request body did not arrive within {timeout:g} s")
+        finally:
+            self._reading.pop(task, None)
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), 200, b""
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
@@ -449,7 +484,7 @@ def create_app(target: "str | Predictor | ServingCore", *, options: ServeOptions
         finally:
             await server.stop()
 
-    app = FastAPI(
+    app: FastAPI = _fast_class(FastAPI)(
         title="torchkeep serve",
         version=_version.__version__,
         description="Dynamic-batching inference server. Input specs: GET /v1/metadata.",
@@ -502,5 +537,16 @@ def create_app(target: "str | Predictor | ServingCore", *, options: ServeOptions
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.add_middleware(_FastPath, server=server)
+    # In front of FastAPI's own middleware stack: the hot routes skip its per-request layers.
+    app.fast = _FastPath(functools.partial(FastAPI.__call__, app), server)  # type: ignore[attr-defined]
     return app
+
+
+@functools.cache
+def _fast_class(base: type[_T]) -> type[_T]:
+    """``base`` (FastAPI) whose ``__call__`` goes through :class:`_FastPath` first."""
+
+    async def __call__(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.fast(scope, receive, send)
+
+    return type("TorchkeepServeApp", (base,), {"__call__": __call__})  # type: ignore[return-value]

@@ -140,6 +140,9 @@ class Batcher:
         self._cond = threading.Condition()
         self._running = False
         self._busy = False
+        self._waiting = False
+        self._scheduled = False
+        self.inline = False
         self._requests = 0
         self._thread: threading.Thread | None = None
 
@@ -163,12 +166,20 @@ class Batcher:
             self._requests -= 1
         return item
 
-    def start(self) -> None:
-        """Start the inference thread (idempotent)."""
+    def start(self, *, inline: bool = False) -> None:
+        """Start the inference thread (idempotent); ``inline``: run batches on the event loop instead.
+
+        Inline suits models whose batch takes well under a millisecond: handing work to a
+        thread and back (two GIL hand-offs, a cross-thread wake-up) then costs more than the
+        model itself. Requests that arrive in the same event-loop iteration batch together.
+        """
         with self._cond:
             if self._running:
                 return
             self._running = True
+            self.inline = inline
+        if inline:
+            return
         self._thread = threading.Thread(target=self._loop, name="torchkeep-serve-batcher", daemon=True)
         self._thread.start()
 
@@ -214,7 +225,12 @@ class Batcher:
                 )
             self._queue.extend(items)
             self._requests += 1
-            self._cond.notify()
+            if self.inline:
+                if not self._scheduled:
+                    self._scheduled = True
+                    loop.call_soon(self._flush)
+            elif self._waiting:  # a notify costs a lock round trip: only when the thread sleeps
+                self._cond.notify()
         return futs
 
     def _next_batch(self) -> list[_Item] | None:
@@ -225,7 +241,9 @@ class Batcher:
                     self._pop()
                 if self._queue:
                     break
+                self._waiting = True
                 self._cond.wait()
+                self._waiting = False
             if not self._running:
                 return None
             first = self._pop()
@@ -245,9 +263,41 @@ class Batcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._running:
                     break
+                self._waiting = True
                 self._cond.wait(remaining)
+                self._waiting = False
             self._busy = True  # under the lock: a drain never sees "empty and idle" mid-handoff
             return batch
+
+    def _flush(self) -> None:
+        """Inline mode: run one batch on the event loop, then yield so new requests can join the next."""
+        self._scheduled = False
+        with self._cond:
+            while self._queue and self._queue[0].future.done():
+                self._pop()
+            if not self._queue or not self._running:
+                return
+            first = self._pop()
+            batch, n = [first], first.n
+            while n < self.max_batch_size and self._queue:
+                head = self._queue[0]
+                if head.future.done():
+                    self._pop()
+                    continue
+                if head.key != first.key or n + head.n > self.max_batch_size:
+                    break
+                batch.append(self._pop())
+                n += head.n
+        self._busy = True
+        try:
+            self._run(batch)
+        except BaseException:
+            logger.exception("batch of %d requests failed outside the model", len(batch))
+        finally:
+            self._busy = False
+        if self._queue and self._running and not self._scheduled:
+            self._scheduled = True
+            batch[0].loop.call_soon(self._flush)
 
     def _loop(self) -> None:
         while True:
@@ -296,10 +346,11 @@ class Batcher:
             start = stop
         self._finish(batch, results)
 
-    @staticmethod
-    def _finish(batch: list[_Item], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    def _finish(self, batch: list[_Item], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
         loop = batch[0].loop
-        if all(it.loop is loop for it in batch):
+        if self.inline:  # already on the event loop
+            _deliver(results)
+        elif all(it.loop is loop for it in batch):
             loop.call_soon_threadsafe(_deliver, results)
         else:  # pragma: no cover - one app serves from one loop
             for it, res in zip(batch, results, strict=True):

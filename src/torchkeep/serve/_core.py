@@ -27,7 +27,7 @@ from ..runtime._base import Predictor, TensorSpec
 from ._batching import Batcher, ModelSlot
 from ._handlers import Handler, handler_from_file, import_handler
 from ._inputs import Reject, check_array
-from ._loading import check_compatible, find_version, load_kwargs, load_slot, warm_up
+from ._loading import check_compatible, find_version, load_kwargs, load_slot, time_batch, warm_up
 from ._metrics import Metrics
 from ._options import ServeOptions
 from ._repository import HANDLER_FILE, VersionPolicy, is_repository, model_versions, scan_repository
@@ -198,7 +198,11 @@ class LoadedModel:
         """Warm the model up (blocking) and start its batcher; then it is ready."""
         if self.options.warmup:
             warm_up(self.slot.predictor, (1, self.options.max_batch_size))
-        self.batcher.start()
+        inline = False
+        if self.options.inline_below_ms > 0 and self.handler is None:
+            seconds = time_batch(self.slot.predictor, self.options.max_batch_size)
+            inline = seconds * 1000 < self.options.inline_below_ms
+        self.batcher.start(inline=inline)
         self.ready = True
 
     def stop(self, drain_s: float = 10.0) -> None:

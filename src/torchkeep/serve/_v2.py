@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ._core import LoadedModel, ServingCore
-from ._inputs import Reject
+from ._inputs import Reject, dumps, parse_json
 from ._oip import decode_tensor, encode_bytes, model_metadata, server_metadata, to_model_inputs, v2_datatype
 
 __all__ = ["HEADER_LENGTH", "V2Answer", "handle_v2"]
@@ -42,7 +42,7 @@ _MAX_INPUTS = 256
 
 
 def _ok(payload: Any) -> V2Answer:
-    return 200, [_JSON], json.dumps(payload).encode()
+    return 200, [_JSON], dumps(payload)
 
 
 def _error(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> V2Answer:
@@ -142,10 +142,7 @@ def _config(entry: LoadedModel) -> dict[str, Any]:
 
 
 def _parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise Reject(400, "invalid_json", f"the request is not valid JSON ({exc})") from None
+    return parse_json(raw)
 
 
 async def _repository_route(core: ServingCore, method: str, path: str, parts: list[str], body: bytes) -> V2Answer:
@@ -270,7 +267,7 @@ def _answer(entry: LoadedModel, req: dict[str, Any], outputs: list[np.ndarray[An
     payload: dict[str, Any] = {"model_name": entry.name, "model_version": entry.version, "outputs": described}
     if isinstance(req.get("id"), str):
         payload["id"] = req["id"]
-    head = json.dumps(payload).encode()
+    head = dumps(payload)
     if not chunks:
         return 200, [_JSON], head
     headers = [(b"content-type", b"application/octet-stream"), (HEADER_LENGTH.encode(), str(len(head)).encode())]
