@@ -145,3 +145,30 @@ def test_a_large_request_counts_once_against_the_queue(predictor: object) -> Non
             assert core.depth == 0
 
     asyncio.run(go())
+
+
+def test_a_large_request_does_not_starve_small_ones() -> None:
+    """Issue 18 item 8: small requests are served between the chunks of a large one."""
+
+    async def go() -> None:
+        async with running(seed_predictor(), max_batch_size=4, max_wait_ms=0, max_body_bytes=8_000_000) as c:
+            done: list[str] = []
+            x = np.random.default_rng(0).standard_normal((2000, 10)).astype(np.float32)
+
+            async def big() -> None:
+                r = await c.post("/v1/predict", json={"inputs": x.tolist()})
+                assert r.status_code == 200 and len(r.json()["outputs"]["output"]) == 2000
+                done.append("big")
+
+            async def small() -> None:
+                await asyncio.sleep(0.05)  # the big request is being served by now
+                r = await c.post("/predict", json={"values": x[0].tolist()})
+                assert r.status_code == 200
+                done.append("small")
+
+            await asyncio.gather(big(), small())
+            assert done == ["small", "big"]
+            core: ServingCore = c.app.state.server.core  # type: ignore[attr-defined]
+            assert core.depth == 0
+
+    asyncio.run(go())

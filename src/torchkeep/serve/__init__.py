@@ -16,6 +16,7 @@ from ._app import Server, create_app
 from ._batching import Batcher, ModelSlot
 from ._core import LoadedModel, ServingCore
 from ._handlers import Handler, ImageHandler, LabelHandler, TokenizerHandler
+from ._inputs import Reject
 from ._metrics import Metrics
 from ._options import ServeOptions
 from ._repository import VersionPolicy
@@ -29,6 +30,7 @@ __all__ = [
     "LoadedModel",
     "Metrics",
     "ModelSlot",
+    "Reject",
     "ServeOptions",
     "Server",
     "ServingCore",

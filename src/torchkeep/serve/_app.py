@@ -525,13 +525,19 @@ def create_app(target: "str | Predictor | ServingCore", *, options: ServeOptions
 
     @app.get("/readyz", summary="Readiness: model loaded and warmed up")
     async def readyz() -> JSONResponse:
-        if server.ready:
-            return JSONResponse({"status": "ready", "version": server.slot.version})
+        if server.ready and server.core.models:
+            try:
+                return JSONResponse({"status": "ready", "version": server.slot.version})
+            except Reject:  # the default model was unloaded; others may still serve
+                return JSONResponse({"status": "ready", "version": None})
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/v1/metadata", summary="Input/output specs, backend and the version being served")
-    async def metadata() -> dict[str, Any]:
-        return server.metadata()
+    async def metadata() -> JSONResponse:
+        try:
+            return JSONResponse(server.metadata())
+        except Reject as rej:
+            return JSONResponse({"error": {"type": rej.type, "message": rej.message}}, status_code=rej.status)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:

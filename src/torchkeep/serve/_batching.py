@@ -197,17 +197,18 @@ class Batcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, arrays: list[np.ndarray[Any, Any]]) -> asyncio.Future[list[np.ndarray[Any, Any]]]:
-        """Queue one request's input batches; the future resolves to its output arrays."""
-        return self.submit_many([arrays])[0]
+    def submit(
+        self, arrays: list[np.ndarray[Any, Any]], *, first: bool = True, last: bool = True
+    ) -> asyncio.Future[list[np.ndarray[Any, Any]]]:
+        """Queue one model call's input batches; the future resolves to its output arrays.
 
-    def submit_many(self, chunks: list[list[np.ndarray[Any, Any]]]) -> list[asyncio.Future[list[np.ndarray[Any, Any]]]]:
-        """Queue one request cut into several model calls: all chunks or none (one request of the queue)."""
+        A request cut into several calls passes ``first`` on its first chunk (only that one is
+        checked against ``max_queue`` and counted) and ``last`` on its last one (popping it
+        releases the request's place); call :meth:`release` if it gives up in between.
+        """
         loop = asyncio.get_running_loop()
-        futs: list[asyncio.Future[list[np.ndarray[Any, Any]]]] = [loop.create_future() for _ in chunks]
-        items = [
-            _Item(c, f, loop, tail=i == len(chunks) - 1) for i, (c, f) in enumerate(zip(chunks, futs, strict=True))
-        ]
+        fut: asyncio.Future[list[np.ndarray[Any, Any]]] = loop.create_future()
+        item = _Item(arrays, fut, loop, tail=last)
         with self._cond:
             if not self._running:
                 raise Reject(
@@ -216,22 +217,28 @@ class Batcher:
                     "the model is not loaded yet; retry after /readyz answers 200",
                     {"Retry-After": "1"},
                 )
-            if self._requests >= self.max_queue:
-                raise Reject(
-                    503,
-                    "queue_full",
-                    f"{self._requests} requests are already waiting (--max-queue {self.max_queue}); retry shortly",
-                    {"Retry-After": "1"},
-                )
-            self._queue.extend(items)
-            self._requests += 1
+            if first:
+                if self._requests >= self.max_queue:
+                    raise Reject(
+                        503,
+                        "queue_full",
+                        f"{self._requests} requests are already waiting (--max-queue {self.max_queue}); retry shortly",
+                        {"Retry-After": "1"},
+                    )
+                self._requests += 1
+            self._queue.append(item)
             if self.inline:
                 if not self._scheduled:
                     self._scheduled = True
                     loop.call_soon(self._flush)
             elif self._waiting:  # a notify costs a lock round trip: only when the thread sleeps
                 self._cond.notify()
-        return futs
+        return fut
+
+    def release(self) -> None:
+        """Give back the queue place of a chunked request that stopped before queuing its last chunk."""
+        with self._cond:
+            self._requests = max(0, self._requests - 1)
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:

@@ -179,19 +179,31 @@ class LoadedModel:
                 return await fut
             finally:
                 timer.cancel()
-        # A batch larger than --max-batch-size runs as several model calls, never one oversized one;
-        # the queue takes all its chunks or none (its capacity is counted in examples).
-        futs = self.batcher.submit_many([[a[s : s + limit] for a in arrays] for s in range(0, n, limit)])
-        timers = [loop.call_later(timeout_ms / 1000.0, _expire, f, timeout_ms) for f in futs]
+        # A batch larger than --max-batch-size runs as several model calls, never one oversized
+        # one. Chunks are queued two at a time: requests that arrive meanwhile are served between
+        # them instead of waiting behind the whole request. It takes one place of the queue.
+        chunks = [[a[s : s + limit] for a in arrays] for s in range(0, n, limit)]
+        futs: list[asyncio.Future[list[np.ndarray[Any, Any]]]] = []
+        queued_last = False
         try:
-            parts = await asyncio.gather(*futs)
-        except BaseException:
-            for f in futs:
-                f.cancel()
-            raise
+            async with asyncio.timeout(timeout_ms / 1000.0):
+                for i, chunk in enumerate(chunks):
+                    last = i == len(chunks) - 1
+                    futs.append(self.batcher.submit(chunk, first=i == 0, last=last))
+                    queued_last = last
+                    if len(futs) >= 2:
+                        await futs[-2]
+                parts = await asyncio.gather(*futs)
+        except TimeoutError:
+            raise Reject(
+                504, "timeout", f"no answer within {timeout_ms:g} ms (--timeout-ms); the server is overloaded"
+            ) from None
         finally:
-            for t in timers:
-                t.cancel()
+            for f in futs:
+                if not f.done():
+                    f.cancel()  # queued chunks of an abandoned request are skipped, not run
+            if futs and not queued_last:
+                self.batcher.release()
         return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
     def start(self) -> None:

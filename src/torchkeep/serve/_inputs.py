@@ -76,7 +76,16 @@ def _loads(body: bytes) -> Any:
 
 
 class Reject(Exception):
-    """A request the server refuses: HTTP status, error type, message (never leaves the app)."""
+    """A request the server refuses: HTTP status, error type, message.
+
+    The core raises it; each front end turns it into its protocol's error (``/v1`` JSON error,
+    v2 ``{"error": ...}``, a gRPC status code). It never reaches the client as a 500.
+
+    Example:
+        >>> rej = Reject(404, "not_found", "unknown model 'x'")
+        >>> rej.status, rej.type
+        (404, 'not_found')
+    """
 
     def __init__(self, status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
