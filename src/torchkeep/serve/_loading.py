@@ -29,6 +29,7 @@ __all__ = [
     "import_modules",
     "load_kwargs",
     "load_slot",
+    "time_batch",
     "warm_up",
 ]
 
@@ -273,6 +274,21 @@ def warm_up(predictor: Predictor, batch_sizes: Sequence[int] = (1,)) -> None:
                 )
             if out.dtype.kind == "f" and not np.isfinite(out).all():
                 raise PredictorError(f"warm-up: output '{spec.name}' holds NaN or Infinity for finite inputs")
+
+
+def time_batch(predictor: Predictor, batch: int, repeats: int = 5) -> float:
+    """Median seconds of one model call on a generated batch of ``batch`` examples."""
+    import statistics
+    import time
+
+    rng = np.random.default_rng(0)
+    arrays = [_example(s, batch, rng) for s in predictor.inputs]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run_predictor(predictor, arrays)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def check_compatible(old: Sequence[TensorSpec], new: Sequence[TensorSpec]) -> None:

@@ -8,6 +8,7 @@ connections over them).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,10 @@ def serve(
     except ImportError:
         raise missing_dependency("uvicorn", "serve", "torchkeep serve") from None
     opts = options if options is not None else ServeOptions()
+    if opts.grpc_port is not None:
+        if workers > 1:
+            raise ServeError("--grpc-port works with --workers 1 (one process owns the port)", option="grpc_port")
+        opts = dataclasses.replace(opts, grpc_host=host)
     if workers < 1 or workers > 256:
         raise ServeError(f"--workers {workers}: expected 1 to 256 processes", option="workers")
     common: dict[str, Any] = {
