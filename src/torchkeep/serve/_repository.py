@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .._manifest import MANIFEST_NAME
+from ..io._manifest import MANIFEST_NAME
 from ..errors import ServeError
 
 __all__ = ["HANDLER_FILE", "VersionPolicy", "is_repository", "model_versions", "scan_repository"]
