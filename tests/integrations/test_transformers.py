@@ -151,32 +151,25 @@ def test_save_model_load_model_round_trip_without_register(tmp_path: Path) -> No
     assert torch.equal(model(ids).logits, loaded(ids).logits)
     out = to_pretrained(path, tmp_path / "hf")
     again = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
-    assert torch.equal(model(ids).logits, again(ids).logits)
+    for key, value in model.state_dict().items():  # the same weights, bit for bit
+        assert torch.equal(value, again.state_dict()[key]), key
+    # from_pretrained may pick another attention kernel: outputs agree to float rounding
+    torch.testing.assert_close(model(ids).logits, again(ids).logits, rtol=1e-5, atol=1e-6)
     assert set(scan(tmp_path).values()) <= {"safetensors", "json"}
 
 
 def test_model_file_never_imports_what_it_names(tmp_path: Path) -> None:
-    import json
-
-    from safetensors import safe_open
-
     model = transformers.BertModel(_config())
     path = tmp_path / "bert.safetensors"
     tk.save_model(model, path)
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata()
-    assert header is not None
-    data = bytearray(path.read_bytes())
-    n = int.from_bytes(data[:8], "little")
-    text = bytes(data[8 : 8 + n]).decode()
-    hostile = text.replace('"BertModel"', '"os"', 1)  # a name outside transformers' model classes
-    hostile += " " * (n - len(hostile.encode()))
-    data[8 : 8 + n] = hostile.encode()[:n]
+    data = path.read_bytes()
+    marker = b'\\"class\\":\\"BertModel\\"'
+    assert marker in data  # the class is recorded by name
+    # a hostile file naming a module instead of a transformers model class (same length: header intact)
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(bytes(data))
-    with pytest.raises(tk.ModelNotRegisteredError, match="transformers"):
+    bad.write_bytes(data.replace(marker, marker.replace(b"BertModel", b"os.system"), 1))
+    with pytest.raises(tk.ModelNotRegisteredError, match=r"'os\.system', which is not a PreTrainedModel class"):
         tk.load_model(bad)
-    assert json.loads(text)  # the header is JSON
 
 
 @pytest.mark.parametrize("name", ["torchkeep.integrations.transformers"])

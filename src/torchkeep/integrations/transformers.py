@@ -29,12 +29,17 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from .. import load_model
-from ..errors import CorruptCheckpointError, UsageError, missing_dependency
+from .._families import register_family
+from ..errors import CorruptCheckpointError, ModelNotRegisteredError, StateMismatchError, UsageError, missing_dependency
 from . import _files
 
 try:
@@ -43,9 +48,10 @@ try:
 except ImportError as exc:
     raise missing_dependency("transformers", "transformers", "torchkeep.integrations.transformers") from exc
 
-__all__ = ["TorchkeepTrainer", "to_pretrained"]
+__all__ = ["PreTrainedFamily", "TorchkeepTrainer", "to_pretrained"]
 
 logger = logging.getLogger(__name__)
+
 
 def _flag(name: str) -> bool:
     check: Any = getattr(transformers.utils, name, None)
@@ -241,3 +247,76 @@ def to_pretrained(path: str | os.PathLike[str], out_dir: str | os.PathLike[str])
     out = os.fspath(out_dir)
     model.save_pretrained(out)
     return out
+
+
+def _transformers_class(name: Any, base: type, source: str) -> Any:
+    """A class exported by the ``transformers`` package under ``name``, subclassing ``base``; never an import."""
+    found = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ModelNotRegisteredError(
+            f"{source}: the file names {name!r}, which is not a {base.__name__} class of transformers "
+            f"{transformers.__version__}; a newer transformers may have it (classes are looked up by name inside "
+            "the transformers package only)",
+            name=str(name),
+            module="transformers",
+        )
+    return found
+
+
+class PreTrainedFamily:
+    """``tk.save_model`` / ``tk.load_model`` for ``transformers.PreTrainedModel``, with no ``@tk.register``.
+
+    The file records the model's class name and its config (the JSON of ``config.json``); loading
+    looks both classes up by name in the ``transformers`` package, builds the model from the
+    config and loads the weights. Registered by importing this module, which ``tk.save_model``
+    and ``tk.load_model`` do themselves when they meet such a model or file.
+
+    Example:
+        >>> import tempfile, os, torch, torchkeep as tk, transformers
+        >>> cfg = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+        ...                               num_attention_heads=2, intermediate_size=8)
+        >>> path = os.path.join(tempfile.mkdtemp(), "bert.safetensors")
+        >>> tk.save_model(transformers.BertModel(cfg), path)
+        >>> type(tk.load_model(path)).__name__, tk.load_model(path).config.hidden_size
+        ('BertModel', 8)
+    """
+
+    name = "transformers"
+
+    def entry(self, model: torch.nn.Module) -> dict[str, Any] | None:
+        """The class name and config of a ``PreTrainedModel`` that ``transformers`` exports, else None."""
+        cls = type(model)
+        if not isinstance(model, transformers.PreTrainedModel) or getattr(transformers, cls.__name__, None) is not cls:
+            return None  # a subclass of the user's own: register it with @tk.register instead
+        config: Any = model.config
+        return {
+            "class": cls.__name__,
+            "config_class": type(config).__name__,
+            "config": json.loads(config.to_json_string(use_diff=False)),
+            "transformers": transformers.__version__,
+        }
+
+    def build(
+        self, entry: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str, strict: bool
+    ) -> torch.nn.Module:
+        """Rebuild the recorded class from the recorded config and load ``state``."""
+        cls = _transformers_class(entry.get("class"), transformers.PreTrainedModel, source)
+        config_cls = _transformers_class(entry.get("config_class"), transformers.PretrainedConfig, source)
+        raw = entry.get("config")
+        if not isinstance(raw, dict):
+            raise CorruptCheckpointError(f"{source}: the recorded transformers config is not an object", path=source)
+        model: torch.nn.Module = cls(config_cls.from_dict(raw))
+        result = model.load_state_dict(dict(state), strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+        if strict and (missing or unexpected):
+            raise StateMismatchError(
+                f"{source}: the weights do not fit {cls.__name__}: missing {missing[:10]}, unexpected "
+                f"{unexpected[:10]}; pass strict=False to load what fits"
+            )
+        tie: Any = getattr(model, "tie_weights", None)
+        if callable(tie):
+            tie()
+        return model
+
+
+register_family(PreTrainedFamily())
