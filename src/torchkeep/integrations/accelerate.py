@@ -6,9 +6,9 @@ same things as torchkeep files and restore them bit-exactly:
 
 ``state.safetensors``            every prepared model (unwrapped), optimizer, scheduler, the grad
                                  scaler, every object given to ``register_for_checkpointing``,
-                                 and the dataloaders' positions (epoch counters, seedable-sampler
-                                 seeds, stateful-dataloader state)
-``rng_state_{process}.safetensors``  python / numpy / torch / CUDA RNG of each process
+                                 the dataloaders' positions (epoch counters, seedable-sampler
+                                 seeds, stateful-dataloader state) and the main process's RNG
+``rng_state_{process}.safetensors``  python / numpy / torch / CUDA RNG of every other process
 
 The change in a training script is the two calls::
 
@@ -94,7 +94,8 @@ def _positions(accelerator: Any) -> list[dict[str, Any]]:
 def save_state(accelerator: Any, directory: str | os.PathLike[str]) -> None:
     """Store what ``accelerator.save_state`` stores, as torchkeep files in ``directory``.
 
-    The main process writes ``state.safetensors``; every process writes its own RNG file. Each
+    The main process writes ``state.safetensors`` (with its RNG state); every other process writes
+    its own RNG file. Each
     write is atomic, so a crash mid-save leaves the previous files whole.
 
     Raises:
@@ -107,20 +108,22 @@ def save_state(accelerator: Any, directory: str | os.PathLike[str]) -> None:
         >>> model, opt = acc.prepare(torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
         >>> d = tempfile.mkdtemp(); save_state(acc, d)
         >>> sorted(os.listdir(d))
-        ['rng_state_0.safetensors', 'state.safetensors']
+        ['state.safetensors']
     """
     out = os.fspath(directory)
     os.makedirs(out, exist_ok=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        # the main process's RNG rides in the state file: one durable write (fsync) instead of two
         save_checkpoint(
             os.path.join(out, STATE_FILE),
             step=int(accelerator.step),
             extra={"step": int(accelerator.step), "dataloaders": _positions(accelerator)},
-            rng=False,
+            rng=True,
             **_objects(accelerator),
         )
-    save_checkpoint(os.path.join(out, _rng_file(accelerator)), extra={"process": accelerator.process_index})
+    else:
+        save_checkpoint(os.path.join(out, _rng_file(accelerator)), extra={"process": accelerator.process_index})
     accelerator.wait_for_everyone()
     logger.info("saved accelerator state to %s", out)
 
@@ -153,7 +156,8 @@ def load_state(accelerator: Any, directory: str | os.PathLike[str], *, strict: b
             "(a directory from accelerator.save_state holds pickles, which this does not load)",
             path=state_file,
         )
-    info = load_checkpoint(state_file, rng=False, strict=strict, **_objects(accelerator))
+    main = accelerator.is_main_process
+    info = load_checkpoint(state_file, rng=main, strict=strict, **_objects(accelerator))
     extra = info.extra if isinstance(info.extra, dict) else {}
     accelerator.step = int(extra.get("step", 0))
     for dataloader, saved in zip(accelerator._dataloaders, extra.get("dataloaders") or [], strict=False):
@@ -166,7 +170,9 @@ def load_state(accelerator: Any, directory: str | os.PathLike[str], *, strict: b
         if saved.get("state") is not None and getattr(dataloader, "use_stateful_dataloader", False):
             dataloader.load_state_dict(saved["state"])
     rng_file = os.path.join(src, _rng_file(accelerator))
-    if os.path.isfile(rng_file):
+    if main:
+        pass  # restored with the state file
+    elif os.path.isfile(rng_file):
         load_checkpoint(rng_file)
     else:
         logger.warning(
