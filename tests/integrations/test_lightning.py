@@ -248,6 +248,7 @@ def test_sigkill_midway_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
         "torchkeep.integrations._files",
         "torchkeep.integrations._lightning_io",
         "torchkeep.integrations.lightning",
+        "torchkeep.integrations.pytorch_lightning",
     ],
 )
 def test_docstring_examples(name: str) -> None:
@@ -265,3 +266,25 @@ def test_import_torchkeep_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("module", "framework", "extra"),
+    [
+        ("lightning", "lightning", "lightning"),
+        ("pytorch_lightning", "pytorch_lightning", "pytorch-lightning"),
+        ("transformers", "transformers", "transformers"),
+        ("accelerate", "accelerate", "accelerate"),
+    ],
+)
+def test_missing_framework_is_a_missing_dependency_error(module: str, framework: str, extra: str) -> None:
+    code = (
+        f"import sys; sys.modules[{framework!r}] = None\n"
+        "import torchkeep as tk\n"
+        "try:\n"
+        f"    import torchkeep.integrations.{module}\n"
+        "except tk.MissingDependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert f"pip install 'torchkeep[{extra}]'" in out

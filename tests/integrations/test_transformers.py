@@ -172,7 +172,7 @@ def test_model_file_never_imports_what_it_names(tmp_path: Path) -> None:
         tk.load_model(bad)
 
 
-@pytest.mark.parametrize("name", ["torchkeep.integrations.transformers"])
+@pytest.mark.parametrize("name", ["torchkeep.integrations.transformers", "torchkeep._families"])
 def test_docstring_examples(name: str) -> None:
     import doctest
     import importlib
