@@ -59,6 +59,8 @@ def _trainer(epochs: int, callbacks: list[Any], plugins: list[Any] | None = None
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        # without a ModelCheckpoint of the test's own, Lightning's default one would write into the cwd
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         default_root_dir=root,
     )
 
