@@ -65,10 +65,10 @@ def test_checkpoints_hold_no_pickle_and_rotation_works(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["checkpoint-4", "checkpoint-6"]
     kinds = scan(tmp_path)
     names = {Path(p).name for p in kinds}
-    assert {"optimizer.safetensors", "scheduler.safetensors", "rng_state.safetensors", "training_args.json"} <= names
+    assert {"training_state.safetensors", "model.safetensors", "trainer_state.json", "training_args.json"} <= names
     assert not names & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
-    assert tk.read_info(tmp_path / "checkpoint-6" / "optimizer.safetensors").step == 6
-    assert tk.read_info(tmp_path / "checkpoint-6" / "rng_state.safetensors").rng
+    info = tk.read_info(tmp_path / "checkpoint-6" / "training_state.safetensors")
+    assert info.step == 6 and info.rng and set(info.objects) == {"optimizer", "scheduler"}
 
 
 def test_load_best_model_at_end(tmp_path: Path) -> None:
@@ -87,14 +87,14 @@ def test_load_best_model_at_end(tmp_path: Path) -> None:
 
 def test_corrupt_optimizer_file_stops_with_typed_error(tmp_path: Path) -> None:
     _trainer(tmp_path, 4).train()
-    target = tmp_path / "checkpoint-4" / "optimizer.safetensors"
+    target = tmp_path / "checkpoint-4" / "training_state.safetensors"
     data = bytearray(target.read_bytes())
     data[-5] ^= 0xFF
     target.write_bytes(bytes(data))
     before = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(tk.CorruptCheckpointError, match=r"optimizer\.safetensors") as err:
+    with pytest.raises(tk.CorruptCheckpointError, match=r"training_state\.safetensors") as err:
         _trainer(tmp_path, 6).train(resume_from_checkpoint=True)
-    assert err.value.path is not None and err.value.path.endswith("optimizer.safetensors")
+    assert err.value.path is not None and err.value.path.endswith("training_state.safetensors")
     assert {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing deleted
 
 
@@ -137,7 +137,7 @@ def test_sigkill_midway_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
         for key, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
     kinds = scan(tmp_path / "a", tmp_path / "b")
-    assert "checkpoint-12/optimizer.safetensors" in kinds
+    assert "checkpoint-12/training_state.safetensors" in kinds
 
 
 def test_save_model_load_model_round_trip_without_register(tmp_path: Path) -> None:

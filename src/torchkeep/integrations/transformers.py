@@ -4,10 +4,9 @@ Replace ``Trainer`` with :class:`TorchkeepTrainer` (same arguments). Each ``chec
 directory then holds:
 
 ``model.safetensors`` + ``config.json``   the model, through ``save_pretrained`` as before
-``optimizer.safetensors``                  optimizer state (a torchkeep file, checksummed)
-``scheduler.safetensors``                  learning-rate scheduler state
-``scaler.safetensors``                     the AMP grad scaler, when there is one
-``rng_state.safetensors``                  python / numpy / torch / CUDA RNG (per process when distributed)
+``training_state.safetensors``             optimizer, learning-rate scheduler, AMP grad scaler (when there
+                                           is one) and python / numpy / torch / CUDA RNG: one torchkeep
+                                           file, checksummed (other processes: ``rng_state_{i}.safetensors``)
 ``trainer_state.json``                     the Trainer's own JSON, unchanged
 ``training_args.json``                     the training arguments as JSON (not ``training_args.bin``)
 
@@ -23,8 +22,8 @@ own optimizer files (the Trainer's code path is used unchanged there).
 
 Example:
     >>> from torchkeep.integrations.transformers import TorchkeepTrainer
-    >>> TorchkeepTrainer.OPTIMIZER_FILE
-    'optimizer.safetensors'
+    >>> TorchkeepTrainer.STATE_FILE
+    'training_state.safetensors'
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .. import load_model
+from .. import load_checkpoint, load_model, read_info, save_checkpoint
 from .._families import register_family
 from ..errors import CorruptCheckpointError, ModelNotRegisteredError, StateMismatchError, UsageError, missing_dependency
 from . import _files
@@ -76,10 +75,11 @@ class TorchkeepTrainer(Trainer):  # type: ignore[misc]
         >>> from torchkeep.integrations.transformers import TorchkeepTrainer
         >>> args = transformers.TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True)
         >>> trainer = TorchkeepTrainer(model=torch.nn.Linear(2, 2), args=args)
-        >>> trainer.RNG_FILE
-        'rng_state.safetensors'
+        >>> trainer.STATE_FILE
+        'training_state.safetensors'
     """
 
+    STATE_FILE = "training_state.safetensors"
     OPTIMIZER_FILE = "optimizer.safetensors"
     SCHEDULER_FILE = "scheduler.safetensors"
     SCALER_FILE = "scaler.safetensors"
@@ -136,12 +136,12 @@ class TorchkeepTrainer(Trainer):  # type: ignore[misc]
         if not self._own_format():
             super()._save_optimizer_and_scheduler(output_dir)
             return
-        if not self.args.should_save:
-            return
-        optimizer: Any = self.optimizer
-        self._write(output_dir, self.OPTIMIZER_FILE, optimizer.state_dict())
-        if self.lr_scheduler is not None:
-            self._write(output_dir, self.SCHEDULER_FILE, self.lr_scheduler.state_dict())
+        if self.args.should_save:
+            # written with the RNG state in _save_rng_state, which the Trainer calls right after:
+            # one durable file (one fsync) instead of three
+            self._pending: dict[str, Any] = {"optimizer": self.optimizer}
+            if self.lr_scheduler is not None:
+                self._pending["scheduler"] = self.lr_scheduler
 
     def _save_scaler(self, output_dir: str) -> None:
         if not self._own_format():
@@ -149,19 +149,23 @@ class TorchkeepTrainer(Trainer):  # type: ignore[misc]
             return
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and self.args.should_save:
-            self._write(output_dir, self.SCALER_FILE, scaler.state_dict())
+            self._pending = {**getattr(self, "_pending", {}), "scaler": scaler}
 
     def _save_rng_state(self, output_dir: str) -> None:
         if not self._own_format():
             super()._save_rng_state(output_dir)
             return
         os.makedirs(output_dir, exist_ok=True)  # a rank can get here before rank 0 made the directory
-        self._write(output_dir, self._rng_file(), {"process_index": self.args.process_index}, rng=True)
+        pending, self._pending = getattr(self, "_pending", {}), {}
+        if pending:
+            save_checkpoint(os.path.join(output_dir, self.STATE_FILE), step=self._step(), rng=True, **pending)
+        else:
+            self._write(output_dir, self._rng_file(), {"process_index": self.args.process_index}, rng=True)
 
     # -- loading --------------------------------------------------------------------------------
     def _refuse_legacy(self, checkpoint: str) -> None:
         legacy = [name for name in (*_LEGACY, "rng_state.pth") if os.path.isfile(os.path.join(checkpoint, name))]
-        mine = os.path.isfile(os.path.join(checkpoint, self.OPTIMIZER_FILE))
+        mine = any(os.path.isfile(os.path.join(checkpoint, n)) for n in (self.STATE_FILE, self.OPTIMIZER_FILE))
         if legacy and not mine:
             commands = "; ".join(
                 f"torchkeep convert {os.path.join(checkpoint, n)} {os.path.join(checkpoint, _LEGACY[n])}"
@@ -182,6 +186,15 @@ class TorchkeepTrainer(Trainer):  # type: ignore[misc]
             super()._load_optimizer_and_scheduler(checkpoint)
             return
         self._refuse_legacy(checkpoint)
+        state = os.path.join(checkpoint, self.STATE_FILE)
+        if os.path.isfile(state):
+            held = read_info(state).objects
+            objects: dict[str, Any] = {"optimizer": self.optimizer}
+            if self.lr_scheduler is not None and "scheduler" in held:
+                objects["scheduler"] = self.lr_scheduler
+            load_checkpoint(state, map_location="cpu", rng=False, **objects)
+            return
+        # optimizer.pt / scheduler.pt of a plain Trainer, converted by `torchkeep convert`
         path = os.path.join(checkpoint, self.OPTIMIZER_FILE)
         if not os.path.isfile(path):
             return  # as the Trainer does: a model-only checkpoint (save_only_model=True)
@@ -197,8 +210,13 @@ class TorchkeepTrainer(Trainer):  # type: ignore[misc]
         if not self._own_format():
             super()._load_scaler(checkpoint)
             return
-        path = os.path.join(checkpoint, self.SCALER_FILE)
         scaler = getattr(self.accelerator, "scaler", None)
+        state = os.path.join(checkpoint, self.STATE_FILE)
+        if scaler is not None and os.path.isfile(state):
+            if "scaler" in read_info(state).objects:
+                load_checkpoint(state, rng=False, scaler=scaler)
+            return
+        path = os.path.join(checkpoint, self.SCALER_FILE)
         if scaler is not None and os.path.isfile(path):
             scaler.load_state_dict(_files.load_tree(path))
 
@@ -207,6 +225,10 @@ class TorchkeepTrainer(Trainer):  # type: ignore[misc]
             return
         if not self._own_format():
             super()._load_rng_state(checkpoint)
+            return
+        state = os.path.join(checkpoint, self.STATE_FILE)
+        if self.args.should_save and os.path.isfile(state):
+            load_checkpoint(state, rng=True)  # verifies and restores the RNG entry only
             return
         path = os.path.join(checkpoint, self._rng_file())
         if not os.path.isfile(path):
