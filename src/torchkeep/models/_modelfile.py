@@ -31,6 +31,7 @@ from ..errors import (
 from ..io import _codec, _format
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
+from ._families import family_entry, family_of
 from ._registry import (
     _MODULE_RE,
     _REGISTRY,
@@ -92,6 +93,8 @@ def save_model(
     require_module(model, "save_model")
     model = unwrap_model(model)
     entry = model_entry(model)
+    if entry is None:
+        entry = family_entry(model)  # e.g. a transformers PreTrainedModel: rebuilt from its config
     if entry is None:
         raise not_registered(model)
     state = model.state_dict()
@@ -318,6 +321,9 @@ def load_model(
             name=SECTION,
         )
     entry = _validated_entry(raw, src)
+    if isinstance(entry.get("family"), str):
+        family = family_of(entry["family"], src)
+        return family.build(entry, _state_from(reader, src, map_location, verify), src, strict).eval()
     reg = _resolve(entry, src, import_module)
     if import_module:
         _import_argument_classes(entry["arguments"])
