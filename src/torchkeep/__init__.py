@@ -50,9 +50,10 @@ from .manager import (
     KeepNewerThan,
     list_checkpoints,
 )
-from .models._audit import Finding, RoundtripResult, audit, verify_roundtrip
+from .models._audit import Finding, audit
 from .models._modelfile import load_model, save_model
 from .models._registry import migration, model_entry, register
+from .models._roundtrip import RoundtripResult, verify_roundtrip
 from .runtime import Predictor, TensorSpec, load_predictor
 
 __all__ = [

@@ -51,6 +51,7 @@ __all__ = [
     "MapLocation",
     "Reader",
     "TensorInfo",
+    "load_tree",
     "open_file",
     "resolve_device",
     "write",
@@ -556,3 +557,28 @@ def open_file(src: str | os.PathLike[str] | bytes | bytearray | memoryview, *, m
     finally:
         os.close(fd)
     return Reader(buf, size, path)
+
+
+def load_tree(reader: Reader, *, map_location: MapLocation = None) -> Any:
+    """Decode an opened file's tree (or, for plain safetensors files, a flat dict of tensors).
+
+    Raises:
+        CorruptCheckpointError: the tree is damaged; the message names the file.
+
+    Example:
+        >>> import io
+        >>> buf = io.BytesIO()
+        >>> _ = write(buf, {"w": torch.zeros(2)})
+        >>> load_tree(open_file(buf.getvalue()))["w"].tolist()
+        [0.0, 0.0]
+    """
+    if reader.tree is None:
+        return {name: reader.tensor(name, map_location) for name in reader.names}
+    try:
+        return _codec.decode(reader.tree, lambda name: reader.tensor(name, map_location))
+    except CorruptCheckpointError as exc:
+        if exc.path is None and reader.path is not None:
+            raise CorruptCheckpointError(
+                f"{reader.path}: {exc}", path=reader.path, tensor=exc.tensor, reason=exc.reason
+            ) from None
+        raise

@@ -42,6 +42,7 @@ from typing import Any, TypeVar, overload
 
 import torch
 
+from ..checkpoint._state import add_model_describer
 from ..errors import (
     MigrationError,
     ModelNotRegisteredError,
@@ -53,6 +54,7 @@ from ..errors import (
 from ..io import _codec
 
 __all__ = [
+    "MODULE_RE",
     "RegisteredModel",
     "lookup",
     "migrate",
@@ -60,6 +62,7 @@ __all__ = [
     "model_entry",
     "not_registered",
     "rebuild",
+    "record_of",
     "register",
     "registered",
     "require_module",
@@ -70,7 +73,8 @@ logger = logging.getLogger(__name__)
 SECTION = "model"
 _RECORD_ATTR = "_torchkeep_record"
 _WRAPPED_MARK = "__torchkeep_registered__"
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+#: A dotted Python module path (what a registry entry's target may name).
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 T = TypeVar("T")
 Migration = Callable[[dict[str, Any], dict[str, torch.Tensor]], tuple[Mapping[str, Any], Mapping[str, torch.Tensor]]]
@@ -341,7 +345,13 @@ def _unregister(name: str) -> None:
 # the recipe
 
 
-def _record_of(model: torch.nn.Module) -> _Record | None:
+def record_of(model: torch.nn.Module) -> _Record | None:
+    """How a registered model was built (its registry name and arguments), or None.
+
+    Example:
+        >>> record_of(torch.nn.Linear(1, 1)) is None  # not built by a registered factory
+        True
+    """
     record = model.__dict__.get(_RECORD_ATTR)
     return record if isinstance(record, _Record) else None
 
@@ -380,7 +390,7 @@ def model_entry(model: torch.nn.Module) -> dict[str, Any] | None:
         >>> model_entry(torch.nn.Linear(2, 2)) is None
         True
     """
-    record = _record_of(model)
+    record = record_of(model)
     if record is None:
         return None
     entry = record.entry
@@ -512,3 +522,8 @@ def rebuild(reg: RegisteredModel, config: Mapping[str, Any], *, source: str = ""
     if not isinstance(model, torch.nn.Module):
         raise RegistryError(f"{where}{reg.target} returned {type(model).__qualname__}, not an nn.Module")
     return model
+
+
+# Checkpoints record the registry entry of a registered model (the checkpoint layer asks; see
+# torchkeep.checkpoint._state.add_model_describer).
+add_model_describer(model_entry)

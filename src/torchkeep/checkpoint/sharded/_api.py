@@ -47,8 +47,8 @@ from ...errors import (
 from ...io import _codec, _format
 from ...io._format import MapLocation
 from ...io._storage import atomic_write
-from .. import _checkpoint
-from .._checkpoint import CheckpointInfo
+from .. import _restore, _state
+from .._state import CheckpointInfo
 from ._dcp import RANK_KEY, LoadPlanner_, Opaque, SavePlanner_, ShardReader, ShardWriter, decode_bytes
 from ._index import Index, read_index
 
@@ -101,8 +101,8 @@ def _state_dicts(objects: Mapping[str, Any], *, template: bool = False) -> tuple
     state: dict[str, Any] = {}
     kinds: dict[str, str] = {}
     for name, obj in objects.items():
-        _checkpoint._check_stateful(name, obj)
-        kinds[name] = _checkpoint._kind(_checkpoint.unwrap_model(obj) if isinstance(obj, torch.nn.Module) else obj)
+        _state.check_stateful(name, obj)
+        kinds[name] = _state.object_kind(_state.unwrap_model(obj) if isinstance(obj, torch.nn.Module) else obj)
         if isinstance(obj, torch.nn.Module):
             state[name] = get_model_state_dict(obj)
         elif isinstance(obj, torch.optim.Optimizer):
@@ -155,7 +155,7 @@ def _prepare_save(
     annotations: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], ShardWriter]:
     state, kinds = _state_dicts(objects)
-    rank_tree, section = _checkpoint.collect_state({}, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
+    rank_tree, section = _state.collect_state({}, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
     section["objects"] = kinds
     section["sharded"] = True
     section.update(annotations or {})
@@ -163,7 +163,7 @@ def _prepare_save(
 
 
 def _info(path: str, section: dict[str, Any], size: int | None, extra: Any) -> CheckpointInfo:
-    info = _checkpoint._info_from_section(path, section, size)
+    info = _state.info_from_section(path, section, size)
     info.extra = extra
     return info
 
@@ -315,7 +315,7 @@ def load_checkpoint(
         3
     """
     index = read_index(path)
-    info = _checkpoint._info_from_section(index.path, index.checkpoint, None)
+    info = _state.info_from_section(index.path, index.checkpoint, None)
     info.size_bytes = sum(os.path.getsize(index.shard_path(r)) for r in range(index.world_size))
     available = sorted(info.objects)
     for name in objects:
@@ -386,7 +386,7 @@ def _restore_rank_state(
             rank,
         )
     tree = _rank_tree(reader, rank if own else 0, map_location)
-    _checkpoint.restore_state(tree, {}, info, strict=True, rng=rng and own)
+    _restore.restore_state(tree, {}, info, strict=True, rng=rng and own)
 
 
 # ------------------------------------------------------------------------------------------
@@ -445,7 +445,7 @@ def load_full(path: str | os.PathLike[str], *, map_location: MapLocation = None,
         if kind == "optimizer" and name in tree:
             tree[name] = _optimizer_to_ids(tree[name])
     rank0 = _rank_tree(reader, 0, map_location)
-    for key in (_checkpoint.EXTRA_KEY, _checkpoint.RNG_KEY):
+    for key in (_state.EXTRA_KEY, _state.RNG_KEY):
         if key in rank0:
             tree[key] = rank0[key]
     return tree
@@ -528,11 +528,11 @@ def consolidate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Che
     section["consolidated_from"] = {"path": index.path, "world_size": index.world_size}
     try:
         with atomic_write(dst) as f:
-            size = _checkpoint.write_checkpoint(f, tree, section)
+            size = _state.write_checkpoint(f, tree, section)
     except OSError as exc:
         if isinstance(exc, CheckpointWriteError):
             raise
         raise CheckpointWriteError(f"could not write {dst}: {exc}", path=os.fspath(dst)) from exc
-    info = _checkpoint._info_from_section(os.fspath(dst), section, size)
-    info.extra = tree.get(_checkpoint.EXTRA_KEY)
+    info = _state.info_from_section(os.fspath(dst), section, size)
+    info.extra = tree.get(_state.EXTRA_KEY)
     return info
