@@ -121,3 +121,17 @@ __all__ = [
     "errors",
     "__version__",
 ]
+
+
+def _report_public_module() -> None:
+    # Public classes name the module users import them from (tracebacks, repr, help(), pickling
+    # by reference), not the private module that defines them. Classes of public modules
+    # (torchkeep.errors) already do.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and any(part.startswith("_") for part in obj.__module__.split(".")):
+            obj.__module__ = __name__
+
+
+_report_public_module()
+del _report_public_module

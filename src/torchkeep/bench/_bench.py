@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import PredictorError, TorchkeepError
+from ..errors import PredictorError, TorchkeepError, UsageError
 from ..io._manifest import MANIFEST_NAME, read_manifest, write_manifest
 from ..runtime import Predictor, load_predictor
 from ..runtime._inputs import example_inputs
@@ -130,7 +130,7 @@ class BenchReport:
         """Inverse of :meth:`to_json` (e.g. to plot saved results again).
 
         Raises:
-            PredictorError: ``data`` is not a report written by :meth:`to_json`.
+            UsageError: ``data`` is not a report written by :meth:`to_json`.
         """
         try:
             fields = set(BenchResult.__dataclass_fields__)
@@ -149,8 +149,10 @@ class BenchReport:
                 environment=dict(data.get("environment") or {}),
                 title=str(data.get("title", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PredictorError(f"not a benchmark report written by BenchReport.to_json ({exc!r})") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(
+                f"not a benchmark report written by BenchReport.to_json ({exc!r})", argument="data"
+            ) from None
 
     def table(self) -> Any:
         """A ``rich.table.Table``: one row per backend and batch size, fastest first, best marked ★."""
@@ -275,8 +277,9 @@ def _expand(targets: Target | Sequence[Target], device: str, threads: int | None
         [targets] if isinstance(targets, str | os.PathLike | torch.nn.Module | Predictor) else list(targets)  # type: ignore[arg-type]
     )
     if not items:
-        raise PredictorError(
-            "tk.benchmark: no targets given; pass an export directory, artifact files, predictors or a module"
+        raise UsageError(
+            "tk.benchmark: no targets given; pass an export directory, artifact files, predictors or a module",
+            argument="targets",
         )
     runners: list[_Runner] = []
     for item in items:
@@ -306,8 +309,9 @@ def _expand(targets: Target | Sequence[Target], device: str, threads: int | None
         elif isinstance(item, Predictor):
             runners.append(_Runner(item.backend, item, None))
         else:
-            raise PredictorError(
-                f"tk.benchmark: cannot benchmark a {type(item).__name__}; expected a path, Predictor or nn.Module"
+            raise UsageError(
+                f"tk.benchmark: cannot benchmark a {type(item).__name__}; expected a path, Predictor or nn.Module",
+                argument="targets",
             )
     seen: dict[str, int] = {}
     for r in runners:
@@ -341,8 +345,9 @@ def _make_inputs(runners: list[_Runner], batch_size: int, example: Any) -> tuple
     if example is not None:
         tensors = list(example)
         return [t[:1].expand(batch_size, *t.shape[1:]).clone() if t.dim() else t for t in tensors], None
-    raise PredictorError(
-        "tk.benchmark: no target knows its input specs; benchmark an export directory, or pass example_inputs=[tensor, ...]"
+    raise UsageError(
+        "tk.benchmark: no target knows its input specs; benchmark an export directory, or pass example_inputs=[tensor, ...]",
+        argument="example_inputs",
     )
 
 
@@ -383,7 +388,8 @@ def benchmark(
         progress: called with (target label, batch size) before each measurement.
 
     Raises:
-        PredictorError: no targets, a target that cannot load, or bad budget values.
+        UsageError: no targets, or bad budget values.
+        PredictorError: a target that cannot load.
 
     Example:
         >>> import torch, torchkeep as tk
@@ -394,11 +400,14 @@ def benchmark(
     """
     bad = [bs for bs in batch_sizes if not isinstance(bs, int) or bs < 1]
     if not batch_sizes or bad:
-        raise PredictorError(f"batch_sizes={tuple(batch_sizes)!r}: expected positive ints, e.g. (1, 32)")
+        raise UsageError(
+            f"batch_sizes={tuple(batch_sizes)!r}: expected positive ints, e.g. (1, 32)", argument="batch_sizes"
+        )
     if min_time < 0 or max_iters < 1 or min_iters < 1 or warmup < 0 or rounds < 1:
-        raise PredictorError(
+        raise UsageError(
             f"benchmark budget: min_time={min_time} (>= 0), max_iters={max_iters} (>= 1), "
-            f"min_iters={min_iters} (>= 1), warmup={warmup} (>= 0), rounds={rounds} (>= 1)"
+            f"min_iters={min_iters} (>= 1), warmup={warmup} (>= 0), rounds={rounds} (>= 1)",
+            argument="budget",
         )
     previous_threads = torch.get_num_threads()
     if threads is not None:

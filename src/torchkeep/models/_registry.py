@@ -127,7 +127,7 @@ def _target_of(obj: Any) -> str:
 
 def _check_version(version: Any, what: str) -> int:
     if type(version) is not int or version < 1:
-        raise RegistryError(f"{what} must be an int >= 1, got {version!r}")
+        raise UsageError(f"{what} must be an int >= 1, got {version!r}", argument="version")
     return version
 
 
@@ -156,8 +156,9 @@ def register(name: Any = None, version: int = 1) -> Any:
     plain values, e.g. ``def tiny_bert(config: dict) -> BertModel: return BertModel(BertConfig(**config))``.
 
     Raises:
-        RegistryError: the name is taken by another class/factory, the version is not an int
-            >= 1, or the decorated object is neither an ``nn.Module`` subclass nor a function.
+        RegistryError: the name is taken by another class/factory.
+        UsageError: the version is not an int >= 1, or the decorated object is neither an
+            ``nn.Module`` subclass nor a function.
 
     Example:
         >>> import torch, torchkeep as tk
@@ -173,21 +174,23 @@ def register(name: Any = None, version: int = 1) -> Any:
         return register(None, version)(name)  # bare @register
     _check_version(version, "register(version=...)")
     if name is not None and not name.strip():
-        raise RegistryError("register(name=...) must be a non-empty string")
+        raise UsageError("register(name=...) must be a non-empty string", argument="name")
 
     def decorate(obj: Any) -> Any:
         if isinstance(obj, type):
             if not issubclass(obj, torch.nn.Module):
-                raise RegistryError(
+                raise UsageError(
                     f"@register applies to nn.Module subclasses and factory functions; {obj.__qualname__} "
-                    "is a class that is not an nn.Module"
+                    "is a class that is not an nn.Module",
+                    argument="obj",
                 )
             kind = "class"
         elif inspect.isfunction(obj):
             kind = "factory"
         else:
-            raise RegistryError(
-                f"@register applies to nn.Module subclasses and factory functions, got {type(obj).__qualname__}"
+            raise UsageError(
+                f"@register applies to nn.Module subclasses and factory functions, got {type(obj).__qualname__}",
+                argument="obj",
             )
         entry_name = name if name is not None else obj.__qualname__
         original = getattr(obj, "__wrapped__", obj) if getattr(obj, _WRAPPED_MARK, False) else obj
@@ -298,7 +301,7 @@ def _name_of(obj: Any) -> str:
     entry = obj.__dict__.get("_torchkeep_entry") if isinstance(obj, type) else getattr(obj, "_torchkeep_entry", None)
     if isinstance(entry, RegisteredModel):
         return entry.name
-    raise RegistryError(f"expected a registry name or a registered class/factory, got {obj!r}")
+    raise UsageError(f"expected a registry name or a registered class/factory, got {obj!r}", argument="obj")
 
 
 def lookup(name: str) -> RegisteredModel:
