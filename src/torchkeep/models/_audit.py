@@ -206,7 +206,8 @@ def _reads_attribute(cls: type, name: str) -> bool:
 
 
 def _fresh_builds(model: nn.Module) -> list[nn.Module] | None:
-    from ._registry import rebuild, record_of
+    from ._rebuild import rebuild
+    from ._registry import record_of
 
     record = record_of(model)
     if record is None:

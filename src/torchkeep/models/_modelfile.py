@@ -31,14 +31,13 @@ from ..errors import (
 from ..io import _codec, _format
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
+from ._rebuild import migrate, rebuild
 from ._registry import (
     MODULE_RE,
     SECTION,
     RegisteredModel,
-    migrate,
     model_entry,
     not_registered,
-    rebuild,
     registered,
     require_module,
 )
