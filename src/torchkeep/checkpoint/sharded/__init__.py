@@ -12,13 +12,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._api import (
-        async_save_checkpoint,
-        consolidate,
-        load_checkpoint,
-        load_full,
-        save_checkpoint,
-    )
+    from ._api import async_save_checkpoint, load_checkpoint, save_checkpoint
+    from ._full import consolidate, load_full
     from ._index import read_index
     from ._listing import sweep
 
@@ -42,9 +37,9 @@ _SHARD_RE = re.compile(r"^(\.)?shard-\d{5}-of-\d{5}\.safetensors(\.tmp-[0-9a-f]{
 
 _LAZY = {
     "async_save_checkpoint": "_api",
-    "consolidate": "_api",
+    "consolidate": "_full",
     "load_checkpoint": "_api",
-    "load_full": "_api",
+    "load_full": "_full",
     "save_checkpoint": "_api",
     "sweep": "_listing",
     "read_index": "_index",
