@@ -32,7 +32,7 @@ from ._state import (
     write_checkpoint,
 )
 
-# The names callers knew from this module before it was split; each has one home in _state/_restore.
+# The checkpoint API in one import; each re-exported name is defined in _state or _restore.
 __all__ = [
     "EXTRA_KEY",
     "RNG_KEY",
