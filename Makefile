@@ -31,6 +31,7 @@ lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

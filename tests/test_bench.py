@@ -122,7 +122,7 @@ def test_module_only_and_budgets() -> None:
         model, example_inputs=[torch.zeros(1, 10)], batch_sizes=(1,), min_time=0.0, min_iters=4, rounds=2
     )
     assert report.results[0].iterations == 4  # time budget spent at once: min_iters still run
-    with pytest.raises(tk.PredictorError, match="no target knows its input specs"):
+    with pytest.raises(tk.UsageError, match="no target knows its input specs"):
         tk.benchmark(model, batch_sizes=(1,), **TINY)
 
 
@@ -136,12 +136,12 @@ def test_module_only_and_budgets() -> None:
     ],
 )
 def test_bad_options(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(tk.PredictorError, match=message):
+    with pytest.raises(tk.UsageError, match=message):
         tk.benchmark(_mlp(), example_inputs=[torch.zeros(1, 10)], **kwargs)
 
 
 def test_no_targets() -> None:
-    with pytest.raises(tk.PredictorError, match="no targets"):
+    with pytest.raises(tk.UsageError, match="no targets"):
         tk.benchmark([])
 
 

@@ -50,9 +50,10 @@ from .manager import (
     KeepNewerThan,
     list_checkpoints,
 )
-from .models._audit import Finding, RoundtripResult, audit, verify_roundtrip
+from .models._audit import Finding, audit
 from .models._modelfile import load_model, save_model
 from .models._registry import migration, model_entry, register
+from .models._roundtrip import RoundtripResult, verify_roundtrip
 from .runtime import Predictor, TensorSpec, load_predictor
 
 __all__ = [
@@ -120,3 +121,17 @@ __all__ = [
     "errors",
     "__version__",
 ]
+
+
+def _report_public_module() -> None:
+    # Public classes name the module users import them from (tracebacks, repr, help(), pickling
+    # by reference), not the private module that defines them. Classes of public modules
+    # (torchkeep.errors) already do.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and any(part.startswith("_") for part in obj.__module__.split(".")):
+            obj.__module__ = __name__
+
+
+_report_public_module()
+del _report_public_module

@@ -5,6 +5,12 @@ Each class also inherits the builtin a caller would naturally catch, so code wri
 checkpoint). Messages say what was found, what was expected, and what to do; the fields carry
 the same facts for programs.
 
+One rule decides the class: a bad argument or input, anywhere, is a :class:`UsageError` (raised
+before anything is read, written or run; ``argument`` names the parameter). The subsystem classes
+(:class:`ExportError`, :class:`PredictorError`, :class:`ServeError`, :class:`RegistryError`, ...)
+are for failures at run time. :class:`PredictorInputError` is both: a call's inputs do not fit the
+predictor (a :class:`UsageError`), found while running it (a :class:`PredictorError`).
+
 ```
 TorchkeepError
 ├── CheckpointNotFoundError      (FileNotFoundError)   no file / no checkpoint where one was asked for
@@ -15,16 +21,16 @@ TorchkeepError
 ├── MissingObjectError           (KeyError)            the file does not hold the object asked for
 ├── CheckpointWriteError         (OSError)             a save failed; earlier files are untouched
 ├── CheckpointLockedError        (RuntimeError)        another process writes to this directory
-├── RegistryError                (LookupError)         registry name collisions, unknown names
+├── RegistryError                (LookupError)         registry name collisions, failed rebuilds
 │   ├── ModelNotRegisteredError                        file names a class this process lacks
 │   └── MigrationError                                 no path from the file's version to the code's
 ├── ExportError                  (RuntimeError)        an exporter failed (names format and step)
 │   └── ExportParityError                              an artifact disagrees with eager outputs
 ├── PredictorError               (RuntimeError)        a runtime could not load or run an artifact
-│   └── PredictorInputError      (ValueError)          inputs do not match the predictor's specs
+│   └── PredictorInputError      (UsageError)          inputs do not match the predictor's specs
 ├── DistributedCheckpointError   (RuntimeError)        sharded (multi-process) checkpoint problems
-├── ServeError                   (ValueError)          the server cannot start: a bad option or target
-├── UsageError                   (ValueError)          an argument out of range (a negative step, an unknown mode)
+├── ServeError                   (ValueError)          the server cannot start: the target cannot be served
+├── UsageError                   (ValueError)          any bad argument or input (a negative step, an unknown format)
 └── MissingDependencyError       (ImportError)         an optional extra is not installed
 ```
 """
@@ -161,7 +167,7 @@ class CheckpointLockedError(TorchkeepError, RuntimeError):
 
 
 class RegistryError(TorchkeepError, LookupError):
-    """Registry misuse: a name registered twice, an unknown name, a bad migration."""
+    """A registry conflict or failure: a name registered twice, a rebuild that fails."""
 
 
 class ModelNotRegisteredError(RegistryError):
@@ -208,16 +214,12 @@ class PredictorError(TorchkeepError, RuntimeError):
     """A runtime could not load or run an artifact."""
 
 
-class PredictorInputError(PredictorError, ValueError):
-    """Inputs do not match the predictor's input specs (names, ranks, dtypes, static dims)."""
-
-
 class DistributedCheckpointError(TorchkeepError, RuntimeError):
     """A sharded checkpoint is incomplete, inconsistent, or used in the wrong process group."""
 
 
 class ServeError(TorchkeepError, ValueError):
-    """``torchkeep serve`` cannot start: an option is out of range or the target cannot be served."""
+    """``torchkeep serve`` cannot start: the target cannot be served (bad options are UsageError)."""
 
     def __init__(self, message: str, *, option: str = "") -> None:
         super().__init__(message)
@@ -225,7 +227,8 @@ class ServeError(TorchkeepError, ValueError):
 
 
 class UsageError(TorchkeepError, ValueError):
-    """An argument is out of range or of the wrong form (e.g. ``save(step=-1)``, ``mode="lowest"``).
+    """An argument or input is out of range or of the wrong form (e.g. ``save(step=-1)``, ``mode="lowest"``,
+    ``formats=("zip",)``), in any area: checkpoints, export, runtimes, benchmarks, serving, the registry.
 
     Raised before anything is read or written. ``argument`` names the parameter at fault.
 
@@ -241,6 +244,10 @@ class UsageError(TorchkeepError, ValueError):
     def __init__(self, message: str, *, argument: str = "") -> None:
         super().__init__(message)
         self.argument = argument
+
+
+class PredictorInputError(UsageError, PredictorError):
+    """Inputs do not match the predictor's input specs (names, ranks, dtypes, static dims)."""
 
 
 class MissingDependencyError(TorchkeepError, ImportError):

@@ -201,9 +201,9 @@ def killsave(args: argparse.Namespace, rank: int) -> None:
     model, opt, _sched = build(args.mode, seed=0)
     tk.save_checkpoint(os.path.join(args.ckpt, "step-1"), model=model, optimizer=opt, step=1)
     if rank == 1:
-        from torchkeep.io import _format
+        from torchkeep.io import _write
 
-        real = _format._stream_tensor
+        real = _write._stream_tensor
         count = [0]
 
         def dying(dest, t, nbytes):  # type: ignore[no-untyped-def]
@@ -213,7 +213,7 @@ def killsave(args: argparse.Namespace, rank: int) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(dest, t, nbytes)
 
-        _format._stream_tensor = dying
+        _write._stream_tensor = dying
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)

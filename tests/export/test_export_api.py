@@ -235,20 +235,20 @@ def test_no_verify_writes_without_parity(tmp_path: Path) -> None:
     ],
 )
 def test_bad_arguments_are_clear_errors(tmp_path: Path, kwargs: dict[str, object], match: str) -> None:
-    with pytest.raises(tk.ExportError, match=match):
+    with pytest.raises(tk.UsageError, match=match):
         tk.export(MLP(), torch.randn(1, 10), tmp_path / "out", **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_inputs_and_outputs_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(tk.ExportError, match="example_inputs must be"):
+    with pytest.raises(tk.UsageError, match="example_inputs must be"):
         tk.export(MLP(), [[1.0, 2.0]], tmp_path)
     with pytest.raises(tk.ExportError, match="flat tuple"):
         tk.export(NestedOutput(), torch.randn(1, 3, 4), tmp_path)
     with pytest.raises(tk.ExportError, match="failed on the example inputs") as info:
         tk.export(MLP(), torch.randn(1, 7), tmp_path)
     assert info.value.step == "eager"
-    with pytest.raises(tk.ExportError, match=r"torch\.nn\.Module"):
+    with pytest.raises(tk.UsageError, match=r"torch\.nn\.Module"):
         tk.export(lambda x: x, torch.randn(1, 7), tmp_path)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
 
@@ -257,7 +257,7 @@ def test_export_options_dataclass() -> None:
     opts = ExportOptions.from_kwargs({"opset": 18, "verify_batch_sizes": [2, 5]})
     assert opts.verify_batch_sizes == (2, 5)
     assert opts.to_json() == {"opset": 18, "verify_batch_sizes": [2, 5]}
-    with pytest.raises(tk.ExportError, match="max_batch_size"):
+    with pytest.raises(tk.UsageError, match="max_batch_size"):
         ExportOptions(opt_batch_size=100, max_batch_size=8)
 
 

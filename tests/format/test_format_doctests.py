@@ -14,6 +14,7 @@ MODULES = [
     "torchkeep.io._dtypes",
     "torchkeep.io._format",
     "torchkeep.io._storage",
+    "torchkeep.io._write",
     "torchkeep.cli._files",
 ]
 

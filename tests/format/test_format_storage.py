@@ -32,7 +32,7 @@ def test_failure_while_writing_keeps_the_old_file(tmp_path: Path, monkeypatch: p
 
 
 def test_interrupted_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from torchkeep.io import _format
+    from torchkeep.io import _write
 
     path = tmp_path / "ckpt.safetensors"
     tk.save({"w": torch.zeros(4)}, path)
@@ -41,7 +41,7 @@ def test_interrupted_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest
     def interrupted(*args: object, **kwargs: object) -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_format, "_stream_tensor", interrupted)
+    monkeypatch.setattr(_write, "_stream_tensor", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tk.save({"w": torch.ones(4)}, path)
     assert path.read_bytes() == before and _no_temporaries(tmp_path)

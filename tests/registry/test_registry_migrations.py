@@ -138,7 +138,7 @@ def test_duplicate_migration_and_bad_arguments() -> None:
         def second(config, state):  # type: ignore[no-untyped-def]
             return config, state
 
-    with pytest.raises(tk.RegistryError, match="int >= 1"):
+    with pytest.raises(tk.UsageError, match="int >= 1"):
         tk.migration("dup", from_version=0)
-    with pytest.raises(tk.RegistryError, match="registry name or a registered"):
+    with pytest.raises(tk.UsageError, match="registry name or a registered"):
         tk.migration(nn.Linear, from_version=1)

@@ -204,13 +204,13 @@ def test_module_reload_reregisters(write_module) -> None:  # type: ignore[no-unt
 
 @pytest.mark.parametrize("bad", [object, 3, "x".upper])
 def test_register_rejects_non_modules(bad: object) -> None:
-    with pytest.raises(tk.RegistryError, match=r"nn.Module subclasses and factory functions"):
+    with pytest.raises(tk.UsageError, match=r"nn.Module subclasses and factory functions"):
         tk.register(name="bad")(bad)
 
 
 @pytest.mark.parametrize("version", [0, -1, 1.5, "2", True])
 def test_register_rejects_bad_versions(version: object) -> None:
-    with pytest.raises(tk.RegistryError, match="int >= 1"):
+    with pytest.raises(tk.UsageError, match="int >= 1"):
         tk.register(name="v", version=version)  # type: ignore[arg-type]
 
 

@@ -38,11 +38,11 @@ def test_backend_for_file(name: str, backend: str) -> None:
 def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
     weird = tmp_path / "model.bin"
     weird.write_bytes(b"\0" * 8)
-    with pytest.raises(tk.PredictorError, match=r"cannot tell the backend.*pass backend="):
+    with pytest.raises(tk.UsageError, match=r"cannot tell the backend.*pass backend="):
         tk.load_predictor(weird)
     with pytest.raises(tk.CheckpointNotFoundError):
         tk.load_predictor(tmp_path / "nothing.onnx")
-    with pytest.raises(tk.PredictorError, match="unknown backend 'tflite'"):
+    with pytest.raises(tk.UsageError, match="unknown backend 'tflite'"):
         tk.load_predictor(weird, backend="tflite")
 
 
@@ -60,7 +60,7 @@ def test_cuda_requests_without_cuda(cases: dict[str, Case], tmp_path: Path) -> N
         tk.load_predictor(cases["mlp"].files["onnx"], device="cuda")
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not an engine")
-    with pytest.raises(tk.PredictorError, match="CUDA only"):
+    with pytest.raises(tk.UsageError, match="CUDA only"):
         tk.load_predictor(engine, backend="tensorrt")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchkeep.errors import ServeError
+from torchkeep.errors import ServeError, UsageError
 from torchkeep.runtime import TensorSpec
 from torchkeep.serve import ServeOptions, create_app
 
@@ -137,13 +137,13 @@ def test_requests_are_batched(predictor: ModulePredictor) -> None:
 
 
 def test_options_are_validated() -> None:
-    with pytest.raises(ServeError, match="max_batch_size"):
+    with pytest.raises(UsageError, match="max_batch_size"):
         ServeOptions(max_batch_size=0)
-    with pytest.raises(ServeError, match="max_wait_ms"):
+    with pytest.raises(UsageError, match="max_wait_ms"):
         ServeOptions(max_wait_ms=-1)
-    with pytest.raises(ServeError, match="threads"):
+    with pytest.raises(UsageError, match="threads"):
         ServeOptions(threads=True)  # type: ignore[arg-type]
-    with pytest.raises(ServeError, match="unknown option"):
+    with pytest.raises(UsageError, match="unknown option"):
         ServeOptions.from_json('{"max_batchsize": 3}')
     assert ServeOptions.from_json(ServeOptions(max_queue=5).to_json()).max_queue == 5
     with pytest.raises(TypeError):
@@ -204,7 +204,7 @@ def test_import_option_registers_user_modules(tmp_path: Any, monkeypatch: pytest
     assert sys.modules["my_models_for_serve"].LOADED is True
     with pytest.raises(ServeError, match="--import no_such_module_xyz"):
         import_modules(["no_such_module_xyz"])
-    with pytest.raises(ServeError, match="imports"):
+    with pytest.raises(UsageError, match="imports"):
         ServeOptions(imports="mypkg")  # type: ignore[arg-type]
     assert ServeOptions.from_json(ServeOptions(imports=("a", "b")).to_json()).imports == ("a", "b")
 
@@ -224,9 +224,9 @@ def test_eager_model_file_needs_input_shape(tmp_path: Any) -> None:
             np.testing.assert_allclose(r.json()["prediction"], model(torch.tensor([X])).detach().numpy(), rtol=1e-5)
 
     asyncio.run(go())
-    with pytest.raises(ServeError, match="input_shapes"):
+    with pytest.raises(UsageError, match="input_shapes"):
         ServeOptions(input_shapes=((0, 10),))
-    with pytest.raises(ServeError, match="input_dtypes"):
+    with pytest.raises(UsageError, match="input_dtypes"):
         ServeOptions(input_shapes=((1, 2), (1, 3), (1, 4)), input_dtypes=("float32", "int64"))
 
 

@@ -6,6 +6,7 @@ Example:
     []
 """
 
-from ._bench import BenchReport, BenchResult, benchmark, plot_reports
+from ._bench import benchmark
+from ._report import BenchReport, BenchResult, plot_reports
 
 __all__ = ["BenchReport", "BenchResult", "benchmark", "plot_reports"]

@@ -30,187 +30,24 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import PredictorError, TorchkeepError
+from ..errors import PredictorError, TorchkeepError, UsageError
 from ..io._manifest import MANIFEST_NAME, read_manifest, write_manifest
 from ..runtime import Predictor, load_predictor
 from ..runtime._inputs import example_inputs
 from ..runtime._loader import export_targets
+from ._report import BenchReport, BenchResult
 
-__all__ = ["BenchReport", "BenchResult", "benchmark", "plot_reports"]
+__all__ = ["benchmark"]
 
 logger = logging.getLogger(__name__)
 
 Target = str | os.PathLike[str] | Predictor | torch.nn.Module
-
-
-@dataclass
-class BenchResult:
-    """One backend at one batch size.
-
-    Attributes:
-        target: label of the target (the backend name, made unique when needed).
-        backend: the predictor's backend.
-        batch_size: samples per call.
-        iterations: timed calls.
-        p50_ms, p90_ms, p99_ms, mean_ms: latency per call in milliseconds.
-        cpu_ms: median CPU time of the process per call, in milliseconds (all threads). Unlike
-            latency, it barely moves when other processes compete for the cores.
-        throughput: samples per second (``batch_size / p50``).
-        speedup_vs_eager: eager p50 / this p50 (None without an eager row).
-        peak_mem_mb: peak memory rise during the calls, in MiB (None when unmeasurable).
-        error: why this row has no numbers (the backend failed), else None.
-    """
-
-    target: str
-    backend: str
-    batch_size: int
-    iterations: int = 0
-    p50_ms: float = float("nan")
-    p90_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    mean_ms: float = float("nan")
-    cpu_ms: float = float("nan")
-    throughput: float = float("nan")
-    speedup_vs_eager: float | None = None
-    peak_mem_mb: float | None = None
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (NaN becomes None)."""
-        return {k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(self).items()}
-
-
-@dataclass
-class BenchReport:
-    """What :func:`benchmark` measured, with a table, JSON and a plot.
-
-    Example:
-        >>> import torch, torchkeep as tk
-        >>> report = tk.benchmark(torch.nn.Linear(4, 2), example_inputs=[torch.zeros(1, 4)],
-        ...                       batch_sizes=(1,), min_time=0.01, warmup=1)
-        >>> [(r.backend, r.batch_size) for r in report.results]
-        [('eager', 1)]
-    """
-
-    results: list[BenchResult]
-    device: str
-    threads: int
-    created_at: str
-    environment: dict[str, Any] = field(default_factory=dict)
-    title: str = ""
-
-    def fastest(self) -> dict[int, str]:
-        """batch size → the backend with the lowest p50 latency."""
-        best: dict[int, BenchResult] = {}
-        for r in self.results:
-            if r.error is None and (r.batch_size not in best or r.p50_ms < best[r.batch_size].p50_ms):
-                best[r.batch_size] = r
-        return {bs: r.backend for bs, r in sorted(best.items())}
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict: results plus device, threads, machine and the fastest per batch size."""
-        return {
-            "title": self.title,
-            "created_at": self.created_at,
-            "device": self.device,
-            "threads": self.threads,
-            "environment": self.environment,
-            "results": [r.to_json() for r in self.results],
-            "fastest": {str(bs): b for bs, b in self.fastest().items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BenchReport:
-        """Inverse of :meth:`to_json` (e.g. to plot saved results again).
-
-        Raises:
-            PredictorError: ``data`` is not a report written by :meth:`to_json`.
-        """
-        try:
-            fields = set(BenchResult.__dataclass_fields__)
-            results = []
-            for row in data["results"]:
-                values = {k: v for k, v in row.items() if k in fields}
-                for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cpu_ms", "throughput"):
-                    if values.get(k) is None:
-                        values[k] = float("nan")
-                results.append(BenchResult(**values))
-            return cls(
-                results=results,
-                device=str(data["device"]),
-                threads=int(data["threads"]),
-                created_at=str(data.get("created_at", "")),
-                environment=dict(data.get("environment") or {}),
-                title=str(data.get("title", "")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PredictorError(f"not a benchmark report written by BenchReport.to_json ({exc!r})") from None
-
-    def table(self) -> Any:
-        """A ``rich.table.Table``: one row per backend and batch size, fastest first, best marked ★."""
-        from rich import box
-        from rich.table import Table
-
-        load = self.environment.get("load_average")
-        calls = sorted({r.iterations for r in self.results if r.error is None})
-        span = f"{calls[0]}" if len(calls) == 1 else f"{calls[0]}–{calls[-1]}" if calls else "0"
-        caption = f"{self.device}, {self.threads} thread(s), {span} timed calls each" + (
-            f", load average {load}" if load else ""
-        )
-        table = Table(
-            title=self.title or "torchkeep benchmark",
-            caption=caption,
-            box=box.SIMPLE_HEAD,
-            padding=(0, 1),
-            pad_edge=False,
-        )
-        for name, justify in [
-            ("backend", "left"),
-            ("batch", "right"),
-            ("p50 ms", "right"),
-            ("p90 ms", "right"),
-            ("p99 ms", "right"),
-            ("samples/s", "right"),
-            ("CPU ms", "right"),
-            ("×eager", "right"),
-            ("MiB", "right"),
-        ]:
-            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-        fastest = self.fastest()
-        rows = sorted(self.results, key=lambda r: (r.batch_size, r.error is not None, r.p50_ms))
-        for r in rows:
-            if r.error is not None:
-                table.add_row(r.target, str(r.batch_size), f"[red]failed: {r.error[:60]}[/red]", *[""] * 6)
-                continue
-            star = fastest.get(r.batch_size) == r.backend
-            table.add_row(
-                f"[bold green]★ {r.target}[/bold green]" if star else r.target,
-                str(r.batch_size),
-                _fmt(r.p50_ms),
-                _fmt(r.p90_ms),
-                _fmt(r.p99_ms),
-                f"{r.throughput:,.0f}",
-                _fmt(r.cpu_ms),
-                "" if r.speedup_vs_eager is None else f"{r.speedup_vs_eager:.2f}",
-                "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}",
-            )
-        return table
-
-    def plot(self, path: str | os.PathLike[str], *, title: str | None = None) -> str:
-        """Save a PNG chart (latency and throughput per backend per batch size); returns the path."""
-        if title is not None:
-            self.title = title
-        return plot_reports([self], path)
-
-
-def _fmt(ms: float) -> str:
-    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
 def _rss_kib(field_name: str) -> int | None:
@@ -275,8 +112,9 @@ def _expand(targets: Target | Sequence[Target], device: str, threads: int | None
         [targets] if isinstance(targets, str | os.PathLike | torch.nn.Module | Predictor) else list(targets)  # type: ignore[arg-type]
     )
     if not items:
-        raise PredictorError(
-            "tk.benchmark: no targets given; pass an export directory, artifact files, predictors or a module"
+        raise UsageError(
+            "tk.benchmark: no targets given; pass an export directory, artifact files, predictors or a module",
+            argument="targets",
         )
     runners: list[_Runner] = []
     for item in items:
@@ -306,8 +144,9 @@ def _expand(targets: Target | Sequence[Target], device: str, threads: int | None
         elif isinstance(item, Predictor):
             runners.append(_Runner(item.backend, item, None))
         else:
-            raise PredictorError(
-                f"tk.benchmark: cannot benchmark a {type(item).__name__}; expected a path, Predictor or nn.Module"
+            raise UsageError(
+                f"tk.benchmark: cannot benchmark a {type(item).__name__}; expected a path, Predictor or nn.Module",
+                argument="targets",
             )
     seen: dict[str, int] = {}
     for r in runners:
@@ -341,8 +180,9 @@ def _make_inputs(runners: list[_Runner], batch_size: int, example: Any) -> tuple
     if example is not None:
         tensors = list(example)
         return [t[:1].expand(batch_size, *t.shape[1:]).clone() if t.dim() else t for t in tensors], None
-    raise PredictorError(
-        "tk.benchmark: no target knows its input specs; benchmark an export directory, or pass example_inputs=[tensor, ...]"
+    raise UsageError(
+        "tk.benchmark: no target knows its input specs; benchmark an export directory, or pass example_inputs=[tensor, ...]",
+        argument="example_inputs",
     )
 
 
@@ -383,7 +223,8 @@ def benchmark(
         progress: called with (target label, batch size) before each measurement.
 
     Raises:
-        PredictorError: no targets, a target that cannot load, or bad budget values.
+        UsageError: no targets, or bad budget values.
+        PredictorError: a target that cannot load.
 
     Example:
         >>> import torch, torchkeep as tk
@@ -394,11 +235,14 @@ def benchmark(
     """
     bad = [bs for bs in batch_sizes if not isinstance(bs, int) or bs < 1]
     if not batch_sizes or bad:
-        raise PredictorError(f"batch_sizes={tuple(batch_sizes)!r}: expected positive ints, e.g. (1, 32)")
+        raise UsageError(
+            f"batch_sizes={tuple(batch_sizes)!r}: expected positive ints, e.g. (1, 32)", argument="batch_sizes"
+        )
     if min_time < 0 or max_iters < 1 or min_iters < 1 or warmup < 0 or rounds < 1:
-        raise PredictorError(
+        raise UsageError(
             f"benchmark budget: min_time={min_time} (>= 0), max_iters={max_iters} (>= 1), "
-            f"min_iters={min_iters} (>= 1), warmup={warmup} (>= 0), rounds={rounds} (>= 1)"
+            f"min_iters={min_iters} (>= 1), warmup={warmup} (>= 0), rounds={rounds} (>= 1)",
+            argument="budget",
         )
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -561,32 +405,3 @@ def _record(directory: str, report: BenchReport, labels: list[str]) -> None:
     }
     write_manifest(directory, manifest)
     logger.info("%s: recorded benchmark results; fastest %s", directory, fastest)
-
-
-def plot_reports(reports: Sequence[BenchReport], path: str | os.PathLike[str]) -> str:
-    """One PNG with a row per report: p50 latency (p90–p99 whiskers) and throughput, per backend.
-
-    Both axes are log-scaled (backends and batch sizes differ by orders of magnitude); bars are
-    grouped by batch size, one colour per backend, labelled with the speedup over eager.
-
-    Raises:
-        MissingDependencyError: matplotlib is not installed.
-    """
-    from ..errors import missing_dependency
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise missing_dependency("matplotlib", "bench", "BenchReport.plot") from exc
-    from ._plot import draw
-
-    fig = draw(plt, list(reports))
-    path = os.fspath(path)
-    try:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path

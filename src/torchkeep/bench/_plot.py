@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._bench import BenchReport
+    from ._report import BenchReport
 
 __all__ = ["draw"]
 

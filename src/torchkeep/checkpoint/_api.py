@@ -6,12 +6,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import CorruptCheckpointError
 from ..io import _codec, _format
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
+from . import sharded
 
-__all__ = ["load", "load_tree", "save"]
+__all__ = ["load", "save"]
 
 
 def save(obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None) -> None:
@@ -66,27 +66,9 @@ def load(
         >>> tk.load(path, map_location="cpu")["w"].tolist()
         [0, 1, 2]
     """
-    from .. import distributed
-
-    if os.path.isdir(
-        path
-    ):  # a sharded checkpoint (directory) or an error saying what it is  # a sharded checkpoint directory: the full state
-        return distributed.load_full(path, map_location=map_location, verify=verify)
+    if os.path.isdir(path):  # a sharded checkpoint directory (its full state), or an error saying what it is
+        return sharded.load_full(path, map_location=map_location, verify=verify)
     reader = _format.open_file(path, mmap=mmap)
     if verify:
         reader.verify()
-    return load_tree(reader, map_location=map_location)
-
-
-def load_tree(reader: _format.Reader, *, map_location: MapLocation = None) -> Any:
-    """Decode an opened file's tree (or, for plain safetensors files, a flat dict of tensors)."""
-    if reader.tree is None:
-        return {name: reader.tensor(name, map_location) for name in reader.names}
-    try:
-        return _codec.decode(reader.tree, lambda name: reader.tensor(name, map_location))
-    except CorruptCheckpointError as exc:
-        if exc.path is None and reader.path is not None:
-            raise CorruptCheckpointError(
-                f"{reader.path}: {exc}", path=reader.path, tensor=exc.tensor, reason=exc.reason
-            ) from None
-        raise
+    return _format.load_tree(reader, map_location=map_location)

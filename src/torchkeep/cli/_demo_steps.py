@@ -1,8 +1,8 @@
 """The end-to-end demo behind ``torchkeep demo``: every capability, on a small built-in model.
 
 Each step is a function taking a :class:`DemoContext` and adding lines to ``ctx.notes``; the CLI
-shows them with progress output. Steps are added here as features land, so the demo always shows
-everything that exists. Importing this module registers the demo model class.
+shows them with progress output. There is one step per capability, so the demo shows all of them.
+Importing this module registers the demo model class.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Example:
     'torch'
 """
 
+from . import _sources as _sources  # importing it registers the built-in source kinds
 from ._convert import (
     ConvertOptions,
     ConvertReport,

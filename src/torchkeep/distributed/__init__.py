@@ -19,21 +19,21 @@ first sharded save or load.
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..checkpoint import sharded as _sharded
+from ..checkpoint.sharded import INDEX_NAME, is_sharded_checkpoint, is_sharded_context
+
 if TYPE_CHECKING:
-    from ..checkpoint.sharded._api import (
+    from ..checkpoint.sharded import (
         async_save_checkpoint,
         consolidate,
         load_checkpoint,
         load_full,
+        read_index,
         save_checkpoint,
+        sweep,
     )
-    from ..checkpoint.sharded._index import read_index
-    from ..checkpoint.sharded._listing import sweep
 
 __all__ = [
     "INDEX_NAME",
@@ -48,64 +48,8 @@ __all__ = [
     "sweep",
 ]
 
-#: The commit marker of a sharded checkpoint directory.
-INDEX_NAME = "index.json"
-
-_SHARD_RE = re.compile(r"^(\.)?shard-\d{5}-of-\d{5}\.safetensors(\.tmp-[0-9a-f]{12})?$")
-
-_LAZY = {
-    "async_save_checkpoint": "_api",
-    "consolidate": "_api",
-    "load_checkpoint": "_api",
-    "load_full": "_api",
-    "save_checkpoint": "_api",
-    "sweep": "_listing",
-    "read_index": "_index",
-}
-
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"torchkeep.checkpoint.sharded.{module}"), name)
-
-
-def is_sharded_context(objects: Mapping[str, Any] | None = None) -> bool:
-    """True when a save should be sharded: an initialized process group with more than one rank,
-    or (in a one-rank group) a module among ``objects`` whose parameters are DTensors (FSDP2).
-
-    Example:
-        >>> is_sharded_context()
-        False
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
-    if dist.get_world_size() > 1:
-        return True
-    modules = [o for o in (objects or {}).values() if callable(getattr(o, "parameters", None))]
-    if not modules:
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for m in modules for p in m.parameters())
-
-
-def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a directory that holds (or was meant to hold) a sharded checkpoint:
-    an ``index.json``, or shard files of a save that never committed.
-
-    Example:
-        >>> is_sharded_checkpoint("model.safetensors")
-        False
-    """
-    if not os.path.isdir(path):
-        return False
-    if os.path.isfile(os.path.join(path, INDEX_NAME)):
-        return True
-    with os.scandir(path) as entries:
-        return any(_SHARD_RE.match(e.name) for e in entries)
+    if name in __all__:
+        return getattr(_sharded, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import ExportError
+from ..errors import ExportError, UsageError
 from ..runtime._base import TensorSpec
 
 __all__ = [
@@ -145,9 +145,9 @@ class ExportOptions:
     source_file: str | None = None
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ExportError:
+        def bad(name: str, expected: str) -> UsageError:
             value = getattr(self, name)
-            return ExportError(f"export option {name}={value!r} is invalid; expected {expected}", step="options")
+            return UsageError(f"export option {name}={value!r} is invalid; expected {expected}", argument=name)
 
         if self.opset is not None and not (isinstance(self.opset, int) and 7 <= self.opset <= 30):
             raise bad("opset", "an ONNX opset number such as 18")
@@ -180,9 +180,9 @@ class ExportOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ExportError(
+            raise UsageError(
                 f"unknown export option(s) {', '.join(map(repr, unknown))}; known options: {', '.join(sorted(known))}",
-                step="options",
+                argument="options",
             )
         return cls(**options)
 
@@ -251,19 +251,21 @@ class ExportExamples:
             names = list(example_inputs.keys())
             self.input_structure = "dict"
         else:
-            raise ExportError(
+            raise UsageError(
                 f"example_inputs must be a tensor, a tuple/list of tensors or a dict name → tensor "
                 f"(keyword arguments of forward); got {type(example_inputs).__name__}. Nested inputs "
                 "are not supported: pass the tensors flat.",
-                step="inputs",
+                argument="example_inputs",
             )
         if input_names is not None:
             if len(input_names) != len(user):
-                raise ExportError(
-                    f"input_names has {len(input_names)} names for {len(user)} example inputs", step="inputs"
+                raise UsageError(
+                    f"input_names has {len(input_names)} names for {len(user)} example inputs", argument="input_names"
                 )
             if self.input_structure == "dict" and list(input_names) != names:
-                raise ExportError("input_names cannot rename dict inputs: their keys are the names", step="inputs")
+                raise UsageError(
+                    "input_names cannot rename dict inputs: their keys are the names", argument="input_names"
+                )
             names = list(input_names)
         self.input_names = names
         self.user_inputs = [t.detach() for t in user]
@@ -330,12 +332,14 @@ class ExportExamples:
             )
         if self._output_override is not None:
             if len(self._output_override) != len(names):
-                raise ExportError(
+                raise UsageError(
                     f"output_names has {len(self._output_override)} names but the model returns {len(names)} outputs",
-                    step="outputs",
+                    argument="output_names",
                 )
             if structure == "dict" and self._output_override != names:
-                raise ExportError("output_names cannot rename dict outputs: their keys are the names", step="outputs")
+                raise UsageError(
+                    "output_names cannot rename dict outputs: their keys are the names", argument="output_names"
+                )
             names = self._output_override
         self.output_structure = structure
         self.output_names = names

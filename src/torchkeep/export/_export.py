@@ -25,7 +25,7 @@ import torch
 import xxhash
 
 from .._version import __version__
-from ..errors import ExportError, MissingDependencyError, PredictorError, TorchkeepError
+from ..errors import ExportError, MissingDependencyError, PredictorError, TorchkeepError, UsageError
 from ..io import _format
 from ..io._manifest import MANIFEST_VERSION, read_manifest, write_manifest
 from ..models._audit import eval_mode
@@ -62,7 +62,7 @@ def get_exporter(name: str) -> Exporter:
     """A fresh exporter for ``name`` (one of :data:`EXPORTERS`).
 
     Raises:
-        ExportError: the name is not a known format.
+        UsageError: the name is not a known format.
 
     Example:
         >>> get_exporter("pt2").suffix
@@ -71,8 +71,8 @@ def get_exporter(name: str) -> Exporter:
     try:
         return EXPORTERS[name]()
     except KeyError:
-        raise ExportError(
-            f"unknown export format {name!r}; choose from {', '.join(EXPORTERS)}", format=name, step="options"
+        raise UsageError(
+            f"unknown export format {name!r}; choose from {', '.join(EXPORTERS)}", argument="formats"
         ) from None
 
 
@@ -113,7 +113,7 @@ def _source(source_file: str | None) -> dict[str, Any]:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 h.update(chunk)
     except OSError as exc:
-        raise ExportError(f"source_file {source_file!r} cannot be read: {exc}", step="options") from exc
+        raise UsageError(f"source_file {source_file!r} cannot be read: {exc}", argument="source_file") from exc
     model_entry = None
     with contextlib.suppress(Exception):  # a non-torchkeep source file simply has no model entry
         model_entry = _format.open_file(source_file).section("model")
@@ -123,13 +123,11 @@ def _source(source_file: str | None) -> dict[str, Any]:
 def _normalize_formats(formats: str | Sequence[str]) -> list[str]:
     names = [formats] if isinstance(formats, str) else list(formats)
     if not names:
-        raise ExportError(f"formats is empty; choose from {', '.join(EXPORTERS)}", step="options")
+        raise UsageError(f"formats is empty; choose from {', '.join(EXPORTERS)}", argument="formats")
     out: list[str] = []
     for name in names:
         if name not in EXPORTERS:
-            raise ExportError(
-                f"unknown export format {name!r}; choose from {', '.join(EXPORTERS)}", format=str(name), step="options"
-            )
+            raise UsageError(f"unknown export format {name!r}; choose from {', '.join(EXPORTERS)}", argument="formats")
         if name not in out:
             out.append(name)
     return out
@@ -141,10 +139,10 @@ def _check_tolerance(name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ExportError(
+        raise UsageError(
             f"{name}={value!r} is invalid; expected a finite number >= 0 (e.g. {name}=1e-4), or None for the "
             "default per output dtype",
-            step="options",
+            argument=name,
         )
 
 
@@ -252,7 +250,8 @@ def export(
 
     Raises:
         ExportError: a format failed to export (``format``/``step`` say where; the message holds
-            the exporter's own), or the inputs/options are invalid.
+            the exporter's own).
+        UsageError: the model, inputs or options are invalid (nothing is written).
         ExportParityError: an artifact's output differs from eager beyond tolerance.
         MissingDependencyError: a format's optional package (onnx, tensorrt) is not installed.
 
@@ -273,7 +272,7 @@ def export(
     _check_tolerance("rtol", rtol)
     _check_tolerance("atol", atol)
     if not isinstance(model, torch.nn.Module):
-        raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}", step="inputs")
+        raise UsageError(f"model must be a torch.nn.Module, got {type(model).__name__}", argument="model")
     source = _source(opts.source_file)
     out = Path(output_dir)
     try:
@@ -352,6 +351,8 @@ def export(
                         raise
                     _record_failure(res, str(exc), "import")
                     notify(fmt, "failed")
+                except UsageError:
+                    raise  # a bad argument is wrong for every format, not a failure of this one
                 except Exception as exc:
                     err = _as_export_error(fmt, exc)
                     if not continue_on_error:

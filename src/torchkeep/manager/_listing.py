@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..checkpoint._checkpoint import SECTION, CheckpointInfo, read_info
+from ..checkpoint._state import SECTION, CheckpointInfo, read_info
 from ..errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, FormatVersionError
 from ..io import _format
 from ..io._storage import LocalStorage, Storage

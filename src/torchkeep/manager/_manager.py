@@ -30,13 +30,13 @@ from types import TracebackType
 from typing import IO, Any
 
 from .. import distributed
-from ..checkpoint._checkpoint import (
+from ..checkpoint._checkpoint import load_checkpoint
+from ..checkpoint._state import (
     CheckpointInfo,
-    _check_stateful,
-    _info_from_section,
-    _jsonable_metrics,
+    check_stateful,
     collect_state,
-    load_checkpoint,
+    info_from_section,
+    jsonable_metrics,
     write_checkpoint,
 )
 from ..checkpoint.sharded import _listing as distributed_listing
@@ -49,7 +49,7 @@ from ..errors import (
 )
 from ..io import _format
 from ..io._storage import LocalStorage, Storage
-from ._async import BackgroundSaver, _BufferPool, snapshot
+from ._async import BackgroundSaver, BufferPool, snapshot
 from ._listing import (
     MANAGER_KEY,
     SHARDED_SUFFIX,
@@ -133,7 +133,7 @@ class CheckpointManager:
                 argument="monitor",
             )
         for name, obj in objects.items():
-            _check_stateful(name, obj)
+            check_stateful(name, obj)
         policies: list[Policy] = []
         if keep_last is not None:
             policies.append(KeepLastN(keep_last))
@@ -170,7 +170,7 @@ class CheckpointManager:
         elif not read_only:
             logger.debug("%s is an object store: no cross-process write lock (see docs/guide/manager.md)", directory)
         self._saver = BackgroundSaver(self.directory) if self.async_save else None
-        self._pool = _BufferPool()
+        self._pool = BufferPool()
         self._told_no_metric = False
 
     # -- listing ------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ class CheckpointManager:
                 f"could not copy the state of step {step} to host memory: {type(exc).__name__}: {exc}"
             ) from exc
         self._saver.submit(lambda: self._write(name, copied, section, extra, replaced=existing, ready=ready), path)
-        info = _info_from_section(path, section, None)
+        info = info_from_section(path, section, None)
         info.extra = extra
         return info
 
@@ -287,7 +287,7 @@ class CheckpointManager:
         if self._told_no_metric or not self._rank0:
             return
         try:
-            stored = _jsonable_metrics(metrics)  # as the file will hold them (0-d tensors as numbers)
+            stored = jsonable_metrics(metrics)  # as the file will hold them (0-d tensors as numbers)
         except TorchkeepError:
             return  # collecting the state raises it, naming the metric
         if metric_value(stored, str(self.monitor)) is not None:
@@ -325,7 +325,7 @@ class CheckpointManager:
             raise CheckpointWriteError(
                 f"could not write {path}: {exc}. Earlier checkpoints are unchanged.", path=path
             ) from exc
-        info = _info_from_section(path, section, size)
+        info = info_from_section(path, section, size)
         with self._mutex:
             parsed = parse_name(name)
             assert parsed is not None  # made by checkpoint_name

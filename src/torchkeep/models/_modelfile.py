@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint._checkpoint import compare_state
+from ..checkpoint._restore import compare_state
 from ..errors import (
     CorruptCheckpointError,
     MissingObjectError,
@@ -32,15 +32,14 @@ from ..io import _codec, _format
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
 from ._families import family_entry, family_of
+from ._rebuild import migrate, rebuild
 from ._registry import (
-    _MODULE_RE,
-    _REGISTRY,
+    MODULE_RE,
     SECTION,
     RegisteredModel,
-    migrate,
     model_entry,
     not_registered,
-    rebuild,
+    registered,
     require_module,
 )
 
@@ -88,7 +87,7 @@ def save_model(
         >>> tk.load_model(path).fc.in_features
         3
     """
-    from ..checkpoint._checkpoint import unwrap_model
+    from ..checkpoint._state import unwrap_model
 
     require_module(model, "save_model")
     model = unwrap_model(model)
@@ -127,7 +126,7 @@ def save_model(
 
 def _import_for(entry: Mapping[str, Any], path: str) -> None:
     module = str(entry.get("target", "")).split(":", 1)[0]
-    if module == "__main__" or not _MODULE_RE.match(module):
+    if module == "__main__" or not MODULE_RE.match(module):
         raise ModelNotRegisteredError(
             f"{path}: the model {entry.get('name')!r} was registered in {module!r}, which cannot be imported; "
             "define and register it in an importable module, or register it in this process before loading",
@@ -147,16 +146,16 @@ def _import_for(entry: Mapping[str, Any], path: str) -> None:
 
 def _resolve(entry: Mapping[str, Any], path: str, import_module: bool) -> RegisteredModel:
     name = entry["name"]
-    found = _REGISTRY.get(name)
+    found = registered().get(name)
     if found is None and import_module:
         _import_for(entry, path)
-        found = _REGISTRY.get(name)
+        found = registered().get(name)
     if found is not None:
         return found
     module = str(entry.get("target", "")).split(":", 1)[0]
     if import_module:
         raise ModelNotRegisteredError(
-            f"{path}: imported {module!r}, but it registers no model named {name!r}; registered: {sorted(_REGISTRY)}",
+            f"{path}: imported {module!r}, but it registers no model named {name!r}; registered: {sorted(registered())}",
             name=name,
             module=module,
         )
@@ -197,7 +196,7 @@ def _import_argument_classes(tree: Any) -> None:
         elif isinstance(node, dict):
             if node.get("t") in ("dataclass", "enum") and isinstance(node.get("cls"), str):
                 module = node["cls"].split(":", 1)[0]
-                if _MODULE_RE.match(module) and module not in sys.modules:
+                if MODULE_RE.match(module) and module not in sys.modules:
                     try:
                         importlib.import_module(module)
                     except ImportError:

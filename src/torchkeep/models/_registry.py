@@ -36,30 +36,29 @@ import inspect
 import logging
 import re
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 import torch
 
+from ..checkpoint._state import add_model_describer
 from ..errors import (
-    MigrationError,
     ModelNotRegisteredError,
     RegistryError,
-    TorchkeepError,
     UnsupportedValueError,
     UsageError,
 )
 from ..io import _codec
 
 __all__ = [
+    "MODULE_RE",
     "RegisteredModel",
     "lookup",
-    "migrate",
     "migration",
+    "migration_step",
     "model_entry",
     "not_registered",
-    "rebuild",
+    "record_of",
     "register",
     "registered",
     "require_module",
@@ -70,7 +69,8 @@ logger = logging.getLogger(__name__)
 SECTION = "model"
 _RECORD_ATTR = "_torchkeep_record"
 _WRAPPED_MARK = "__torchkeep_registered__"
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+#: A dotted Python module path (what a registry entry's target may name).
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 T = TypeVar("T")
 Migration = Callable[[dict[str, Any], dict[str, torch.Tensor]], tuple[Mapping[str, Any], Mapping[str, torch.Tensor]]]
@@ -123,12 +123,8 @@ def _target_of(obj: Any) -> str:
 
 def _check_version(version: Any, what: str) -> int:
     if type(version) is not int or version < 1:
-        raise RegistryError(f"{what} must be an int >= 1, got {version!r}")
+        raise UsageError(f"{what} must be an int >= 1, got {version!r}", argument="version")
     return version
-
-
-# ------------------------------------------------------------------------------------------
-# registration
 
 
 @overload
@@ -152,8 +148,9 @@ def register(name: Any = None, version: int = 1) -> Any:
     plain values, e.g. ``def tiny_bert(config: dict) -> BertModel: return BertModel(BertConfig(**config))``.
 
     Raises:
-        RegistryError: the name is taken by another class/factory, the version is not an int
-            >= 1, or the decorated object is neither an ``nn.Module`` subclass nor a function.
+        RegistryError: the name is taken by another class/factory.
+        UsageError: the version is not an int >= 1, or the decorated object is neither an
+            ``nn.Module`` subclass nor a function.
 
     Example:
         >>> import torch, torchkeep as tk
@@ -169,21 +166,23 @@ def register(name: Any = None, version: int = 1) -> Any:
         return register(None, version)(name)  # bare @register
     _check_version(version, "register(version=...)")
     if name is not None and not name.strip():
-        raise RegistryError("register(name=...) must be a non-empty string")
+        raise UsageError("register(name=...) must be a non-empty string", argument="name")
 
     def decorate(obj: Any) -> Any:
         if isinstance(obj, type):
             if not issubclass(obj, torch.nn.Module):
-                raise RegistryError(
+                raise UsageError(
                     f"@register applies to nn.Module subclasses and factory functions; {obj.__qualname__} "
-                    "is a class that is not an nn.Module"
+                    "is a class that is not an nn.Module",
+                    argument="obj",
                 )
             kind = "class"
         elif inspect.isfunction(obj):
             kind = "factory"
         else:
-            raise RegistryError(
-                f"@register applies to nn.Module subclasses and factory functions, got {type(obj).__qualname__}"
+            raise UsageError(
+                f"@register applies to nn.Module subclasses and factory functions, got {type(obj).__qualname__}",
+                argument="obj",
             )
         entry_name = name if name is not None else obj.__qualname__
         original = getattr(obj, "__wrapped__", obj) if getattr(obj, _WRAPPED_MARK, False) else obj
@@ -294,7 +293,7 @@ def _name_of(obj: Any) -> str:
     entry = obj.__dict__.get("_torchkeep_entry") if isinstance(obj, type) else getattr(obj, "_torchkeep_entry", None)
     if isinstance(entry, RegisteredModel):
         return entry.name
-    raise RegistryError(f"expected a registry name or a registered class/factory, got {obj!r}")
+    raise UsageError(f"expected a registry name or a registered class/factory, got {obj!r}", argument="obj")
 
 
 def lookup(name: str) -> RegisteredModel:
@@ -330,6 +329,16 @@ def registered() -> dict[str, RegisteredModel]:
     return dict(_REGISTRY)
 
 
+def migration_step(name: str, from_version: int) -> tuple[str, Migration] | None:
+    """The migration registered for ``name`` from ``from_version`` (its target and function), or None.
+
+    Example:
+        >>> migration_step("no-such-model", 1) is None
+        True
+    """
+    return _MIGRATIONS.get((name, from_version))
+
+
 def _unregister(name: str) -> None:
     """Forget a name and its migrations (tests only)."""
     _REGISTRY.pop(name, None)
@@ -337,11 +346,13 @@ def _unregister(name: str) -> None:
         del _MIGRATIONS[key]
 
 
-# ------------------------------------------------------------------------------------------
-# the recipe
+def record_of(model: torch.nn.Module) -> _Record | None:
+    """How a registered model was built (its registry name and arguments), or None.
 
-
-def _record_of(model: torch.nn.Module) -> _Record | None:
+    Example:
+        >>> record_of(torch.nn.Linear(1, 1)) is None  # not built by a registered factory
+        True
+    """
     record = model.__dict__.get(_RECORD_ATTR)
     return record if isinstance(record, _Record) else None
 
@@ -380,7 +391,7 @@ def model_entry(model: torch.nn.Module) -> dict[str, Any] | None:
         >>> model_entry(torch.nn.Linear(2, 2)) is None
         True
     """
-    record = _record_of(model)
+    record = record_of(model)
     if record is None:
         return None
     entry = record.entry
@@ -428,87 +439,6 @@ def not_registered(model: torch.nn.Module) -> ModelNotRegisteredError:
     )
 
 
-def migrate(
-    reg: RegisteredModel, found: int, config: dict[str, Any], state: dict[str, torch.Tensor], path: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Run the registered migrations from version ``found`` up to ``reg.version``, one step at a time.
-
-    Raises:
-        MigrationError: the file is newer than the code, a step is missing, or a step failed.
-    """
-    if found > reg.version:
-        raise MigrationError(
-            f"{path}: the file holds {reg.name!r} version {found}, but this code defines version {reg.version} "
-            f"({reg.target}); upgrade the code (or package) that defines {reg.name!r} to load it"
-        )
-    for v in range(found, reg.version):
-        step = _MIGRATIONS.get((reg.name, v))
-        if step is None:
-            raise MigrationError(
-                f"{path}: the file holds {reg.name!r} version {found} and the code is at version {reg.version}, "
-                f"but no migration from version {v} to {v + 1} is registered; add "
-                f"@tk.migration({reg.name!r}, from_version={v}) def upgrade(config, state_dict): ... "
-                "returning (config, state_dict)"
-            )
-        target, fn = step
-        try:
-            out = fn(dict(config), dict(state))
-        except Exception as exc:
-            raise MigrationError(f"{path}: migration {target} ({reg.name!r} v{v}→v{v + 1}) failed: {exc}") from exc
-        if not (
-            isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Mapping) and isinstance(out[1], Mapping)
-        ):
-            raise MigrationError(
-                f"migration {target} ({reg.name!r} v{v}→v{v + 1}) returned {type(out).__qualname__}; "
-                "a migration must return (config: dict, state_dict: dict)"
-            )
-        config, state = dict(out[0]), dict(out[1])
-        logger.info("migrated %s from version %d to %d", reg.name, v, v + 1)
-    return config, state
-
-
-def rebuild(reg: RegisteredModel, config: Mapping[str, Any], *, source: str = "") -> torch.nn.Module:
-    """Call a registered class or factory with recorded arguments (names → values).
-
-    Raises:
-        RegistryError: the arguments do not fit the current signature (says which ones).
-
-    Example:
-        >>> import torchkeep as tk
-        >>> @tk.register(name="doc-rebuild")
-        ... def doc_rebuild(width: int = 4) -> torch.nn.Module:
-        ...     return torch.nn.Linear(width, 1)
-        >>> rebuild(lookup("doc-rebuild"), {"width": 2}).in_features
-        2
-    """
-    sig = inspect.signature(reg.builder)
-    params = sig.parameters
-    unknown = [k for k in config if k not in params]
-    where = f"{source}: " if source else ""
-    if unknown:
-        raise RegistryError(
-            f"{where}{reg.target} does not accept argument(s) {unknown} recorded in the file; if its signature "
-            f"changed, bump its version and add a @tk.migration({reg.name!r}, ...) that renames or drops them"
-        )
-    ordered = OrderedDict((k, config[k]) for k in params if k in config)
-    bound = inspect.BoundArguments(sig, ordered)
-    try:
-        sig.bind(*bound.args, **bound.kwargs)
-    except TypeError as exc:
-        raise RegistryError(
-            f"{where}the recorded arguments do not fit {reg.target}{sig}: {exc}; add a @tk.migration that fills them in"
-        ) from exc
-    try:
-        model = reg.builder(*bound.args, **bound.kwargs)
-    except TorchkeepError:
-        raise
-    except Exception as exc:  # the constructor itself failed: say with which recorded arguments
-        shown = ", ".join(f"{k}={v!r}" for k, v in ordered.items())
-        if len(shown) > 300:
-            shown = shown[:300] + "..."
-        raise RegistryError(
-            f"{where}rebuilding {reg.name!r} failed: {reg.target}({shown}) raised {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(model, torch.nn.Module):
-        raise RegistryError(f"{where}{reg.target} returned {type(model).__qualname__}, not an nn.Module")
-    return model
+# Checkpoints record the registry entry of a registered model (the checkpoint layer asks; see
+# torchkeep.checkpoint._state.add_model_describer).
+add_model_describer(model_entry)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import PredictorError
+from ..errors import PredictorError, UsageError
 from ._base import TensorSpec
 from ._inputs import Bound, bind_inputs, convert_outputs, example_inputs, format_spec
 
@@ -25,7 +25,7 @@ def normalize_device(device: str | torch.device) -> str:
             raise PredictorError(f"device {str(device)!r} asked for, but CUDA is not available here; use device='cpu'")
         return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
     if dev.type != "cpu":
-        raise PredictorError(f"device {str(device)!r} is not supported; expected 'cpu' or 'cuda[:N]'")
+        raise UsageError(f"device {str(device)!r} is not supported; expected 'cpu' or 'cuda[:N]'", argument="device")
     return "cpu"
 
 
@@ -68,7 +68,9 @@ class BasePredictor:
         output_structure: str | None = None,
     ) -> None:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise PredictorError(f"threads={threads!r}: expected a positive int or None (the runtime's default)")
+            raise UsageError(
+                f"threads={threads!r}: expected a positive int or None (the runtime's default)", argument="threads"
+            )
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.device = device

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointNotFoundError, MissingDependencyError, PredictorError, TorchkeepError
+from ..errors import CheckpointNotFoundError, MissingDependencyError, PredictorError, TorchkeepError, UsageError
 from ..io._manifest import MANIFEST_NAME, read_manifest
 from ._base import Predictor, TensorSpec
 from ._common import BasePredictor, normalize_device
@@ -51,7 +51,7 @@ def backend_for_file(path: str) -> str:
     """The backend that runs ``path``, from its name (and, for ``.pt2``, its contents).
 
     Raises:
-        PredictorError: the suffix is not one torchkeep knows.
+        UsageError: the suffix is not one torchkeep knows.
 
     Example:
         >>> backend_for_file("exported/model.onnx")
@@ -76,9 +76,10 @@ def backend_for_file(path: str) -> str:
         return "tensorrt"
     if name.endswith(".safetensors"):
         return "eager"
-    raise PredictorError(
+    raise UsageError(
         f"{path}: cannot tell the backend from the file name; expected .pt2, .aoti.pt2, .onnx, .torchscript.pt/.pt, "
-        f".engine/.plan or .safetensors, or pass backend= (one of {', '.join(BACKENDS)})"
+        f".engine/.plan or .safetensors, or pass backend= (one of {', '.join(BACKENDS)})",
+        argument="backend",
     )
 
 
@@ -188,8 +189,9 @@ def _load_backend(backend: str, source: Any, device: str, options: dict[str, Any
 
         return eager.load(source, device=device, **options)
     if "example_inputs" in options:
-        raise PredictorError(
-            f"example_inputs= applies to the eager backend only (specs of {backend} come from the artifact)"
+        raise UsageError(
+            f"example_inputs= applies to the eager backend only (specs of {backend} come from the artifact)",
+            argument="example_inputs",
         )
     if backend == "pt2":
         from . import pt2
@@ -211,7 +213,7 @@ def _load_backend(backend: str, source: Any, device: str, options: dict[str, Any
         from . import tensorrt
 
         return tensorrt.load(source, device=device, **options)
-    raise PredictorError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}", argument="backend")
 
 
 def load_predictor(
@@ -255,23 +257,26 @@ def load_predictor(
     """
     device = normalize_device(device)
     if warmup < 0:
-        raise PredictorError(f"warmup={warmup}: expected a number of calls >= 0")
+        raise UsageError(f"warmup={warmup}: expected a number of calls >= 0", argument="warmup")
     if backend is not None and backend not in BACKENDS:
         alias = _FORMAT_BACKEND.get(backend)
         if alias is None:
-            raise PredictorError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+            raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}", argument="backend")
         backend = alias
     options: dict[str, Any] = {"threads": threads}
     if example_inputs is not None:
         options["example_inputs"] = example_inputs
     if providers is not None:
         if backend not in (None, "onnxruntime"):
-            raise PredictorError(f"providers= applies to the onnxruntime backend, not {backend!r}")
+            raise UsageError(f"providers= applies to the onnxruntime backend, not {backend!r}", argument="providers")
         options["providers"] = providers
     predictor: BasePredictor
     if isinstance(path, torch.nn.Module):
         if backend not in (None, "eager"):
-            raise PredictorError(f"an in-memory nn.Module runs on the eager backend, not {backend!r}; export it first")
+            raise UsageError(
+                f"an in-memory nn.Module runs on the eager backend, not {backend!r}; export it first",
+                argument="backend",
+            )
         predictor = _load_backend("eager", path, device, options)
     else:
         path = os.fspath(path)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointNotFoundError, PredictorError, missing_dependency
+from ..errors import CheckpointNotFoundError, PredictorError, UsageError, missing_dependency
 from ._base import TensorSpec
 from ._common import BasePredictor, fill_missing
 from ._inputs import Bound, structure_outputs
@@ -174,7 +174,9 @@ def load(path: str | os.PathLike[str], *, device: str = "cuda:0", **kwargs: Any)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"{path}: no such TensorRT engine", path=path)
     if torch.device(device).type != "cuda":
-        raise PredictorError(f"{path}: TensorRT engines run on CUDA only; pass device='cuda' (got {device!r})")
+        raise UsageError(
+            f"{path}: TensorRT engines run on CUDA only; pass device='cuda' (got {device!r})", argument="device"
+        )
     trt = _import_trt()
     dev = torch.device(device)
     capability = torch.cuda.get_device_capability(dev)

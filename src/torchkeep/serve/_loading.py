@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PredictorError, ServeError, TorchkeepError
+from ..errors import PredictorError, ServeError, TorchkeepError, UsageError
 from ..io._manifest import MANIFEST_NAME, read_manifest
 from ..runtime._base import Predictor, TensorSpec
 from ._batching import ModelSlot, run_predictor
@@ -40,7 +40,7 @@ _MODEL_SUFFIXES = (".safetensors", ".pt2", ".onnx", ".pt", ".ts", ".engine", ".p
 
 def _checkpoint_step(path: str) -> int | None:
     try:
-        from ..checkpoint._checkpoint import read_info
+        from ..checkpoint._state import read_info
 
         step = read_info(path).step
     except (TorchkeepError, OSError):
@@ -197,7 +197,7 @@ def example_tensors(shapes: Sequence[Sequence[int]], dtypes: Sequence[str]) -> l
     """Zero tensors of the given shapes/dtypes (``--input-shape``/``--dtype``) for eager specs.
 
     Raises:
-        ServeError: a dtype torch does not know.
+        UsageError: a dtype torch does not know.
     """
     import torch
 
@@ -206,7 +206,9 @@ def example_tensors(shapes: Sequence[Sequence[int]], dtypes: Sequence[str]) -> l
         name = dtypes[i] if len(dtypes) > 1 else (dtypes[0] if dtypes else "float32")
         dtype = getattr(torch, name, None)
         if not isinstance(dtype, torch.dtype):
-            raise ServeError(f"--dtype {name}: not a torch dtype; expected e.g. float32, int64", option="input_dtypes")
+            raise UsageError(
+                f"--dtype {name}: not a torch dtype; expected e.g. float32, int64", argument="input_dtypes"
+            )
         out.append(torch.zeros(tuple(shape), dtype=dtype))
     return out
 

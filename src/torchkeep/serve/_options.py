@@ -8,14 +8,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ServeError
+from ..errors import UsageError
 
 __all__ = ["ServeOptions"]
 
 
 def _check_range(name: str, value: float, lo: float, hi: float, unit: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ServeError(f"{name}={value!r} is out of range: expected a number in [{lo}, {hi}]{unit}")
+        raise UsageError(f"{name}={value!r} is out of range: expected a number in [{lo}, {hi}]{unit}", argument=name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +91,7 @@ class ServeOptions:
         for name in ("max_batch_size", "max_queue", "max_body_bytes", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ServeError(f"{name}={value!r}: expected an integer")
+                raise UsageError(f"{name}={value!r}: expected an integer", argument=name)
         _check_range("max_batch_size", self.max_batch_size, 1, 65536)
         _check_range("max_wait_ms", self.max_wait_ms, 0, 60_000, " milliseconds")
         _check_range("max_queue", self.max_queue, 1, 10_000_000)
@@ -100,18 +100,27 @@ class ServeOptions:
         _check_range("threads", self.threads, 1, 1024)
         _check_range("poll_s", self.poll_s, 0.01, 3600, " seconds")
         if isinstance(self.imports, str) or not all(isinstance(m, str) and m for m in self.imports):
-            raise ServeError(f"imports={self.imports!r}: expected a list of module names such as ['mypkg.models']")
+            raise UsageError(
+                f"imports={self.imports!r}: expected a list of module names such as ['mypkg.models']",
+                argument="imports",
+            )
         object.__setattr__(self, "imports", tuple(self.imports))
         try:
             shapes = tuple(tuple(int(d) for d in shape) for shape in self.input_shapes)
         except (TypeError, ValueError):
-            raise ServeError(f"input_shapes={self.input_shapes!r}: expected shapes such as [[1, 10]]") from None
+            raise UsageError(
+                f"input_shapes={self.input_shapes!r}: expected shapes such as [[1, 10]]", argument="input_shapes"
+            ) from None
         if any(not shape or min(shape) < 1 for shape in shapes):
-            raise ServeError(f"input_shapes={self.input_shapes!r}: every shape needs a batch dim and sizes >= 1")
+            raise UsageError(
+                f"input_shapes={self.input_shapes!r}: every shape needs a batch dim and sizes >= 1",
+                argument="input_shapes",
+            )
         object.__setattr__(self, "input_shapes", shapes)
         if len(self.input_dtypes) > 1 and len(self.input_dtypes) != len(shapes):
-            raise ServeError(
-                f"input_dtypes={self.input_dtypes!r}: give one dtype for all inputs or one per input shape"
+            raise UsageError(
+                f"input_dtypes={self.input_dtypes!r}: give one dtype for all inputs or one per input shape",
+                argument="input_dtypes",
             )
         object.__setattr__(self, "input_dtypes", tuple(self.input_dtypes))
         if not isinstance(self.model_name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", self.model_name):
@@ -127,7 +136,9 @@ class ServeOptions:
         _check_range("body_timeout_s", self.body_timeout_s, 0.01, 3600, " seconds")
         _check_range("inline_below_ms", self.inline_below_ms, 0, 100, " milliseconds")
         if not self.device or not isinstance(self.device, str):
-            raise ServeError(f"device={self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
+            raise UsageError(
+                f"device={self.device!r}: expected a device name such as 'cpu' or 'cuda:0'", argument="device"
+            )
 
     def to_json(self) -> str:
         """Serialize (passed to ``--workers`` processes through the environment)."""
@@ -138,9 +149,9 @@ class ServeOptions:
         """Inverse of :meth:`to_json`; unknown keys are an error, not ignored."""
         data: Any = json.loads(raw)
         if not isinstance(data, dict):
-            raise ServeError(f"server options: expected a JSON object, found {type(data).__name__}")
+            raise UsageError(f"server options: expected a JSON object, found {type(data).__name__}", argument="data")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ServeError(f"server options: unknown option(s) {unknown}; known: {sorted(known)}")
+            raise UsageError(f"server options: unknown option(s) {unknown}; known: {sorted(known)}", argument="data")
         return cls(**data)

@@ -1,0 +1,337 @@
+"""Collecting training state into a checkpoint tree, and the header section that describes it.
+
+A checkpoint's tree is ``{object name: state_dict, ...}`` plus the reserved ``__extra__`` and
+``__rng__`` entries; everything a listing needs (epoch, step, metrics, object kinds,
+environment) sits in the ``torchkeep.checkpoint`` header section, readable without touching
+data. Both layouts (one file, sharded directory) share these pieces.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from ..errors import CorruptCheckpointError, UnsupportedValueError
+from ..io import _codec, _format
+from ._sampler import ResumableLoader, ResumableSampler
+from ._state_io import rng_state
+
+__all__ = [
+    "EXTRA_KEY",
+    "RNG_KEY",
+    "SECTION",
+    "CheckpointInfo",
+    "ModelDescriber",
+    "add_model_describer",
+    "check_stateful",
+    "collect_state",
+    "environment",
+    "info_from_section",
+    "jsonable_metrics",
+    "object_kind",
+    "read_info",
+    "unwrap_model",
+    "write_checkpoint",
+]
+
+#: Describes a model for the checkpoint header: its registry entry, or None when unknown.
+ModelDescriber = Callable[[torch.nn.Module], "dict[str, Any] | None"]
+
+# The registry adds its describer when it is imported (models sit above checkpoints, so the
+# checkpoint layer asks instead of importing it); no describer means no model is registered.
+_MODEL_DESCRIBERS: list[ModelDescriber] = []
+
+
+def add_model_describer(describe: ModelDescriber) -> None:
+    """Let ``describe(model)`` name the models saved in checkpoints (the registry uses this).
+
+    Example:
+        >>> add_model_describer(lambda model: None)  # knows no model: checkpoints record none
+    """
+    if describe not in _MODEL_DESCRIBERS:
+        _MODEL_DESCRIBERS.append(describe)
+
+
+#: The header section that describes a checkpoint; the tree's reserved extra= and RNG entries.
+SECTION = "checkpoint"
+EXTRA_KEY = "__extra__"
+RNG_KEY = "__rng__"
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file says about itself (and, after a load, what was restored).
+
+    Example:
+        >>> info = CheckpointInfo(path="ckpt.safetensors", epoch=3, step=1200)
+        >>> info.epoch, info.step
+        (3, 1200)
+    """
+
+    path: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: Any = None
+    created_at: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    size_bytes: int | None = None
+    objects: dict[str, str] = field(default_factory=dict)  # name -> kind (module, optimizer, ...)
+    rng: bool = False
+    #: after ``load_checkpoint(strict=False)``: per object, keys that were missing / unexpected /
+    #: skipped because their shapes differ.
+    missing_keys: dict[str, list[str]] = field(default_factory=dict)
+    unexpected_keys: dict[str, list[str]] = field(default_factory=dict)
+    mismatched_keys: dict[str, list[str]] = field(default_factory=dict)
+    #: after ``load_checkpoint(strict=False)``: objects whose state could not be loaded, with why.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware facts recorded with every checkpoint.
+
+    Example:
+        >>> sorted(environment())[:4]
+        ['cuda', 'numpy', 'platform', 'python']
+    """
+    from .._version import __version__
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "torchkeep": __version__,
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+    if torch.cuda.is_available():
+        env["cudnn"] = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env
+
+
+def unwrap_model(model: Any) -> Any:
+    """Strip DataParallel / DistributedDataParallel / torch.compile wrappers.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> unwrap_model(torch.nn.DataParallel(net)) is net
+        True
+    """
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def object_kind(obj: Any) -> str:
+    """The kind a checkpoint records for a saved object (module, optimizer, scheduler, ...).
+
+    Example:
+        >>> object_kind(torch.nn.Linear(1, 1)), object_kind(object())
+        ('module', 'object')
+    """
+    if isinstance(obj, torch.nn.Module):
+        return "module"
+    if isinstance(obj, torch.optim.Optimizer):
+        return "optimizer"
+    if isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+        return "scheduler"
+    if isinstance(obj, torch.amp.GradScaler):
+        return "scaler"
+    if isinstance(obj, ResumableLoader):
+        return "loader"
+    if isinstance(obj, ResumableSampler):
+        return "sampler"
+    return "object"
+
+
+def check_stateful(name: str, obj: Any) -> None:
+    """Refuse a reserved object name or an object without ``state_dict``/``load_state_dict``.
+
+    Raises:
+        UnsupportedValueError: the name starts with ``__``, or the object has no state methods.
+
+    Example:
+        >>> check_stateful("model", torch.nn.Linear(1, 1))  # fine: returns None
+    """
+    if name.startswith("__"):
+        raise UnsupportedValueError(
+            f"{name}=: object names starting with '__' are reserved for torchkeep; pick another name",
+            path=name,
+        )
+    if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+        raise UnsupportedValueError(
+            f"{name}= must have state_dict() and load_state_dict() methods; got {type(obj).__qualname__}. "
+            "Pass plain values through extra= instead.",
+            path=name,
+            value_type=type(obj).__qualname__,
+        )
+
+
+def jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Metrics as JSON values for the header: one-element tensors and numpy scalars become numbers.
+
+    Raises:
+        UnsupportedValueError: a metric is not a number, str, bool or None.
+
+    Example:
+        >>> jsonable_metrics({"loss": torch.tensor(0.5), "acc": float("nan")})
+        {'loss': 0.5, 'acc': 'nan'}
+    """
+    out: dict[str, Any] = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise UnsupportedValueError(
+                    f"metrics[{k!r}]: a metric must be a number, got a tensor of shape {tuple(v.shape)}"
+                )
+            v = v.item()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        if not isinstance(v, (int, float, str, bool)) and v is not None:
+            raise UnsupportedValueError(
+                f"metrics[{k!r}]: metrics must be numbers (or str/bool/None), got {type(v).__qualname__}; "
+                "put richer values in extra="
+            )
+        if isinstance(v, float) and not math.isfinite(v):
+            v = str(v)  # JSON has no nan/inf; listing shows them as text
+        out[str(k)] = v
+    return out
+
+
+def collect_state(
+    objects: Mapping[str, Any],
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Any = None,
+    rng: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Snapshot named objects into ``(tree_value, section)`` ready for :func:`write_checkpoint`.
+
+    The tree value still references live tensors; copy them (``.clone()``/to host) before
+    mutating the objects if the write happens later.
+
+    Example:
+        >>> tree, section = collect_state({"model": torch.nn.Linear(2, 1)}, step=3, rng=False)
+        >>> sorted(tree["model"]), section["step"], section["objects"]
+        (['bias', 'weight'], 3, {'model': 'module'})
+    """
+    tree: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
+    model_entry = None
+    for name, obj in objects.items():
+        check_stateful(name, obj)
+        if isinstance(obj, torch.nn.Module):
+            obj = unwrap_model(obj)
+            if model_entry is None:
+                model_entry = _registry_entry(obj)
+        kinds[name] = object_kind(obj)
+        tree[name] = obj.state_dict()
+    if extra is not None:
+        tree[EXTRA_KEY] = extra
+    if rng:
+        tree[RNG_KEY] = rng_state()
+    section: dict[str, Any] = {
+        "epoch": epoch,
+        "step": step,
+        "metrics": jsonable_metrics(metrics),
+        "objects": kinds,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "env": environment(),
+        "rng": rng,
+        "extra": extra is not None,
+    }
+    if model_entry is not None:
+        section["model"] = model_entry
+    return tree, section
+
+
+def _registry_entry(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The registry entry of a registered model (None when no describer knows it)."""
+    for describe in _MODEL_DESCRIBERS:
+        entry = describe(model)
+        if entry is not None:
+            return entry
+    return None
+
+
+def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[str, Any]) -> int:
+    """Encode ``tree`` and stream it with ``section`` to an open destination. Returns bytes written.
+
+    Example:
+        >>> import io
+        >>> tree, section = collect_state({"model": torch.nn.Linear(2, 1)}, epoch=1)
+        >>> buf = io.BytesIO()
+        >>> size = write_checkpoint(buf, tree, section)
+        >>> read_info(_format.open_file(buf.getvalue())).epoch
+        1
+    """
+    enc = _codec.encode(dict(tree))
+    extra_sections: dict[str, Any] = {SECTION: dict(section)}
+    if section.get("model") is not None:
+        extra_sections["model"] = section["model"]
+    return _format.write(dest, enc.tensors, tree=enc.tree, sections=extra_sections)
+
+
+def info_from_section(path: str | None, section: Any, size: int | None) -> CheckpointInfo:
+    """Build a :class:`CheckpointInfo` from a checkpoint's header section (hostile input).
+
+    Raises:
+        CorruptCheckpointError: the section is not a JSON object.
+
+    Example:
+        >>> info_from_section("c.safetensors", {"epoch": 2, "objects": {"model": "module"}}, 10).epoch
+        2
+    """
+    if not isinstance(section, dict):
+        raise CorruptCheckpointError(f"{path}: checkpoint section is not an object", path=path)
+    metrics = section.get("metrics") or {}
+    objects = section.get("objects") or {}
+    return CheckpointInfo(
+        path=path,
+        epoch=section.get("epoch"),
+        step=section.get("step"),
+        metrics=dict(metrics) if isinstance(metrics, dict) else {},
+        created_at=section.get("created_at"),
+        env=section.get("env") or {},
+        model=section.get("model"),
+        size_bytes=size,
+        objects=dict(objects) if isinstance(objects, dict) else {},
+        rng=bool(section.get("rng")),
+    )
+
+
+def read_info(path: str | os.PathLike[str] | _format.Reader) -> CheckpointInfo:
+    """Read a checkpoint's info from its header only (no tensor data is read or verified).
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.safetensors")
+        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(1, 1), step=10)
+        >>> read_info(path).step
+        10
+    """
+    reader = path if isinstance(path, _format.Reader) else _format.open_file(path)
+    section = reader.section(SECTION)
+    if section is None:
+        raise CorruptCheckpointError(
+            f"{reader.path}: not a training checkpoint (no {SECTION} section); load it with tk.load()",
+            path=reader.path,
+            reason="not a checkpoint",
+        )
+    return info_from_section(reader.path, section, reader.size)
