@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from .. import load_checkpoint, load_model, read_info, save_checkpoint
-from ..models._families import register_family
 from ..errors import CorruptCheckpointError, ModelNotRegisteredError, StateMismatchError, UsageError, missing_dependency
+from ..models._families import register_family
 from . import _files
 
 try:

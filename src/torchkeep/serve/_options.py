@@ -124,12 +124,12 @@ class ServeOptions:
             )
         object.__setattr__(self, "input_dtypes", tuple(self.input_dtypes))
         if not isinstance(self.model_name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", self.model_name):
-            raise ServeError(f"model_name={self.model_name!r}: expected letters, digits, '_', '.', '-'")
+            raise UsageError(f"model_name={self.model_name!r}: expected letters, digits, '_', '.', '-'")
         from ._repository import VersionPolicy
 
         VersionPolicy.parse(self.version_policy)
         if isinstance(self.handlers, str) or not all(isinstance(h, str) and ":" in h for h in self.handlers):
-            raise ServeError(f"handlers={self.handlers!r}: expected entries such as 'mypkg.handlers:TextHandler'")
+            raise UsageError(f"handlers={self.handlers!r}: expected entries such as 'mypkg.handlers:TextHandler'")
         object.__setattr__(self, "handlers", tuple(self.handlers))
         if self.grpc_port is not None:
             _check_range("grpc_port", self.grpc_port, 0, 65535)

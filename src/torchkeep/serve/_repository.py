@@ -13,8 +13,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from ..io._manifest import MANIFEST_NAME
 from ..errors import ServeError
+from ..io._manifest import MANIFEST_NAME
 
 __all__ = ["HANDLER_FILE", "VersionPolicy", "is_repository", "model_versions", "scan_repository"]
 
