@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_BOOTSTRAP ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast test-docker lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -20,12 +20,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: venv
 	$(VENV)/bin/torchkeep demo
 
-# The whole suite, slow tests included (no GPU needed; GPU tests skip cleanly).
+# The whole suite, slow tests included (no GPU needed; GPU tests skip cleanly). The Docker image
+# build runs on its own (`make test-docker`, CI runs both): it needs a Docker engine and minutes.
 test: venv
-	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile -m "not docker" $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+
+# scripts/docker-smoke.sh under pytest: builds the CPU image, runs it, checks it like a user would.
+test-docker: venv
+	$(PY) -m pytest -m docker tests/test_docker_smoke.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks examples

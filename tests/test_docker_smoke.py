@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.docker
 @pytest.mark.timeout(840)
 def test_docker_image_builds_runs_healthy_non_root_and_answers_like_eager() -> None:
     env = {**os.environ, "PYTHON": sys.executable}
