@@ -30,18 +30,25 @@ from ..errors import (
 )
 from ..io import _codec, _format
 from ..io._format import MapLocation
-from ..io._storage import atomic_write
 from ._sampler import ResumableLoader, ResumableSampler
 from ._state_io import aligned, rng_state, set_rng_state
 
 __all__ = [
+    "EXTRA_KEY",
+    "RNG_KEY",
+    "SECTION",
     "CheckpointInfo",
+    "check_stateful",
+    "checkpoint_sections",
     "collect_state",
+    "decode_subtrees",
     "environment",
-    "load_checkpoint",
+    "info_from_section",
+    "jsonable_metrics",
+    "object_kind",
     "read_info",
+    "read_tree",
     "restore_state",
-    "save_checkpoint",
     "unwrap_model",
     "write_checkpoint",
 ]
@@ -123,7 +130,13 @@ def unwrap_model(model: Any) -> Any:
             return model
 
 
-def _kind(obj: Any) -> str:
+def object_kind(obj: Any) -> str:
+    """What a stateful object is, as a checkpoint records it ("module", "optimizer", ..., "object").
+
+    Example:
+        >>> object_kind(torch.nn.Linear(1, 1)), object_kind(object())
+        ('module', 'object')
+    """
     if isinstance(obj, torch.nn.Module):
         return "module"
     if isinstance(obj, torch.optim.Optimizer):
@@ -139,7 +152,12 @@ def _kind(obj: Any) -> str:
     return "object"
 
 
-def _check_stateful(name: str, obj: Any) -> None:
+def check_stateful(name: str, obj: Any) -> None:
+    """Refuse a reserved name or an object without ``state_dict()``/``load_state_dict()``.
+
+    Example:
+        >>> check_stateful("model", torch.nn.Linear(1, 1))
+    """
     if name.startswith("__"):
         raise UnsupportedValueError(
             f"{name}=: object names starting with '__' are reserved for torchkeep; pick another name",
@@ -154,7 +172,13 @@ def _check_stateful(name: str, obj: Any) -> None:
         )
 
 
-def _jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+def jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Metrics as a checkpoint stores them: numbers (0-d tensors too), str, bool or None; nan/inf as text.
+
+    Example:
+        >>> jsonable_metrics({"loss": torch.tensor(0.5), "acc": float("nan")})
+        {'loss': 0.5, 'acc': 'nan'}
+    """
     out: dict[str, Any] = {}
     for k, v in (metrics or {}).items():
         if isinstance(v, torch.Tensor):
@@ -199,12 +223,12 @@ def collect_state(
     kinds: dict[str, str] = {}
     model_entry = None
     for name, obj in objects.items():
-        _check_stateful(name, obj)
+        check_stateful(name, obj)
         if isinstance(obj, torch.nn.Module):
             obj = unwrap_model(obj)
             if model_entry is None:
                 model_entry = _registry_entry(obj)
-        kinds[name] = _kind(obj)
+        kinds[name] = object_kind(obj)
         tree[name] = obj.state_dict()
     if extra is not None:
         tree[EXTRA_KEY] = extra
@@ -213,7 +237,7 @@ def collect_state(
     section: dict[str, Any] = {
         "epoch": epoch,
         "step": step,
-        "metrics": _jsonable_metrics(metrics),
+        "metrics": jsonable_metrics(metrics),
         "objects": kinds,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
         "env": environment(),
@@ -247,53 +271,29 @@ def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[
         1
     """
     enc = _codec.encode(dict(tree))
-    extra_sections: dict[str, Any] = {SECTION: dict(section)}
-    if section.get("model") is not None:
-        extra_sections["model"] = section["model"]
-    return _format.write(dest, enc.tensors, tree=enc.tree, sections=extra_sections)
+    return _format.write(dest, enc.tensors, tree=enc.tree, sections=checkpoint_sections(section))
 
 
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    *,
-    epoch: int | None = None,
-    step: int | None = None,
-    metrics: Mapping[str, Any] | None = None,
-    extra: Any = None,
-    rng: bool = True,
-    **objects: Any,
-) -> CheckpointInfo:
-    """Save a training checkpoint: every named stateful object, progress, RNG and environment.
-
-    ``objects`` are things with ``state_dict()``/``load_state_dict()`` (``model=``,
-    ``optimizer=``, ``scheduler=``, ``scaler=``, your own classes). Wrapped models (DataParallel,
-    DDP, ``torch.compile``) are saved unwrapped. The write is atomic: a crash leaves the previous
-    file at ``path`` intact.
+def checkpoint_sections(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The header sections of a checkpoint: its own, and the model's registry entry when it has one.
 
     Example:
-        >>> import torch, torchkeep as tk, tempfile, os
-        >>> model = torch.nn.Linear(4, 2)
-        >>> opt = torch.optim.Adam(model.parameters())
-        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.safetensors")
-        >>> info = tk.save_checkpoint(path, model=model, optimizer=opt, epoch=5, extra={"update_steps": 7})
-        >>> tk.load_checkpoint(path, model=model, optimizer=opt).extra["update_steps"]
-        7
+        >>> sorted(checkpoint_sections({"step": 1, "model": {"name": "m"}}))
+        ['checkpoint', 'model']
     """
-    from .. import distributed  # light; DCP itself is imported only for sharded saves
-
-    if distributed.is_sharded_context(objects):
-        return distributed.save_checkpoint(
-            path, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, **objects
-        )
-    tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
-    with atomic_write(path) as f:
-        size = write_checkpoint(f, tree, section)
-    info = _info_from_section(os.fspath(path), section, size)
-    info.extra = extra
-    return info
+    sections: dict[str, Any] = {SECTION: dict(section)}
+    if section.get("model") is not None:
+        sections["model"] = section["model"]
+    return sections
 
 
-def _info_from_section(path: str | None, section: Any, size: int | None) -> CheckpointInfo:
+def info_from_section(path: str | None, section: Any, size: int | None) -> CheckpointInfo:
+    """A :class:`CheckpointInfo` from a checkpoint's header section (refused if it is not an object).
+
+    Example:
+        >>> info_from_section("c.safetensors", {"step": 4, "metrics": {"loss": 0.5}}, 100).metrics
+        {'loss': 0.5}
+    """
     if not isinstance(section, dict):
         raise CorruptCheckpointError(f"{path}: checkpoint section is not an object", path=path)
     metrics = section.get("metrics") or {}
@@ -330,54 +330,23 @@ def read_info(path: str | os.PathLike[str] | _format.Reader) -> CheckpointInfo:
             path=reader.path,
             reason="not a checkpoint",
         )
-    return _info_from_section(reader.path, section, reader.size)
+    return info_from_section(reader.path, section, reader.size)
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    *,
-    map_location: MapLocation = None,
-    strict: bool = True,
-    rng: bool = True,
-    verify: bool = True,
-    **objects: Any,
-) -> CheckpointInfo:
-    """Restore named objects (and RNG state) from a checkpoint; return its :class:`CheckpointInfo`.
-
-    Each keyword object gets ``load_state_dict`` with the state saved under the same name. With
-    ``strict=True`` a model whose keys or shapes differ raises :class:`StateMismatchError`
-    listing missing, unexpected and mis-shaped keys; ``strict=False`` loads what fits and reports
-    the rest in the returned info. ``map_location`` applies to tensors handed to objects (models
-    copy into their own parameters, so a CPU checkpoint loads into a GPU model and back).
-
-    Example:
-        >>> import torch, torchkeep as tk, tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "c.safetensors")
-        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(2, 2), epoch=1)
-        >>> tk.load_checkpoint(path, model=torch.nn.Linear(2, 2), map_location="cpu").epoch
-        1
-    """
-    from .. import distributed
-
-    if os.path.isdir(path):  # a sharded checkpoint (directory) or an error saying what it is
-        return distributed.load_checkpoint(
-            path, map_location=map_location, strict=strict, rng=rng, verify=verify, **objects
-        )
-    reader = _format.open_file(path)
-    info = read_info(reader)
-    wanted = [*objects, EXTRA_KEY] + ([RNG_KEY] if rng else [])
-    tree = _decode_subtrees(reader, wanted, map_location=map_location, verify=verify)
-    restore_state(tree, objects, info, strict=strict, rng=rng)
-    return info
-
-
-def _decode_subtrees(
+def decode_subtrees(
     reader: _format.Reader, names: list[str], *, map_location: MapLocation, verify: bool
 ) -> dict[str, Any]:
     """Decode (and verify) only the named top-level entries of a checkpoint tree.
 
     Loading just the model of a checkpoint then neither checks nor moves the optimizer state.
     Names the file does not hold are simply absent from the result.
+
+    Example:
+        >>> import io
+        >>> tree, section = collect_state({"model": torch.nn.Linear(1, 1)}, rng=False)
+        >>> buf = io.BytesIO(); _ = write_checkpoint(buf, tree, section)
+        >>> sorted(decode_subtrees(_format.open_file(buf.getvalue()), ["model"], map_location=None, verify=True))
+        ['model']
     """
     root = reader.tree
     items = root.get("items") if isinstance(root, dict) and root.get("t") in ("dict", "odict") else None
@@ -418,7 +387,7 @@ def restore_state(
     available = list(info.objects) or [k for k in tree if not k.startswith("__")]
     targets: dict[str, Any] = {}
     for name, obj in objects.items():
-        _check_stateful(name, obj)
+        check_stateful(name, obj)
         if name not in tree:
             raise MissingObjectError(
                 f"{info.path}: the checkpoint holds no {name!r}; it holds {available}. "
@@ -427,7 +396,7 @@ def restore_state(
                 available=available,
             )
         target = unwrap_model(obj) if isinstance(obj, torch.nn.Module) else obj
-        saved_kind, kind = info.objects.get(name), _kind(target)
+        saved_kind, kind = info.objects.get(name), object_kind(target)
         if saved_kind is not None and saved_kind != kind:
             raise StateMismatchError(
                 f"{info.path}: {name}= in the checkpoint is the state of a {saved_kind}, but a {kind} "
@@ -571,3 +540,24 @@ def _load_module(name: str, module: torch.nn.Module, state: Mapping[str, Any], i
     filtered = OrderedDict((k, v) for k, v in state.items() if k not in skip)
     # strict=False here: _check_module already enforced the caller's strictness, with a better message.
     module.load_state_dict(filtered, strict=False)
+
+
+def read_tree(reader: _format.Reader, *, map_location: MapLocation = None) -> Any:
+    """Decode an opened file's whole tree (for plain safetensors files: a flat dict of tensors).
+
+    Example:
+        >>> import io
+        >>> buf = io.BytesIO(); _ = _format.write(buf, {"w": torch.ones(1)})
+        >>> read_tree(_format.open_file(buf.getvalue()))["w"].tolist()
+        [1.0]
+    """
+    if reader.tree is None:
+        return {name: reader.tensor(name, map_location) for name in reader.names}
+    try:
+        return _codec.decode(reader.tree, lambda name: reader.tensor(name, map_location))
+    except CorruptCheckpointError as exc:
+        if exc.path is None and reader.path is not None:
+            raise CorruptCheckpointError(
+                f"{reader.path}: {exc}", path=reader.path, tensor=exc.tensor, reason=exc.reason
+            ) from None
+        raise

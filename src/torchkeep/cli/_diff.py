@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..checkpoint import _api, _checkpoint
+from ..checkpoint import _checkpoint
 from ..io import _format
 
 __all__ = ["diff_files", "register"]
@@ -136,7 +136,7 @@ def diff_files(path_a: str, path_b: str) -> dict[str, Any]:
 
     values_a: dict[str, Any] = {}
     values_b: dict[str, Any] = {}
-    tree_a, tree_b = _api.load_tree(ra), _api.load_tree(rb)
+    tree_a, tree_b = _checkpoint.read_tree(ra), _checkpoint.read_tree(rb)
     rng_a = tree_a.pop(_checkpoint.RNG_KEY, None) if isinstance(tree_a, dict) else None
     rng_b = tree_b.pop(_checkpoint.RNG_KEY, None) if isinstance(tree_b, dict) else None
     _flatten(tree_a, "", values_a)

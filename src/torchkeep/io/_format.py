@@ -14,6 +14,10 @@ The header maps tensor names to ``{"dtype", "shape", "data_offsets"}`` and holds
 * ``torchkeep.tree`` — the object tree from :mod:`torchkeep.io._codec` (absent in files written by
   :func:`torchkeep.save_model`, whose tensors are the plain state dict).
 * ``torchkeep.<section>`` — JSON sections of the layers above (checkpoint info, model entry).
+* ``torchkeep.external`` — tensors whose bytes live in content-addressed blob files beside the
+  file instead of in its data section (deduplicated checkpoints; see :mod:`torchkeep.io._external`).
+  Files with this section say ``torchkeep.format`` ``"2"``, so an older torchkeep asks to be
+  upgraded instead of calling the file corrupt.
 
 Writing is one pass over tensor memory: the header is written first with fixed-width checksum
 placeholders, each tensor is hashed while it streams to the file in chunks, and the final header
@@ -45,6 +49,7 @@ import xxhash
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError, UnsupportedValueError
 from . import _codec
 from ._dtypes import FROM_ST, ST_DTYPES, U8_DTYPES, MapLocation, dtype_name, logical_dtype, place, resolve_device
+from ._external import BLOB_DIR, META_EXTERNAL, ExternalTensor, content_hash, external_section, parse_external
 
 __all__ = [
     "FORMAT_VERSION",
@@ -53,10 +58,14 @@ __all__ = [
     "TensorInfo",
     "open_file",
     "resolve_device",
+    "tensor_bytes",
     "write",
 ]
 
 FORMAT_VERSION = 1
+#: Files with external (blob) tensors; readers of format 1 cannot load them.
+EXTERNAL_FORMAT_VERSION = 2
+_READABLE = (str(FORMAT_VERSION), str(EXTERNAL_FORMAT_VERSION))
 META_PREFIX = "torchkeep."
 META_FORMAT = "torchkeep.format"
 META_TENSORS = "torchkeep.tensors"
@@ -120,7 +129,7 @@ def _layout(plans: Iterable[_Planned]) -> list[_Planned]:
     return whole + rest
 
 
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The tensor's bytes in C order, on the CPU. Copies only if it is not already that."""
     if t.device.type != "cpu":
         t = t.detach().to("cpu")
@@ -159,6 +168,7 @@ def write(
     tree: Any = None,
     sections: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
+    external: Mapping[str, ExternalTensor] | None = None,
 ) -> int:
     """Stream a torchkeep file to ``dest`` (a writable binary file). Returns its size.
 
@@ -167,6 +177,8 @@ def write(
 
     ``tree`` is the codec tree (None for a plain state dict file); ``sections`` are JSON-able
     values stored as ``torchkeep.<key>``; ``metadata`` is free str → str metadata, stored as is.
+    ``external`` names tensors of ``tree`` whose bytes are already in blob files beside ``dest``
+    (the caller writes the blobs, durably, first).
 
     Example:
         >>> import io
@@ -191,7 +203,12 @@ def write(
                 path=f"metadata[{key!r}]",
             )
         meta[key] = value
-    meta[META_FORMAT] = str(FORMAT_VERSION)
+    meta[META_FORMAT] = str(EXTERNAL_FORMAT_VERSION if external else FORMAT_VERSION)
+    if external:
+        clash = sorted(set(external) & set(tensors))
+        if clash:
+            raise UnsupportedValueError(f"tensor {clash[0]!r} is given both inline and as an external blob")
+        meta[META_EXTERNAL] = json.dumps(external_section(external), separators=(",", ":"))
     for key, value in (sections or {}).items():
         meta[META_PREFIX + key] = json.dumps(value, separators=(",", ":"), allow_nan=False)
     if tree is not None:
@@ -262,7 +279,7 @@ def _stream_tensor(dest: IO[bytes] | None, t: torch.Tensor, nbytes: int) -> str:
     """
     h = xxhash.xxh3_64()
     if nbytes:
-        mv = _tensor_bytes(t)
+        mv = tensor_bytes(t)
         for i in range(0, nbytes, CHUNK_BYTES):
             chunk = mv[i : i + CHUNK_BYTES]
             h.update(chunk)
@@ -286,6 +303,8 @@ class TensorInfo:
     nbytes: int
     device: str
     checksum: str | None
+    #: for an external tensor: the blob file holding its bytes (``begin`` is then 0)
+    file: str | None = None
 
 
 def _bad(path: str | None, msg: str, tensor: str | None = None) -> CorruptCheckpointError:
@@ -352,16 +371,16 @@ class Reader:
         self.metadata: dict[str, str] = meta
         version = meta.get(META_FORMAT)
         self.is_torchkeep = version is not None
-        if version is not None and version != str(FORMAT_VERSION):
-            if version.isascii() and version.isdigit() and int(version) > FORMAT_VERSION:
+        if version is not None and version not in _READABLE:
+            if version.isascii() and version.isdigit() and int(version) > EXTERNAL_FORMAT_VERSION:
                 raise FormatVersionError(
                     f"{path or 'file'}: written in torchkeep format {version}, but this torchkeep reads "
-                    f"format {FORMAT_VERSION}; upgrade with `pip install -U torchkeep`",
+                    f"formats up to {EXTERNAL_FORMAT_VERSION}; upgrade with `pip install -U torchkeep`",
                     path=path,
                     found=version,
-                    supported=str(FORMAT_VERSION),
+                    supported=str(EXTERNAL_FORMAT_VERSION),
                 )
-            raise _bad(path, f"unknown torchkeep.format {version!r} (expected '{FORMAT_VERSION}')")
+            raise _bad(path, f"unknown torchkeep.format {version!r} (expected one of {list(_READABLE)})")
         extra = _loads(meta[META_TENSORS], path, META_TENSORS) if META_TENSORS in meta else {}
         if not isinstance(extra, dict):
             raise _bad(path, f"{META_TENSORS} is not a JSON object")
@@ -381,6 +400,8 @@ class Reader:
             missing = sorted(set(infos) - set(extra))
             if missing:
                 raise _bad(path, f"no checksum recorded for tensor(s) {missing[:5]}", tensor=missing[0])
+        self.external: dict[str, ExternalTensor] = self._parse_external(meta, version, infos)
+        self._blobs: dict[str, Any] = {}
         self._infos = infos
         self.names: list[str] = list(infos)
         self.tree: Any = _loads(meta[META_TREE], path, META_TREE) if META_TREE in meta else None
@@ -392,6 +413,63 @@ class Reader:
             dangling = sorted(refs - set(infos))
             if dangling:
                 raise _bad(path, f"the object tree refers to tensor {dangling[0]!r}, which the file does not hold")
+
+    def _parse_external(
+        self, meta: dict[str, str], version: str | None, infos: dict[str, TensorInfo]
+    ) -> dict[str, ExternalTensor]:
+        """Add the tensors stored in blob files beside this file to ``infos``."""
+        raw = meta.get(META_EXTERNAL)
+        if raw is None:
+            return {}
+        path = self.path
+        if version != str(EXTERNAL_FORMAT_VERSION):
+            raise _bad(path, f"{META_EXTERNAL} needs torchkeep.format '{EXTERNAL_FORMAT_VERSION}', found {version!r}")
+        parsed = parse_external(_loads(raw, path, META_EXTERNAL), _shape)
+        if isinstance(parsed, str):
+            raise _bad(path, parsed)
+        directory = os.path.join(os.path.dirname(path), BLOB_DIR) if path else BLOB_DIR
+        for name, e in parsed.items():
+            if name in infos or name == "__metadata__" or not name:
+                raise _bad(path, "stored both in the file and as an external blob", tensor=name)
+            file = os.path.join(directory, e.blob)
+            infos[name] = TensorInfo(name, e.dtype, e.shape, 0, e.nbytes, e.device, e.blob, file)
+        return parsed
+
+    @property
+    def external_bytes(self) -> int:
+        """Bytes of the tensors stored in blob files (counted once per tensor)."""
+        return sum(e.nbytes for e in self.external.values())
+
+    def _blob(self, info: TensorInfo) -> Any:
+        """The mapped bytes of an external tensor's blob file (checked for size, mapped once)."""
+        assert info.file is not None
+        buf = self._blobs.get(info.file)
+        if buf is not None:
+            return buf
+        where = f"{BLOB_DIR}/{info.checksum}"
+        if self.path is None:
+            raise _bad(None, f"its bytes are in {where} beside the file; open the file by its path", tensor=info.name)
+        try:
+            fd = os.open(info.file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            raise _bad(
+                self.path,
+                f"its data file {info.file} is missing (the blob was deleted or never copied)",
+                tensor=info.name,
+            ) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != info.nbytes:
+                raise _bad(
+                    self.path,
+                    f"its data file {info.file} holds {st.st_size} bytes, expected {info.nbytes}; the blob is corrupt",
+                    tensor=info.name,
+                )
+            buf = _mmap.mmap(fd, info.nbytes, access=_mmap.ACCESS_COPY) if info.nbytes else bytearray()
+        finally:
+            os.close(fd)
+        self._blobs[info.file] = buf
+        return buf
 
     def _tensor_info(self, name: str, spec: Any, extra: Any, data_len: int) -> TensorInfo:
         path = self.path
@@ -452,7 +530,8 @@ class Reader:
         if info.nbytes == 0:
             t = torch.empty(info.shape, dtype=info.dtype)
         else:
-            t = torch.frombuffer(self._buf, dtype=torch.uint8, count=info.nbytes, offset=info.begin)
+            buf = self._buf if info.file is None else self._blob(info)
+            t = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=info.begin)
             if t.data_ptr() % info.dtype.itemsize:
                 # torchkeep aligns every tensor, but other writers (or a damaged file) may not;
                 # misaligned data is copied rather than handed to kernels that expect alignment.
@@ -461,8 +540,10 @@ class Reader:
         return place(t, info.device, map_location)
 
     def checksum_of(self, name: str) -> str:
-        """xxh3-64 of a tensor's stored bytes, computed now."""
+        """A tensor's checksum, computed now: xxh3-64 of its stored bytes (xxh3-128 for a blob)."""
         info = self.info(name)
+        if info.file is not None:
+            return content_hash(memoryview(self._blob(info)) if info.nbytes else b"")
         return xxhash.xxh3_64_hexdigest(memoryview(self._buf)[info.begin : info.begin + info.nbytes])
 
     def verify(self, names: Iterable[str] | None = None) -> None:
@@ -474,21 +555,27 @@ class Reader:
         if isinstance(self._buf, _mmap.mmap) and hasattr(_mmap, "MADV_WILLNEED"):
             with contextlib.suppress(OSError):  # advisory only
                 self._buf.madvise(_mmap.MADV_WILLNEED)
+        checked: set[str] = set()
         for name in self.names if names is None else names:
-            expected = self.info(name).checksum
-            if expected is None:
+            info = self.info(name)
+            expected = info.checksum
+            if expected is None or (info.file is not None and info.file in checked):
                 continue
             found = self.checksum_of(name)
             if found != expected:
+                where = "" if info.file is None else f" in its data file {info.file}"
                 raise _bad(
                     self.path,
-                    f"checksum mismatch (stored {expected}, computed {found}); the data is corrupt",
+                    f"checksum mismatch{where} (stored {expected}, computed {found}); the data is corrupt",
                     tensor=name,
                 )
+            if info.file is not None:
+                checked.add(info.file)
 
     def close(self) -> None:
         """Drop this reader's reference to the mapping; tensors already built keep it alive."""
         self._buf = None
+        self._blobs = {}
 
 
 def _int_list(x: Any) -> bool:

@@ -25,28 +25,36 @@ import torch
 from ..errors import CheckpointWriteError, TorchkeepError
 from ..io import _codec
 
-__all__ = ["BackgroundSaver", "snapshot"]
+__all__ = ["BackgroundSaver", "BufferPool", "snapshot"]
 
 logger = logging.getLogger(__name__)
 
 
-class _BufferPool:
-    """Host buffers from the previous snapshot, reused when name, shape and dtype match."""
+class BufferPool:
+    """Host buffers from the previous snapshot, reused when name, shape and dtype match.
+
+    Example:
+        >>> pool = BufferPool()
+        >>> pool.get("w", torch.zeros(2), pinned=False).shape
+        torch.Size([2])
+    """
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, like: torch.Tensor, pinned: bool) -> torch.Tensor:
+        """A buffer shaped like ``like``: last snapshot's when it matches, else a new one."""
         buf = self._bufs.get(name)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.is_pinned() != pinned:
             buf = torch.empty(like.shape, dtype=like.dtype, pin_memory=pinned)
         return buf
 
     def replace(self, bufs: dict[str, torch.Tensor]) -> None:
+        """Keep these buffers for the next snapshot."""
         self._bufs = bufs
 
 
-def snapshot(tree: Any, pool: _BufferPool | None = None) -> tuple[Any, Callable[[], None]]:
+def snapshot(tree: Any, pool: BufferPool | None = None) -> tuple[Any, Callable[[], None]]:
     """Copy a state tree's tensors to host memory; return ``(copied tree, wait_until_copied)``.
 
     Call ``wait_until_copied()`` before reading the copy from another thread (it waits for CUDA
@@ -61,7 +69,7 @@ def snapshot(tree: Any, pool: _BufferPool | None = None) -> tuple[Any, Callable[
         [0.0, 0.0, 0.0]
     """
     enc = _codec.encode(tree)
-    pool = pool or _BufferPool()
+    pool = pool or BufferPool()
     copies: dict[str, torch.Tensor] = {}
     cuda_devices: set[torch.device] = set()
     for name, t in enc.tensors.items():

@@ -101,8 +101,10 @@ def _state_dicts(objects: Mapping[str, Any], *, template: bool = False) -> tuple
     state: dict[str, Any] = {}
     kinds: dict[str, str] = {}
     for name, obj in objects.items():
-        _checkpoint._check_stateful(name, obj)
-        kinds[name] = _checkpoint._kind(_checkpoint.unwrap_model(obj) if isinstance(obj, torch.nn.Module) else obj)
+        _checkpoint.check_stateful(name, obj)
+        kinds[name] = _checkpoint.object_kind(
+            _checkpoint.unwrap_model(obj) if isinstance(obj, torch.nn.Module) else obj
+        )
         if isinstance(obj, torch.nn.Module):
             state[name] = get_model_state_dict(obj)
         elif isinstance(obj, torch.optim.Optimizer):
@@ -163,7 +165,7 @@ def _prepare_save(
 
 
 def _info(path: str, section: dict[str, Any], size: int | None, extra: Any) -> CheckpointInfo:
-    info = _checkpoint._info_from_section(path, section, size)
+    info = _checkpoint.info_from_section(path, section, size)
     info.extra = extra
     return info
 
@@ -315,7 +317,7 @@ def load_checkpoint(
         3
     """
     index = read_index(path)
-    info = _checkpoint._info_from_section(index.path, index.checkpoint, None)
+    info = _checkpoint.info_from_section(index.path, index.checkpoint, None)
     info.size_bytes = sum(os.path.getsize(index.shard_path(r)) for r in range(index.world_size))
     available = sorted(info.objects)
     for name in objects:
@@ -533,6 +535,6 @@ def consolidate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Che
         if isinstance(exc, CheckpointWriteError):
             raise
         raise CheckpointWriteError(f"could not write {dst}: {exc}", path=os.fspath(dst)) from exc
-    info = _checkpoint._info_from_section(os.fspath(dst), section, size)
+    info = _checkpoint.info_from_section(os.fspath(dst), section, size)
     info.extra = tree.get(_checkpoint.EXTRA_KEY)
     return info

@@ -48,7 +48,7 @@ from torch.futures import Future
 from ...errors import CheckpointWriteError, CorruptCheckpointError, StateMismatchError
 from ...io import _codec, _format
 from ...io._storage import atomic_write, fsync_dir, temporary_name
-from .. import _api
+from .. import _checkpoint
 from ._index import INDEX_NAME, Index, ItemRef, build_index, shard_name
 
 __all__ = [
@@ -81,7 +81,7 @@ def decode_bytes(data: bytes, where: str) -> Any:
     try:
         reader = _format.open_file(data)
         reader.verify()
-        tree = _api.load_tree(reader)
+        tree = _checkpoint.read_tree(reader)
         if not isinstance(tree, dict) or "value" not in tree:
             raise CorruptCheckpointError("not an encoded state value", reason="bad value")
         return tree["value"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from ...io._format import open_file
 from ...io._storage import is_temporary, temporary_name
-from .._checkpoint import CheckpointInfo, _info_from_section
+from .._checkpoint import CheckpointInfo, info_from_section
 
 __all__ = ["SUFFIX", "delete", "list_names", "read_header", "sweep", "verify"]
 
@@ -56,7 +56,7 @@ def read_header(path: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
     for name in index.files:
         with contextlib.suppress(OSError):  # a shard gone missing shows up on load, not in a listing
             size += os.path.getsize(os.path.join(path, name))
-    info = _info_from_section(path, index.checkpoint, size)
+    info = info_from_section(path, index.checkpoint, size)
     manager = index.checkpoint.get("manager")
     return info, manager if isinstance(manager, dict) else None
 
