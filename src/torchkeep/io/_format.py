@@ -39,7 +39,7 @@ import mmap as _mmap
 import os
 import stat
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -236,15 +236,19 @@ def write(
         # Object-store uploads cannot seek back to patch the header: hash first, then stream.
         digests = {p.name: _stream_tensor(None, p.tensor, p.nbytes) for p in plans}
         final = header_for(digests)
-        _write_all(dest, struct.pack("<Q", len(final)) + final)
+        out = _PageWriter(dest, 0)
+        out.write(memoryview(struct.pack("<Q", len(final)) + final))
         for p in plans:
-            _stream_tensor(dest, p.tensor, p.nbytes)
+            _stream_tensor(out.write, p.tensor, p.nbytes)
+        out.flush()
         return 8 + len(final) + data_len
     start = dest.tell()
-    _write_all(dest, struct.pack("<Q", len(provisional)) + provisional)
+    out = _PageWriter(dest, start)
+    out.write(memoryview(struct.pack("<Q", len(provisional)) + provisional))
     digests = {}
     for p in plans:
-        digests[p.name] = _stream_tensor(dest, p.tensor, p.nbytes)
+        digests[p.name] = _stream_tensor(out.write, p.tensor, p.nbytes)
+    out.flush()
     final = header_for(digests)
     assert len(final) == len(provisional)  # fixed-width digests keep the header's length
     end = dest.tell()
@@ -271,8 +275,55 @@ def _write_all(dest: IO[bytes], data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def _stream_tensor(dest: IO[bytes] | None, t: torch.Tensor, nbytes: int) -> str:
-    """Hash the tensor's bytes and (unless ``dest`` is None) write them, chunk by chunk.
+class _PageWriter:
+    """Writes to ``dest`` so that every write call but the last ends on a 4 KiB page boundary of the file.
+
+    Tensors start on 64-byte boundaries, so plain chunked writes would leave a page half-written
+    at the end of one call and finish it in the next. When writeback has started on that page in
+    between, a filesystem that keeps pages stable during writeback makes the second write wait
+    for the disk. The raw ``os.write`` baseline never shares a page between calls; neither does
+    this. The few bytes that do not fill a page are carried (copied, at most 4 KiB) into the next
+    call instead.
+    """
+
+    PAGE = 4096
+
+    def __init__(self, dest: IO[bytes], offset: int) -> None:
+        self._dest = dest
+        self._pos = offset  # file offset of the first byte not yet handed to dest
+        self._carry = bytearray()
+
+    def write(self, data: memoryview) -> None:
+        if self._carry:
+            need = (-(self._pos + len(self._carry))) % self.PAGE
+            self._carry += data[:need]
+            data = data[need:]
+            if (self._pos + len(self._carry)) % self.PAGE:
+                return  # still short of a page boundary: everything given so far is carried
+            self._emit(memoryview(self._carry))
+            self._carry = bytearray()
+        head = (-self._pos) % self.PAGE  # only before the first aligned write (the header's start)
+        if head and data.nbytes > head:
+            self._emit(data[:head])
+            data = data[head:]
+        whole = data.nbytes - data.nbytes % self.PAGE
+        for i in range(0, whole, CHUNK_BYTES):
+            self._emit(data[i : min(i + CHUNK_BYTES, whole)])
+        if whole < data.nbytes:
+            self._carry += data[whole:]
+
+    def flush(self) -> None:
+        if self._carry:
+            self._emit(memoryview(self._carry))
+            self._carry = bytearray()
+
+    def _emit(self, data: memoryview) -> None:
+        _write_all(self._dest, data)
+        self._pos += data.nbytes
+
+
+def _stream_tensor(sink: Callable[[memoryview], None] | None, t: torch.Tensor, nbytes: int) -> str:
+    """Hash the tensor's bytes and (unless ``sink`` is None) write them, chunk by chunk.
 
     Each chunk is hashed right before it is written, while it is still in the CPU cache, so the
     checksum costs no extra pass over memory.
@@ -283,8 +334,8 @@ def _stream_tensor(dest: IO[bytes] | None, t: torch.Tensor, nbytes: int) -> str:
         for i in range(0, nbytes, CHUNK_BYTES):
             chunk = mv[i : i + CHUNK_BYTES]
             h.update(chunk)
-            if dest is not None:
-                _write_all(dest, chunk)
+            if sink is not None:
+                sink(chunk)
     return h.hexdigest()
 
 
