@@ -186,17 +186,26 @@ def _child(case: str, args: argparse.Namespace) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def _best(case: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The median of ``--repeat`` runs (each in a fresh process), by time."""
-    runs = []
-    for _ in range(args.repeat):
-        if case in LOAD_CASES:
-            # Re-read the file this case loads right before it: the save cases (and other
-            # processes) may have pushed it out of the page cache.
-            _warm(Path(args.dir) / ("state.pt" if case.startswith("torch.load") else "state.safetensors"))
-        runs.append(_child(case, args))
-    runs.sort(key=lambda r: float(r["seconds"]))
-    return runs[len(runs) // 2]
+def _medians(cases: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The median of ``--repeat`` runs of each case (each in a fresh process), by time.
+
+    The cases take turns (round r runs them all, starting one further along each round), so a
+    burst of load from other processes, or the page cache left by the previous case, does not
+    fall on one case only.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
+    for r in range(args.repeat):
+        for case in cases[r % len(cases) :] + cases[: r % len(cases)]:
+            if case in LOAD_CASES:
+                # Re-read the file this case loads right before it: the save cases (and other
+                # processes) may have pushed it out of the page cache.
+                _warm(Path(args.dir) / ("state.pt" if case.startswith("torch.load") else "state.safetensors"))
+            runs[case].append(_child(case, args))
+    out = []
+    for case in cases:
+        ordered = sorted(runs[case], key=lambda run: float(run["seconds"]))
+        out.append(ordered[len(ordered) // 2])
+    return out
 
 
 def _warm(path: Path) -> None:
@@ -255,7 +264,7 @@ def main() -> None:
     try:
         _prepare(args)
         cases = {"save": SAVE_CASES, "load": LOAD_CASES, "all": SAVE_CASES + LOAD_CASES}[args.cases]
-        results = [_best(case, args) for case in cases]
+        results = _medians(cases, args)
     finally:
         for name in ("state.safetensors", "state.pt", "out.bin", "io_bench_state.py"):
             with contextlib.suppress(OSError):
