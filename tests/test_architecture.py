@@ -53,6 +53,7 @@ PUBLIC = {
         "__version__",
         "audit",
         "benchmark",
+        "consolidate",
         "distributed",
         "errors",
         "export",
@@ -144,6 +145,7 @@ PUBLIC = {
     "torchkeep.manager": [
         "CheckpointEntry",
         "CheckpointManager",
+        "FILE_KINDS",
         "KeepAny",
         "KeepBestK",
         "KeepEveryNSteps",
@@ -152,6 +154,7 @@ PUBLIC = {
         "Policy",
         "Record",
         "checkpoint_name",
+        "collect_garbage",
         "list_checkpoints",
         "parse_name",
     ],

@@ -32,6 +32,7 @@ __all__ = [
     "ModelDescriber",
     "add_model_describer",
     "check_stateful",
+    "checkpoint_sections",
     "collect_state",
     "environment",
     "info_from_section",
@@ -282,10 +283,20 @@ def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[
         1
     """
     enc = _codec.encode(dict(tree))
-    extra_sections: dict[str, Any] = {SECTION: dict(section)}
+    return _format.write(dest, enc.tensors, tree=enc.tree, sections=checkpoint_sections(section))
+
+
+def checkpoint_sections(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The header sections of a checkpoint: its own, and the model's registry entry when it has one.
+
+    Example:
+        >>> sorted(checkpoint_sections({"step": 1, "model": {"name": "m"}}))
+        ['checkpoint', 'model']
+    """
+    sections: dict[str, Any] = {SECTION: dict(section)}
     if section.get("model") is not None:
-        extra_sections["model"] = section["model"]
-    return _format.write(dest, enc.tensors, tree=enc.tree, sections=extra_sections)
+        sections["model"] = section["model"]
+    return sections
 
 
 def info_from_section(path: str | None, section: Any, size: int | None) -> CheckpointInfo:

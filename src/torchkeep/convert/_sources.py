@@ -142,10 +142,12 @@ def _sharded_dir(path: Path) -> bool:
 def _read_sharded(path: Path, options: ConvertOptions) -> Source:
     """A ``torchkeep.distributed`` checkpoint (one shard per rank + index.json), gathered whole."""
     from .. import distributed
+    from ..checkpoint.layouts import layout_at, local_target
 
     index = distributed.read_index(path)
+    storage, name = local_target(path)
     return Source(
-        tree=distributed.load_full(path),
+        tree=layout_at(path).load_tree(storage, name),
         notes=[f"a sharded checkpoint of {index.world_size} rank(s), gathered into one unsharded state"],
     )
 

@@ -195,6 +195,24 @@ class FsspecStorage:
     def exists(self, name: str) -> bool:
         return bool(self.fs.exists(self._p(name)))
 
+    def child(self, name: str, *, create: bool = True) -> FsspecStorage:
+        # Object stores have no directories to create: a prefix exists once an object is under it.
+        sub = object.__new__(FsspecStorage)
+        sub.url, sub.root, sub.fs, sub._path = self.path(name), self.path(name), self.fs, self._p(name)
+        return sub
+
+    def modified_age(self, name: str) -> float | None:
+        """Seconds since ``name`` was last written, when the store says (None when it does not)."""
+        import datetime as _dt
+
+        try:
+            when: _dt.datetime = self.fs.modified(self._p(name))
+        except (NotImplementedError, FileNotFoundError, OSError, AttributeError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return float((_dt.datetime.now(_dt.timezone.utc) - when).total_seconds())
+
     def read_head(self, name: str) -> tuple[bytes, int]:
         """The safetensors header bytes of ``name`` (length prefix included) and the object size.
 

@@ -132,6 +132,9 @@ class Storage(Protocol):
     def exists(self, name: str) -> bool:
         """Whether ``name`` is committed."""
 
+    def child(self, name: str, *, create: bool = True) -> Storage:
+        """The storage of the sub-directory (or sub-prefix) ``name``."""
+
 
 class LocalStorage:
     """:class:`Storage` over a local directory, using the atomic-commit protocol above.
@@ -175,6 +178,20 @@ class LocalStorage:
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(self.path(name))
+
+    def child(self, name: str, *, create: bool = True) -> LocalStorage:
+        if create and not os.path.isdir(self.path(name)):
+            os.makedirs(self.path(name), exist_ok=True)
+            fsync_dir(self.root or ".")  # the new directory itself must survive a power cut
+        return LocalStorage(self.path(name), create=False)
+
+    def delete_many(self, names: builtins.list[str]) -> None:
+        """Remove several files with one directory sync; missing ones are not an error."""
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(name))
+        if names:
+            fsync_dir(self.root)
 
     def sweep_temporaries(self) -> builtins.list[str]:
         """Delete temporaries left by killed writers; returns their names."""
