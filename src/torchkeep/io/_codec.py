@@ -363,4 +363,9 @@ def encode(obj: Any) -> Encoded:
         >>> enc.tree["items"]["step"], list(enc.tensors)
         (3, ['w'])
     """
-    return _Encoder().run(obj)
+    try:
+        return _Encoder().run(obj)
+    except RecursionError:  # MAX_DEPTH bounds the tree; only a caller already deep in its stack gets here
+        raise UnsupportedValueError(
+            "the value is nested too deeply to encode from this call stack; flatten the structure before saving"
+        ) from None
