@@ -208,6 +208,18 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
 
 
 def _read_header(storage: Storage, name: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
+    info, manager = _read_raw_header(storage, name)
+    if manager is not None and not _valid_manager(manager):
+        raise CorruptCheckpointError(
+            f"{storage_path(storage, name)}: the manager section {str(manager)[:80]!r} is malformed "
+            "(expected {'monitor': a metric name or null, 'mode': 'min' or 'max'})",
+            path=storage_path(storage, name),
+            reason="bad manager section",
+        )
+    return info, manager
+
+
+def _read_raw_header(storage: Storage, name: str) -> tuple[CheckpointInfo, Any]:
     read_head = getattr(storage, "read_head", None)
     if name.endswith(SHARDED_SUFFIX):
         from ..checkpoint.sharded import _listing as sharded
@@ -226,8 +238,15 @@ def _read_header(storage: Storage, name: str) -> tuple[CheckpointInfo, dict[str,
         section = reader.section(SECTION)
     finally:
         reader.close()
-    manager = section.get(MANAGER_KEY) if isinstance(section, dict) else None
-    return info, manager if isinstance(manager, dict) else None
+    return info, section.get(MANAGER_KEY) if isinstance(section, dict) else None
+
+
+def _valid_manager(manager: Any) -> bool:
+    return (
+        isinstance(manager, dict)
+        and (manager.get("monitor") is None or (isinstance(manager["monitor"], str) and bool(manager["monitor"])))
+        and manager.get("mode") in (None, "min", "max")
+    )
 
 
 def verify_entry(storage: Storage, entry: CheckpointEntry) -> None:
