@@ -207,10 +207,15 @@ def _apply_view(base: torch.Tensor, view: Any, ref: str) -> torch.Tensor:
     if not (_dims([offset]) and _dims(shape) and _dims(stride) and len(shape) == len(stride)):
         raise ValueError(f"view offset/shape/stride must be ints in [0, {MAX_DIM}], shape and stride of one rank")
     span_end = offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)) + 1
-    if 0 in shape:
+    numel = math.prod(shape)
+    if numel == 0:
         span_end = offset
     if span_end > base.numel() or not base.is_contiguous():
         raise _corrupt(f"view into {ref!r} reaches past its {base.numel()} elements")
+    if numel > base.numel():
+        # Views repeat no more elements than the file stores for them (the writer stores such
+        # views as data of their own), so a tiny file cannot hand out a 2**36-element tensor.
+        raise _corrupt(f"a view of {numel} elements into {ref!r}, which holds {base.numel()}")
     return base.as_strided(shape, stride, base.storage_offset() + offset)
 
 

@@ -100,9 +100,13 @@ def resolve_device(map_location: MapLocation, original: str) -> torch.device | N
     on a machine without one. A dict maps original device strings (``{"cuda:1": "cuda:0"}``);
     devices it does not name go to the CPU.
 
+    Raises:
+        UsageError: ``map_location`` names a device this process does not have (``"cuda"`` on a
+            CPU-only build, ``"cuda:3"`` on a machine with two GPUs).
+
     Example:
-        >>> resolve_device({"cuda:1": "cuda:0"}, "cuda:1")
-        device(type='cuda', index=0)
+        >>> resolve_device({"cuda:1": "cpu"}, "cuda:1")
+        device(type='cpu')
     """
     if map_location is None:
         return torch.device("cpu")
@@ -113,10 +117,9 @@ def resolve_device(map_location: MapLocation, original: str) -> torch.device | N
         return _available(target, map_location) if target is not None else torch.device("cpu")
     if callable(map_location):
         return None
-    raise UsageError(
+    raise TypeError(
         f"map_location must be None, a device string, a torch.device, a dict or a callable; "
-        f"got {type(map_location).__name__}",
-        argument="map_location",
+        f"got {type(map_location).__name__}"
     )
 
 
