@@ -8,6 +8,7 @@ environment) sits in the ``torchkeep.checkpoint`` header section, readable witho
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import logging
 import math
@@ -29,10 +30,11 @@ from ..errors import (
     UnsupportedValueError,
 )
 from ..io import _codec, _format
+from ..io._dtypes import OPAQUE_DTYPES, dtype_name
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
 from ._sampler import ResumableLoader, ResumableSampler
-from ._state_io import aligned, rng_state, set_rng_state
+from ._state_io import aligned, check_rng_state, rng_state, set_rng_state
 
 __all__ = [
     "CheckpointInfo",
@@ -51,6 +53,7 @@ logger = logging.getLogger(__name__)
 SECTION = "checkpoint"
 EXTRA_KEY = "__extra__"
 RNG_KEY = "__rng__"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -172,6 +175,11 @@ def _jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
             )
         if isinstance(v, float) and not math.isfinite(v):
             v = str(v)  # JSON has no nan/inf; listing shows them as text
+        if isinstance(v, int) and not isinstance(v, bool) and not _INT64_MIN <= v <= _INT64_MAX:
+            raise UnsupportedValueError(
+                f"metrics[{k!r}]: an int of {v.bit_length()} bits does not fit in a 64-bit int (JSON readers lose it); "
+                "pass float(value), or put exact big numbers in extra="
+            )
         out[str(k)] = v
     return out
 
@@ -293,21 +301,53 @@ def save_checkpoint(
     return info
 
 
+def _is_int(v: Any) -> bool:
+    return type(v) is int and _INT64_MIN <= v <= _INT64_MAX
+
+
+#: Each field of the checkpoint section, what it may hold, and how to say so.
+_SECTION_FIELDS: dict[str, tuple[Any, str]] = {
+    "epoch": (lambda v: v is None or _is_int(v), "an int or null"),
+    "step": (lambda v: v is None or _is_int(v), "an int or null"),
+    "metrics": (
+        lambda v: isinstance(v, dict)
+        and all(x is None or isinstance(x, (str, bool, float)) or _is_int(x) for x in v.values()),
+        "an object of numbers (64-bit ints, floats), strings, booleans or nulls",
+    ),
+    "objects": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "an object of object names to kinds",
+    ),
+    "env": (lambda v: isinstance(v, dict), "an object"),
+    "created_at": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "model": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "rng": (lambda v: isinstance(v, bool), "true or false"),
+    "extra": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
 def _info_from_section(path: str | None, section: Any, size: int | None) -> CheckpointInfo:
+    """The :class:`CheckpointInfo` a checkpoint section describes; every field is checked first."""
     if not isinstance(section, dict):
         raise CorruptCheckpointError(f"{path}: checkpoint section is not an object", path=path)
-    metrics = section.get("metrics") or {}
-    objects = section.get("objects") or {}
+    for key, (valid, expected) in _SECTION_FIELDS.items():
+        if key in section and not valid(section[key]):
+            raise CorruptCheckpointError(
+                f"{path}: the checkpoint section's {key!r} is {str(section[key])[:60]!r}, expected {expected}; "
+                "the header is damaged or was not written by torchkeep",
+                path=path,
+                reason=f"bad {key} field",
+            )
     return CheckpointInfo(
         path=path,
         epoch=section.get("epoch"),
         step=section.get("step"),
-        metrics=dict(metrics) if isinstance(metrics, dict) else {},
+        metrics=dict(section.get("metrics") or {}),
         created_at=section.get("created_at"),
-        env=section.get("env") or {},
+        env=dict(section.get("env") or {}),
         model=section.get("model"),
         size_bytes=size,
-        objects=dict(objects) if isinstance(objects, dict) else {},
+        objects=dict(section.get("objects") or {}),
         rng=bool(section.get("rng")),
     )
 
@@ -403,8 +443,12 @@ def restore_state(
 ) -> None:
     """Load each object's state from a decoded checkpoint tree; fill ``info`` with what happened.
 
-    Every object is checked (names, kinds, model keys and shapes) before any is changed, so a
-    wrong call leaves the caller's objects as they were.
+    Transactional: every part is checked before anything is changed — names and kinds, model
+    keys, shapes and tensor types, optimizer groups, the state of schedulers and other known
+    kinds, and every RNG state (tried on scratch generators). Objects of other kinds, whose
+    ``load_state_dict`` cannot be checked in advance, are loaded first, and put back as they were
+    if a later object fails. So a call that raises leaves the caller's objects and the global
+    random generators as they were.
 
     Example:
         >>> src, dst = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
@@ -434,20 +478,87 @@ def restore_state(
                 f"({type(target).__qualname__}) was passed; pass the {saved_kind} that was saved as {name}="
             )
         targets[name] = target
+    # -- check everything ------------------------------------------------------------------
     modules = {n: t for n, t in targets.items() if isinstance(t, torch.nn.Module)}
-    for name, module in modules.items():  # check every model before changing any object
+    for name, module in modules.items():
         _check_module(name, module, tree[name], info, strict=strict)
+    checked: dict[str, Any] = {}
+    unchecked: dict[str, Any] = {}
     for name, target in targets.items():
         if name in modules:
-            _load_module(name, target, tree[name], info)
+            continue
+        problem = _check_object(target, tree[name])
+        if problem is None:
+            (unchecked if _kind(target) == "object" else checked)[name] = target
+        elif strict:
+            raise StateMismatchError(
+                f"{info.path}: {name}= ({type(target).__qualname__}) cannot take the saved state: {problem}. "
+                "Build it over the same parameters, in the same groups, as when it was saved, or pass "
+                "strict=False to skip it."
+            )
         else:
-            _load_object(name, target, tree[name], info, strict=strict)
-    info.extra = tree.get(EXTRA_KEY)
+            logger.warning("%s: %s= skipped: %s", info.path, name, problem)
+            info.skipped[name] = problem
+    rng_state = None
     if rng and RNG_KEY in tree:
-        set_rng_state(tree[RNG_KEY])
+        try:
+            rng_state = check_rng_state(tree[RNG_KEY])
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{info.path}: {exc}", path=info.path, reason=exc.reason) from None
+    # -- then apply: what could not be checked first, so that a failure there changed nothing else
+    applied: list[tuple[str, Any, Any]] = []
+    try:
+        for name, target in [*unchecked.items(), *checked.items()]:
+            before = copy.deepcopy(target.state_dict()) if name in unchecked else None
+            if _load_object(name, target, tree[name], info, strict=strict) and before is not None:
+                applied.append((name, target, before))
+    except Exception:
+        for name, target, before in reversed(applied):
+            try:
+                target.load_state_dict(before)
+            except Exception as exc:  # pragma: no cover - an object that cannot take its own state back
+                logger.error("%s: could not put %s= back as it was: %s", info.path, name, exc)
+        raise
+    for name, module in modules.items():
+        _load_module(name, module, tree[name], info)
+    info.extra = tree.get(EXTRA_KEY)
+    if rng_state is not None:
+        set_rng_state(rng_state)
 
 
-def _load_object(name: str, target: Any, state: Any, info: CheckpointInfo, *, strict: bool) -> None:
+def _check_object(target: Any, state: Any) -> str | None:
+    """Why ``state`` cannot be loaded into ``target`` (an optimizer, scheduler, ...), or None."""
+    kind = _kind(target)
+    if kind == "object":
+        return None  # its own load_state_dict decides
+    if not isinstance(state, Mapping):
+        return f"the saved state is a {type(state).__name__}, not a dict"
+    if kind != "optimizer":
+        return None
+    groups, per_param = state.get("param_groups"), state.get("state")
+    if not isinstance(groups, list) or not isinstance(per_param, Mapping):
+        return "an optimizer state needs a 'state' dict and a 'param_groups' list"
+    own = target.param_groups
+    if len(groups) != len(own):
+        return f"the file has {len(groups)} parameter group(s), the optimizer {len(own)}"
+    ids: set[Any] = set()
+    for i, (group, mine) in enumerate(zip(groups, own, strict=True)):
+        params = group.get("params") if isinstance(group, Mapping) else None
+        if not isinstance(params, list) or not all(isinstance(p, (int, str)) for p in params):
+            return f"parameter group {i} has no list of parameter ids"
+        if len(params) != len(mine["params"]):
+            return f"parameter group {i} has {len(params)} parameter(s) in the file, {len(mine['params'])} here"
+        ids.update(params)
+    stray = [k for k in per_param if k not in ids]
+    if stray:
+        return f"the state names parameter(s) {stray[:5]} that no group holds"
+    if not all(isinstance(v, Mapping) for v in per_param.values()):
+        return "each parameter's state must be a dict"
+    return None
+
+
+def _load_object(name: str, target: Any, state: Any, info: CheckpointInfo, *, strict: bool) -> bool:
+    """Load one object's state; False when it was skipped (``strict=False``)."""
     try:
         target.load_state_dict(state)
     except TorchkeepError as exc:  # e.g. tk.upgrade_state refusing a newer version: already clear
@@ -455,7 +566,8 @@ def _load_object(name: str, target: Any, state: Any, info: CheckpointInfo, *, st
             raise
         logger.warning("%s: %s= skipped: %s", info.path, name, exc)
         info.skipped[name] = str(exc)
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        return False
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
         # torch's optimizers raise ValueError when parameter groups differ in number or size.
         message = (
             f"{info.path}: {name}= ({type(target).__qualname__}) cannot take the saved state: {exc}. "
@@ -466,6 +578,8 @@ def _load_object(name: str, target: Any, state: Any, info: CheckpointInfo, *, st
             raise StateMismatchError(message) from exc
         logger.warning("%s", message)
         info.skipped[name] = str(exc)
+        return False
+    return True
 
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -506,7 +620,7 @@ def _check_module(name: str, module: torch.nn.Module, state: Any, info: Checkpoi
         )
     info.missing_keys[name] = diff.missing
     info.unexpected_keys[name] = diff.unexpected
-    info.mismatched_keys[name] = [k for k, _, _ in diff.mismatched]
+    info.mismatched_keys[name] = [k for k, _, _ in diff.mismatched] + [k for k, _ in diff.invalid]
 
 
 @dataclass(frozen=True)
@@ -516,9 +630,11 @@ class StateDiff:
     missing: list[str]
     unexpected: list[str]
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+    #: keys whose saved value cannot be copied into the module's tensor at all, and why
+    invalid: list[tuple[str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.mismatched)
+        return bool(self.missing or self.unexpected or self.mismatched or self.invalid)
 
     def error(self, header: str, *, source: str, hint: str) -> StateMismatchError:
         """A :class:`StateMismatchError` listing every difference (``source``: "checkpoint", "file")."""
@@ -531,6 +647,10 @@ class StateDiff:
             lines.append(f"  shape mismatch {k}: {source} {list(saved)} vs model {list(expected)}")
         if len(self.mismatched) > 10:
             lines.append(f"  ... and {len(self.mismatched) - 10} more shape mismatches")
+        for k, why in self.invalid[:10]:
+            lines.append(f"  cannot load {k}: {why}")
+        if len(self.invalid) > 10:
+            lines.append(f"  ... and {len(self.invalid) - 10} more values that cannot be loaded")
         lines.append(hint)
         return StateMismatchError(
             "\n".join(lines), missing=self.missing, unexpected=self.unexpected, mismatched=self.mismatched
@@ -557,7 +677,19 @@ def compare_state(own: Mapping[str, Any], state: Mapping[str, Any], *, any_shape
         and not isinstance(own[k], any_shape)
         and state[k].shape != own[k].shape
     ]
-    return StateDiff(missing, unexpected, mismatched)
+    invalid = [(k, why) for k in own if k in state and (why := _why_not_loadable(own[k], state[k])) is not None]
+    return StateDiff(missing, unexpected, mismatched, invalid)
+
+
+def _why_not_loadable(own: Any, saved: Any) -> str | None:
+    """Why ``saved`` cannot be copied into the module's tensor ``own`` (None: it can)."""
+    if not isinstance(own, torch.Tensor):
+        return None  # extra state: the module's set_extra_state decides
+    if not isinstance(saved, torch.Tensor):
+        return f"the checkpoint holds a {type(saved).__name__} where the model has a tensor"
+    if saved.dtype != own.dtype and (saved.dtype in OPAQUE_DTYPES or own.dtype in OPAQUE_DTYPES):
+        return f"stored as {dtype_name(saved.dtype)}, which cannot be converted to the model's {dtype_name(own.dtype)}"
+    return None
 
 
 def _some(keys: list[str], limit: int = 10) -> str:

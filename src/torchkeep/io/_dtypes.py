@@ -15,6 +15,7 @@ from ..errors import UsageError
 __all__ = [
     "FROM_ST",
     "LOGICAL_DTYPES",
+    "OPAQUE_DTYPES",
     "ST_DTYPES",
     "U8_DTYPES",
     "MapLocation",
@@ -78,6 +79,11 @@ U8_DTYPES: dict[str, torch.dtype] = {
     if isinstance(dt, torch.dtype)
 }
 LOGICAL_DTYPES = {**{dtype_name(dt): dt for dt in ST_DTYPES}, **U8_DTYPES}
+#: Stored dtypes without arithmetic: torch can neither convert nor compare them, only move their
+#: bytes. Loading one into a tensor of another dtype, or diffing two, goes by bytes or not at all.
+OPAQUE_DTYPES: frozenset[torch.dtype] = frozenset(
+    dt for name, dt in U8_DTYPES.items() if name.startswith("bits") or name.startswith("float4")
+)
 
 
 def logical_dtype(name: str) -> torch.dtype:

@@ -260,7 +260,7 @@ def _load_state(
             hint="If the class changed after the file was written, bump its version and add a @tk.migration; "
             "or pass strict=False to load what fits",
         )
-    skip = {k for k, _, _ in diff.mismatched}
+    skip = {k for k, _, _ in diff.mismatched} | {k for k, _ in diff.invalid}
     model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
 
 
