@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..io._codec import DTYPES_BY_NAME
 from ..errors import PredictorInputError
 from ._base import TensorSpec
 
@@ -50,8 +51,10 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]
     except KeyError:
-        dtype = getattr(torch, name, None)
-        if isinstance(dtype, torch.dtype):
+        # A table, never getattr(torch, name): spec names come from files (export.json), and
+        # torch imports submodules for some names ("_inductor", "onnx").
+        dtype = DTYPES_BY_NAME.get(name) if isinstance(name, str) else None
+        if dtype is not None:
             return dtype
         raise PredictorInputError(
             f"unknown dtype {name!r} in a tensor spec; expected one of {sorted(_DTYPES)}"
