@@ -87,8 +87,14 @@ def _set(tree: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, A
 TREE_EDITS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("model ints for tensors", lambda t: _set(t, ("model", "0.weight"), 3)),
     ("model wrong shape", lambda t: _set(t, ("model", "0.weight"), torch.zeros(9, 9))),
-    ("model logical dtype", lambda t: _set(t, ("model", "0.bias"), torch.zeros(4, dtype=torch.uint8).view(torch.bits8))),
-    ("model float4", lambda t: _set(t, ("model", "0.bias"), torch.zeros(4, dtype=torch.uint8).view(torch.float4_e2m1fn_x2))),
+    (
+        "model logical dtype",
+        lambda t: _set(t, ("model", "0.bias"), torch.zeros(4, dtype=torch.uint8).view(torch.bits8)),
+    ),
+    (
+        "model float4",
+        lambda t: _set(t, ("model", "0.bias"), torch.zeros(4, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)),
+    ),
     ("model not a dict", lambda t: _set(t, ("model",), [1, 2])),
     ("optimizer a string", lambda t: _set(t, ("optimizer",), "garbage")),
     ("optimizer a list", lambda t: _set(t, ("optimizer",), [1, 2])),

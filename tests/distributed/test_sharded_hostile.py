@@ -57,7 +57,9 @@ def _load_all_ways(path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["_inductor", "onnx", "_dynamo", "float", "Tensor", "__class__", "float32 "])
-def test_index_dtype_names_come_from_a_fixed_table(good: tuple[Path, dict[str, Any]], tmp_path: Path, name: str) -> None:
+def test_index_dtype_names_come_from_a_fixed_table(
+    good: tuple[Path, dict[str, Any]], tmp_path: Path, name: str
+) -> None:
     def edit(doc: dict[str, Any]) -> None:
         doc["dcp"]["state_dict"]["model.0.weight"]["dtype"] = name
 
@@ -118,8 +120,15 @@ def test_planner_list_indices_are_bounded_by_the_index_itself(
 
 
 @pytest.mark.parametrize(
-    "field,value",
-    [("objects", ["model"]), ("objects", {"model": 3}), ("step", "x"), ("metrics", [1]), ("env", 5), ("created_at", [])],
+    ("field", "value"),
+    [
+        ("objects", ["model"]),
+        ("objects", {"model": 3}),
+        ("step", "x"),
+        ("metrics", [1]),
+        ("env", 5),
+        ("created_at", []),
+    ],
 )
 def test_checkpoint_fields_of_the_wrong_type_are_corrupt(
     good: tuple[Path, dict[str, Any]], tmp_path: Path, field: str, value: Any

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from _tkfile import edit_meta, split, join
+from _tkfile import edit_meta, join, split
 
 import torchkeep as tk
 

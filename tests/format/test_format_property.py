@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import torchkeep as tk
 from torchkeep.io._codec import MAX_DEPTH
 
+
 @dataclasses.dataclass
 class PropPoint:
     x: Any

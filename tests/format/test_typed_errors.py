@@ -60,23 +60,23 @@ def test_atomic_write_reports_why_the_temporary_could_not_be_created(
         return real_open(path, flags, mode)
 
     monkeypatch.setattr(os, "open", no_space)
-    with pytest.raises(tk.CheckpointWriteError, match="No space left") as info:
-        with atomic_write(tmp_path / "x.bin") as f:
-            f.write(b"data")
+    with pytest.raises(tk.CheckpointWriteError, match="No space left") as info, atomic_write(tmp_path / "x.bin") as f:
+        f.write(b"data")
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
     assert not (tmp_path / "x.bin").exists()
 
 
-def test_atomic_write_never_follows_a_planted_temporary_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_never_follows_a_planted_temporary_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torchkeep.io import _storage as storage_module
 
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     monkeypatch.setattr(storage_module, "temporary_name", lambda name: ".x.tmp-000000000000")
     (tmp_path / ".x.tmp-000000000000").symlink_to(victim)
-    with pytest.raises(tk.CheckpointWriteError):
-        with atomic_write(tmp_path / "x") as f:
-            f.write(b"evil")
+    with pytest.raises(tk.CheckpointWriteError), atomic_write(tmp_path / "x") as f:
+        f.write(b"evil")
     assert victim.read_bytes() == b"precious"
 
 

@@ -71,7 +71,9 @@ _bodies = st.one_of(
     _json.map(lambda v: ("application/json", json.dumps(v).encode())),
     _shaped.map(lambda v: ("application/json", json.dumps(v).encode())),
     _npy_bodies().map(lambda b: ("application/x-npy", b)),
-    st.tuples(st.sampled_from(["text/plain", "", "application/x-npy; x=1", "multipart/form-data"]), st.binary(max_size=50)),
+    st.tuples(
+        st.sampled_from(["text/plain", "", "application/x-npy; x=1", "multipart/form-data"]), st.binary(max_size=50)
+    ),
 )
 
 

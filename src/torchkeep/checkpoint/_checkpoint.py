@@ -310,8 +310,10 @@ _SECTION_FIELDS: dict[str, tuple[Any, str]] = {
     "epoch": (lambda v: v is None or _is_int(v), "an int or null"),
     "step": (lambda v: v is None or _is_int(v), "an int or null"),
     "metrics": (
-        lambda v: isinstance(v, dict)
-        and all(x is None or isinstance(x, (str, bool, float)) or _is_int(x) for x in v.values()),
+        lambda v: (
+            isinstance(v, dict)
+            and all(x is None or isinstance(x, (str, bool, float)) or _is_int(x) for x in v.values())
+        ),
         "an object of numbers (64-bit ints, floats), strings, booleans or nulls",
     ),
     "objects": (

@@ -172,4 +172,6 @@ def place(t: torch.Tensor, original: str, map_location: MapLocation) -> torch.Te
     try:
         return t.to(device)
     except AssertionError as exc:  # torch's "not compiled with ... enabled" for other backends
-        raise UsageError(f"map_location={map_location!r}: cannot use {device} here ({exc})", argument="map_location") from None
+        raise UsageError(
+            f"map_location={map_location!r}: cannot use {device} here ({exc})", argument="map_location"
+        ) from None

@@ -344,7 +344,9 @@ MAX_UNSUPPLIED_BYTES = 1 << 30
 
 def _nbytes(tensors: Any) -> int:
     # Lazy parameters have no size yet: the file gives them theirs.
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor) and not isinstance(t, _LAZY))
+    return sum(
+        t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor) and not isinstance(t, _LAZY)
+    )
 
 
 def _build_on_meta(

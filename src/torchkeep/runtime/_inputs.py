@@ -14,8 +14,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..io._codec import DTYPES_BY_NAME
 from ..errors import PredictorInputError
+from ..io._codec import DTYPES_BY_NAME
 from ._base import TensorSpec
 
 __all__ = [

@@ -232,7 +232,9 @@ def _check_npy_size(body: bytes) -> None:
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _fortran, dtype = read_header(buf)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise Reject(400, "invalid_npy", f"cannot read the .npy header ({exc}); write the array with numpy.save") from None
+        raise Reject(
+            400, "invalid_npy", f"cannot read the .npy header ({exc}); write the array with numpy.save"
+        ) from None
     claimed = math.prod(shape) * dtype.itemsize
     held = len(body) - buf.tell()
     if claimed != held:
