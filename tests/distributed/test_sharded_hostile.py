@@ -56,6 +56,7 @@ def _load_all_ways(path: Path) -> None:
         tk.load_checkpoint(path, model=model, optimizer=torch.optim.Adam(model.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["_inductor", "onnx", "_dynamo", "float", "Tensor", "__class__", "float32 "])
 def test_index_dtype_names_come_from_a_fixed_table(
     good: tuple[Path, dict[str, Any]], tmp_path: Path, name: str
@@ -174,6 +175,7 @@ def fuzz_dir(tmp_path_factory: pytest.TempPathFactory, good: tuple[Path, dict[st
     return d
 
 
+@pytest.mark.slow
 @settings(
     max_examples=int(os.environ.get("TK_FUZZ_EXAMPLES", "100")),
     deadline=None,

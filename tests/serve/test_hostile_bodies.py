@@ -9,6 +9,7 @@ import os
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -77,6 +78,7 @@ _bodies = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=int(os.environ.get("TK_FUZZ_EXAMPLES", "100")),
     deadline=None,
