@@ -177,8 +177,13 @@ def _read_torch(path: Path, options: ConvertOptions) -> Source:
                 value_type=found.group(1) if found else "",
             ) from None
         logger.warning("%s: unpickling with weights_only=False because trust_pickle=True (%s)", file, needs)
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise CorruptCheckpointError(f"{file}: torch.load could not read it ({exc})", path=str(file)) from exc
+    except Exception as exc:
+        # The restricted unpickler only calls allow-listed constructors; whatever they raise when a
+        # crafted file feeds them the wrong arguments (TypeError, AttributeError, struct.error, ...)
+        # means the file is damaged, not that torchkeep failed.
+        raise CorruptCheckpointError(
+            f"{file}: torch.load could not read it ({type(exc).__name__}: {exc})", path=str(file)
+        ) from exc
     try:
         tree = _torch_load(file, weights_only=False)
     except Exception as exc:  # any failure of arbitrary unpickling: say which file and why

@@ -262,7 +262,11 @@ class Reader:
         if not isinstance(st_dtype, str) or st_dtype not in FROM_ST:
             raise _bad(path, f"unknown dtype {st_dtype!r}", tensor=name)
         if not _shape(shape):
-            raise _bad(path, f"shape {shape!r} is not a list of at most 64 non-negative ints", tensor=name)
+            raise _bad(
+                path,
+                f"shape {shape!r} is not a list of at most 64 non-negative ints whose strides fit in 64 bits",
+                tensor=name,
+            )
         if not _int_list(offsets) or len(offsets) != 2 or not offsets[0] <= offsets[1] <= data_len:
             raise _bad(path, f"data_offsets {offsets!r} fall outside the {data_len} data bytes", tensor=name)
         dtype = FROM_ST[st_dtype]
@@ -366,7 +370,11 @@ def _int_list(x: Any) -> bool:
 
 
 def _shape(x: Any) -> bool:
-    return _int_list(x) and len(x) <= 64 and all(v <= _codec.MAX_DIM for v in x)
+    # Zero-element shapes hold no bytes, so only this bounds them: torch must be able to compute
+    # their strides (the product of the other dimensions) in 64 bits.
+    return (
+        _int_list(x) and len(x) <= 64 and all(v <= _codec.MAX_DIM for v in x) and _numel(max(v, 1) for v in x) < 2**63
+    )
 
 
 def _numel(shape: Iterable[int]) -> int:

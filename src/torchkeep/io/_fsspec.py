@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-from ..errors import CheckpointNotFoundError, CheckpointWriteError, missing_dependency
+from ..errors import CheckpointNotFoundError, CheckpointWriteError, UsageError, missing_dependency
 from ._storage import is_temporary
 
 __all__ = ["FsspecStorage", "is_remote", "sweep_staging_files"]
@@ -96,7 +96,12 @@ class FsspecStorage:
     """
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None, create: bool = True) -> None:
-        scheme = url.partition("://")[0]
+        scheme, _, rest = url.partition("://")
+        if not rest.strip("/"):
+            raise UsageError(
+                f"{url!r} names no bucket; pass {scheme}://BUCKET or {scheme}://BUCKET/PREFIX",
+                argument="directory",
+            )
         try:
             import fsspec
         except ImportError:
@@ -135,8 +140,9 @@ class FsspecStorage:
         fd, tmp = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", suffix=".tmp")
         os.close(fd)
         try:
-            # Opened by name (not fdopen) so that f.name is the path: callers may re-read it.
-            with open(tmp, "w+b") as f:
+            # Opened by name (not fdopen) so that f.name is the path: callers may re-read it;
+            # O_NOFOLLOW so that a link put in its place in the shared temp directory is refused.
+            with open(tmp, "w+b", opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)) as f:
                 yield f
                 f.flush()
             try:

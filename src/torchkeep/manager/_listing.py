@@ -175,8 +175,23 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
     except (CorruptCheckpointError, FormatVersionError) as exc:
         entry.info, entry.error = None, str(exc)
         return entry
+    if header.manager is not None and not _valid_manager(header.manager):
+        entry.info = None
+        entry.error = (
+            f"{entry.path}: the manager section {str(header.manager)[:80]!r} is malformed "
+            "(expected {'monitor': a metric name or null, 'mode': 'min' or 'max'})"
+        )
+        return entry
     entry.info, entry.manager, entry.kind = header.info, header.manager, header.kind
     return entry
+
+
+def _valid_manager(manager: Any) -> bool:
+    return (
+        isinstance(manager, dict)
+        and (manager.get("monitor") is None or (isinstance(manager["monitor"], str) and bool(manager["monitor"])))
+        and manager.get("mode") in (None, "min", "max")
+    )
 
 
 def verify_entry(storage: Storage, entry: CheckpointEntry) -> None:

@@ -205,7 +205,8 @@ def _write_local_batch(blobs: LocalStorage, items: list[tuple[str, memoryview]],
         for _blob, tmp, fd in staged:
             with contextlib.suppress(OSError):
                 os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
+            # Never let the cleanup replace the error that brought us here.
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
 

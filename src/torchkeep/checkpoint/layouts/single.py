@@ -152,7 +152,13 @@ class SingleFileLayout:
             reader.close()
         info.path = storage_path(storage, name)
         manager = section.get("manager") if isinstance(section, dict) else None
-        return Header(info, "dedup" if blobs else "file", manager if isinstance(manager, dict) else None, blobs)
+        if manager is not None and not isinstance(manager, dict):
+            raise CorruptCheckpointError(
+                f"{info.path}: the manager section is a {type(manager).__name__}, not an object",
+                path=info.path,
+                reason="bad manager section",
+            )
+        return Header(info, "dedup" if blobs else "file", manager, blobs)
 
     def verify(self, storage: Storage, name: str) -> None:
         """Check every tensor checksum (every referenced blob too)."""
