@@ -1,7 +1,8 @@
 """File I/O: tk.save / tk.load against torch.save / torch.load, safetensors and raw file I/O.
 
 One run measures every case on the same state dict (32 x nn.Linear(4096, 4096) fp32, ~2 GiB;
-``--quick``: 8 x nn.Linear(2048, 2048), ~128 MiB), each case in a fresh subprocess so that its
+``--quick``: 8 x nn.Linear(2048, 2048), ~128 MiB), each case in a fresh subprocess (median of
+``--repeat`` runs, default 3) so that its
 peak RSS is its own. Saves end with fsync (as tk.save does); loads read files that are in the
 page cache (each file is read once before the load cases). "touch" reads one element per 4 KiB
 page of every tensor, which is what it costs to fault in a memory-mapped tensor.
@@ -185,16 +186,26 @@ def _child(case: str, args: argparse.Namespace) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def _best(case: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The fastest of ``--repeat`` runs (each in a fresh process): the least disturbed by other load."""
-    runs = []
-    for _ in range(args.repeat):
-        if case in LOAD_CASES:
-            # Re-read the file this case loads right before it: the save cases (and other
-            # processes) may have pushed it out of the page cache.
-            _warm(Path(args.dir) / ("state.pt" if case.startswith("torch.load") else "state.safetensors"))
-        runs.append(_child(case, args))
-    return min(runs, key=lambda r: float(r["seconds"]))
+def _medians(cases: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The median of ``--repeat`` runs of each case (each in a fresh process), by time.
+
+    The cases take turns (round r runs them all, starting one further along each round), so a
+    burst of load from other processes, or the page cache left by the previous case, does not
+    fall on one case only.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
+    for r in range(args.repeat):
+        for case in cases[r % len(cases) :] + cases[: r % len(cases)]:
+            if case in LOAD_CASES:
+                # Re-read the file this case loads right before it: the save cases (and other
+                # processes) may have pushed it out of the page cache.
+                _warm(Path(args.dir) / ("state.pt" if case.startswith("torch.load") else "state.safetensors"))
+            runs[case].append(_child(case, args))
+    out = []
+    for case in cases:
+        ordered = sorted(runs[case], key=lambda run: float(run["seconds"]))
+        out.append(ordered[len(ordered) // 2])
+    return out
 
 
 def _warm(path: Path) -> None:
@@ -230,7 +241,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--dim", type=int, default=None)
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--repeat", type=int, default=None, help="runs per case, fastest kept (default 1)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per case, each in a fresh process; the median is kept (default 3)",
+    )
     parser.add_argument("--cases", choices=["all", "save", "load"], default="all", help="which cases to run")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args()
@@ -239,7 +255,7 @@ def main() -> None:
     if args.dim is None:
         args.dim = 2048 if args.quick else 4096
     if args.repeat is None:
-        args.repeat = 1
+        args.repeat = 3
     if args.case is not None:
         print(json.dumps(run_case(args.case, args)))
         return
@@ -248,7 +264,7 @@ def main() -> None:
     try:
         _prepare(args)
         cases = {"save": SAVE_CASES, "load": LOAD_CASES, "all": SAVE_CASES + LOAD_CASES}[args.cases]
-        results = [_best(case, args) for case in cases]
+        results = _medians(cases, args)
     finally:
         for name in ("state.safetensors", "state.pt", "out.bin", "io_bench_state.py"):
             with contextlib.suppress(OSError):

@@ -53,6 +53,7 @@ PUBLIC = {
         "__version__",
         "audit",
         "benchmark",
+        "consolidate",
         "distributed",
         "errors",
         "export",
@@ -144,6 +145,7 @@ PUBLIC = {
     "torchkeep.manager": [
         "CheckpointEntry",
         "CheckpointManager",
+        "FILE_KINDS",
         "KeepAny",
         "KeepBestK",
         "KeepEveryNSteps",
@@ -152,6 +154,7 @@ PUBLIC = {
         "Policy",
         "Record",
         "checkpoint_name",
+        "collect_garbage",
         "list_checkpoints",
         "parse_name",
     ],
@@ -185,8 +188,8 @@ TOO_LONG_FOR_NOW = {
     # (issue 13 part 3); splitting them here as well would collide with it.
     "torchkeep/export/_export.py",
     "torchkeep/export/_base.py",
-    # the manager's single-file/sharded branches move behind the checkpoint Layout seam (issue 13
-    # part 1); the module is split along that seam there.
+    # the single-file/sharded/dedup branches now live behind the checkpoint Layout seam; what is
+    # left is one class (save, retention, restore with its rescan), whose next seam is restore().
     "torchkeep/manager/_manager.py",
 }
 

@@ -14,8 +14,8 @@ Example:
 from . import distributed, errors
 from ._version import __version__
 from .bench import BenchReport, benchmark
-from .checkpoint._api import load, save
-from .checkpoint._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from .checkpoint._api import consolidate, load, load_checkpoint, save, save_checkpoint
+from .checkpoint._checkpoint import CheckpointInfo, read_info
 from .checkpoint._sampler import ResumableLoader, ResumableSampler
 from .checkpoint._stateful import upgrade_state
 from .errors import (
@@ -62,6 +62,7 @@ __all__ = [
     "save",
     # training checkpoints
     "CheckpointInfo",
+    "consolidate",
     "load_checkpoint",
     "read_info",
     "save_checkpoint",

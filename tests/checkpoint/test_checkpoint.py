@@ -269,7 +269,7 @@ def test_newer_format_version_is_refused(tmp_path) -> None:
     tk.save_checkpoint(path, model=Net())
     raw = path.read_bytes()
     assert raw.count(b'"torchkeep.format":"1"') == 1
-    path.write_bytes(raw.replace(b'"torchkeep.format":"1"', b'"torchkeep.format":"2"'))
+    path.write_bytes(raw.replace(b'"torchkeep.format":"1"', b'"torchkeep.format":"3"'))
     with pytest.raises(tk.FormatVersionError, match="upgrade"):
         tk.load_checkpoint(path, model=Net())
 

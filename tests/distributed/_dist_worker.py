@@ -206,12 +206,15 @@ def killsave(args: argparse.Namespace, rank: int) -> None:
         real = _write._stream_tensor
         count = [0]
 
-        def dying(dest, t, nbytes):  # type: ignore[no-untyped-def]
+        def dying(sink, t, nbytes):  # type: ignore[no-untyped-def]
             count[0] += 1
             if count[0] == 3:  # a few tensors are on disk, the rest never will be
-                dest.flush()
+                # the sink is the page writer's write(); flushing it hands its carried bytes to the file
+                writer = getattr(sink, "__self__", None)
+                if writer is not None:
+                    writer.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real(dest, t, nbytes)
+            return real(sink, t, nbytes)
 
         _write._stream_tensor = dying
     with torch.no_grad():

@@ -99,7 +99,7 @@ BAD_CASES: dict[str, tuple[Callable[[bytes], bytes], str, str]] = {
     "shape-mismatch": (lambda raw: edit_entry(raw, "w", shape=[4, 5]), "CorruptCheckpointError", "needs 80 bytes"),
     "dtype-mismatch": (lambda raw: edit_entry(raw, "w", dtype="F64"), "CorruptCheckpointError", "needs 128 bytes"),
     "flipped-bit": (_flip, "CorruptCheckpointError", "tensor 'w': checksum mismatch"),
-    "newer-version": (_with_meta(FORMAT, "2"), "FormatVersionError", "format 2"),
+    "newer-version": (_with_meta(FORMAT, "3"), "FormatVersionError", "format 3"),
     "bad-device": (_set_tree({"t": "device", "v": "nowhere:0"}), "CorruptCheckpointError", "malformed 'device'"),
     "class-not-loaded": (
         _set_tree({"t": "dataclass", "cls": "evil_module_xyz:Payload", "fields": {}}),

@@ -221,10 +221,10 @@ def test_one_flipped_bit_names_the_tensor(tmp_path: Path, good: bytes) -> None:
 
 def test_newer_format_version(tmp_path: Path, good: bytes) -> None:
     header, data = split(good)
-    header["__metadata__"][_format.META_FORMAT] = "2"
-    with pytest.raises(tk.FormatVersionError, match=r"format 2.*pip install -U torchkeep") as info:
+    header["__metadata__"][_format.META_FORMAT] = "3"
+    with pytest.raises(tk.FormatVersionError, match=r"format 3.*pip install -U torchkeep") as info:
         _load_bytes(tmp_path, join(header, data))
-    assert info.value.found == "2" and info.value.supported == "1"
+    assert info.value.found == "3" and info.value.supported == "2"
 
 
 @pytest.mark.parametrize("version", ["0", "1.0", "one", "²", ""])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torchkeep as tk
+from torchkeep.io._codec import MAX_DEPTH
+
+
+@dataclasses.dataclass
+class PropPoint:
+    x: Any
+    y: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PropFrozen:
+    value: Any
+
+
+class PropColor(enum.Enum):
+    RED = 1
+    BLUE = "blue"
+
+
+class PropLevel(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
 
 DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int32, torch.int64,
@@ -64,6 +89,7 @@ leaves = (
     | np_arrays
     | np_scalars
     | tensors()
+    | st.sampled_from([PropColor.RED, PropColor.BLUE, PropLevel.HIGH])
 )
 
 
@@ -74,6 +100,11 @@ def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         | st.dictionaries(st.text(max_size=6), inner, max_size=4)
         | st.dictionaries(keys, inner, max_size=4)
         | st.dictionaries(st.text(max_size=6), inner, max_size=4).map(OrderedDict)
+        | st.dictionaries(keys, inner, max_size=4).map(OrderedDict)
+        | st.dictionaries(st.text(max_size=6), inner, max_size=4).map(Counter)
+        | st.dictionaries(keys, st.integers(-5, 5) | inner, max_size=4).map(Counter)
+        | st.builds(PropPoint, inner, inner)
+        | st.builds(PropFrozen, inner)
     )
 
 
@@ -110,3 +141,43 @@ def test_random_trees_roundtrip_exactly(prop_dir: Path, obj: dict[str, Any]) -> 
         for j, b in enumerate(obj["tied"]):
             if a is b:
                 assert out["tied"][i] is out["tied"][j]
+
+
+def _nested(kind: str, depth: int, leaf: Any) -> Any:
+    for _ in range(depth):
+        leaf = {
+            "list": lambda v: [v],
+            "tuple": lambda v: (v,),
+            "dict": lambda v: {"k": v},
+            "keyed": lambda v: {(1, "k"): v},
+            "odict": lambda v: OrderedDict(k=v),
+            "counter": lambda v: Counter({"k": v}),
+            "dataclass": lambda v: PropPoint(v),
+        }[kind](leaf)
+    return leaf
+
+
+# Values tk.save may refuse: refusing is fine, but whatever it accepts must load back equal.
+maybe_storable = trees | st.builds(
+    _nested,
+    st.sampled_from(["list", "tuple", "dict", "keyed", "odict", "counter", "dataclass"]),
+    st.integers(MAX_DEPTH - 3, MAX_DEPTH + 2) | st.integers(0, 5),
+    leaves,
+) | st.sampled_from([{1, 2}, bytearray(b"x"), object(), len, {"k": frozenset()}, [lambda: 0]])
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=int(os.environ.get("TK_PROPERTY_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(obj=maybe_storable)
+def test_whatever_save_accepts_loads_back_equal(prop_dir: Path, obj: Any) -> None:
+    path = prop_dir / "maybe.safetensors"
+    try:
+        tk.save({"v": obj}, path)
+    except tk.UnsupportedValueError as exc:
+        assert str(exc)
+        return
+    assert same(tk.load(path), {"v": obj})

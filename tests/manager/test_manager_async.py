@@ -114,11 +114,11 @@ class SlowState:
 
 
 def test_at_most_one_save_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from torchkeep.manager import _manager
+    from torchkeep.checkpoint.layouts import SingleFileLayout
 
     gate = threading.Event()
     in_flight = []
-    real = _manager.write_checkpoint
+    real = SingleFileLayout.write
 
     def gated(*args: Any, **kwargs: Any) -> int:
         in_flight.append(1)
@@ -129,7 +129,7 @@ def test_at_most_one_save_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         finally:
             in_flight.pop()
 
-    monkeypatch.setattr(_manager, "write_checkpoint", gated)
+    monkeypatch.setattr(SingleFileLayout, "write", gated)
     with tk.CheckpointManager(tmp_path, async_save=True, model=torch.nn.Linear(4, 4), counter=SlowState()) as mgr:
         mgr.save(step=1)
         done = threading.Event()

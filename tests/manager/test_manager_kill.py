@@ -87,3 +87,69 @@ def test_sigkill_at_random_moments_never_breaks_the_directory(tmp_path: Path) ->
     # Kills landed while a file was being written, not only between saves.
     assert mid_write >= 1, f"no kill hit a save in progress (seed {seed})"
     print(f"{KILLS} kills, {mid_write} during a write, last step {steps_seen[-1]} (seed {seed})")
+
+
+def _referenced_blobs(ckpt_dir: Path) -> set[str]:
+    from torchkeep.io import _format
+
+    refs: set[str] = set()
+    for entry in tk.list_checkpoints(ckpt_dir):
+        reader = _format.open_file(entry.path)
+        refs |= {e.blob for e in reader.external.values()}
+        reader.close()
+    return refs
+
+
+@pytest.mark.slow
+def test_sigkill_during_dedup_save_retention_and_gc(tmp_path: Path) -> None:
+    """Kills land in blob writes, step commits, retention and the blob sweep: every listed step stays whole."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    numel = 2_000_000  # float32: 8 MB for `w` (a new blob each step) and 8 MB for `frozen` (shared)
+    ckpt_dir = tmp_path / "run"
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "_kill_writer.py"), SRC, str(ckpt_dir), str(numel), "dedup"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    arange = torch.arange(numel, dtype=torch.float32)
+    steps_seen: list[int] = []
+    leftovers = 0
+    try:
+        for kill in range(24):
+            server.stdin.write("run\n")
+            server.stdin.flush()
+            pid = int(server.stdout.readline().split()[1])
+            time.sleep(rng.uniform(0.05, 0.8))
+            os.kill(pid, signal.SIGKILL)
+            status = server.stdout.readline().split()
+            assert status[0] == "exit" and os.WIFSIGNALED(int(status[1])), f"{status} (seed {seed})"
+            if not ckpt_dir.exists():
+                continue
+            # before anything sweeps: every listed step loads and verifies, leftovers or not
+            listed = tk.list_checkpoints(ckpt_dir, verify=True)
+            assert all(e.status == "ok" for e in listed), f"kill {kill}: {[e.error for e in listed]} (seed {seed})"
+            blobs = ckpt_dir / "blobs"
+            if blobs.exists() and set(os.listdir(blobs)) - _referenced_blobs(ckpt_dir):
+                leftovers += 1
+            for entry in listed:
+                progress = Progress()
+                tk.load_checkpoint(entry.path, progress=progress)
+                assert torch.equal(progress.w, arange + float(entry.step)), f"kill {kill}: step {entry.step}"
+            if listed:
+                steps_seen.append(listed[-1].step)
+    finally:
+        server.stdin.write("quit\n")
+        server.stdin.flush()
+        server.wait(timeout=30)
+        server.stdin.close()
+        server.stdout.close()
+    from torchkeep.manager import collect_garbage
+
+    removed = collect_garbage(ckpt_dir)
+    assert set(os.listdir(ckpt_dir / "blobs")) == _referenced_blobs(ckpt_dir), f"(seed {seed})"
+    assert temporaries(ckpt_dir) == [] and temporaries(ckpt_dir / "blobs") == []
+    assert len(steps_seen) >= 12 and steps_seen[-1] > steps_seen[0], f"{steps_seen} (seed {seed})"
+    print(f"24 kills, {leftovers} left unreferenced blobs, gc removed {len(removed)} (seed {seed})")

@@ -532,8 +532,8 @@ def _fast(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     taken: list[bool] = []
     original = _modelfile._build_on_meta
 
-    def spy(*args: object) -> object:
-        model = original(*args)  # type: ignore[arg-type]
+    def spy(*args: object, **kwargs: object) -> object:
+        model = original(*args, **kwargs)  # type: ignore[arg-type]
         taken.append(model is not None)
         return model
 

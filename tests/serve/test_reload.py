@@ -176,16 +176,20 @@ def test_export_directory_backend_from_benchmark(tmp_path: Path) -> None:
     assert path == str(tmp_path) and version.startswith(tmp_path.name + "@")
 
 
-def test_checkpoint_manager_directory_hot_reload(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dedup", [False, True], ids=["plain", "dedup"])
+def test_checkpoint_manager_directory_hot_reload(tmp_path: Path, dedup: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A training run writes checkpoints with tk.CheckpointManager; the server follows the newest step."""
     import torchkeep as tk
+    from torchkeep.checkpoint.layouts import dedup as dedup_layout
 
     from .conftest import user_model_file
 
+    monkeypatch.setattr(dedup_layout, "INLINE_BYTES", 1)  # this small model's tensors go to blobs too
     _, model = user_model_file(tmp_path)
     run = tmp_path / "run"
-    with tk.CheckpointManager(run, model=model) as manager:
+    with tk.CheckpointManager(run, dedup=dedup, model=model) as manager:
         manager.save(step=100)
+        assert (run / "blobs").is_dir() == dedup
         first = eager_out(model, X)
 
         async def go() -> None:

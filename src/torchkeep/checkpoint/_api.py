@@ -1,4 +1,8 @@
-"""``tk.save`` / ``tk.load``: the safe, drop-in replacement for torch.save / torch.load."""
+"""The path-based entry points: ``tk.save`` / ``tk.load`` and ``save_checkpoint`` / ``load_checkpoint``.
+
+Each goes through the checkpoint layouts (:mod:`torchkeep.checkpoint.layouts`): which layout a path has or a
+save needs is decided there, in one place.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from typing import Any
 from ..io import _codec, _format
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
-from . import sharded
+from ._checkpoint import CheckpointInfo
+from .layouts import SaveRequest, layout_at, layout_for_save, local_target
 
-__all__ = ["load", "save"]
+__all__ = ["consolidate", "load", "load_checkpoint", "save", "save_checkpoint"]
 
 
 def save(obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None) -> None:
@@ -66,9 +71,96 @@ def load(
         >>> tk.load(path, map_location="cpu")["w"].tolist()
         [0, 1, 2]
     """
-    if os.path.isdir(path):  # a sharded checkpoint directory (its full state), or an error saying what it is
-        return sharded.load_full(path, map_location=map_location, verify=verify)
-    reader = _format.open_file(path, mmap=mmap)
-    if verify:
-        reader.verify()
-    return _format.load_tree(reader, map_location=map_location)
+    storage, name = local_target(path)
+    return layout_at(path).load_tree(storage, name, map_location=map_location, verify=verify, mmap=mmap)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Any = None,
+    rng: bool = True,
+    **objects: Any,
+) -> CheckpointInfo:
+    """Save a training checkpoint: every named stateful object, progress, RNG and environment.
+
+    ``objects`` are things with ``state_dict()``/``load_state_dict()`` (``model=``,
+    ``optimizer=``, ``scheduler=``, ``scaler=``, your own classes). Wrapped models (DataParallel,
+    DDP, ``torch.compile``) are saved unwrapped. The write is atomic: a crash leaves the previous
+    file at ``path`` intact. Under a multi-rank process group the checkpoint is a sharded
+    directory (a collective: call it on every rank).
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = torch.optim.Adam(model.parameters())
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.safetensors")
+        >>> info = tk.save_checkpoint(path, model=model, optimizer=opt, epoch=5, extra={"update_steps": 7})
+        >>> tk.load_checkpoint(path, model=model, optimizer=opt).extra["update_steps"]
+        7
+    """
+    storage, name = local_target(path)
+    request = SaveRequest(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
+    info = layout_for_save(objects).begin_save(storage, name, request).commit()
+    if not os.path.isdir(path):
+        info.path = os.fspath(path)
+    return info
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    map_location: MapLocation = None,
+    strict: bool = True,
+    rng: bool = True,
+    verify: bool = True,
+    **objects: Any,
+) -> CheckpointInfo:
+    """Restore named objects (and RNG state) from a checkpoint; return its :class:`CheckpointInfo`.
+
+    Each keyword object gets ``load_state_dict`` with the state saved under the same name. With
+    ``strict=True`` a model whose keys or shapes differ raises :class:`StateMismatchError`
+    listing missing, unexpected and mis-shaped keys; ``strict=False`` loads what fits and reports
+    the rest in the returned info. ``map_location`` applies to tensors handed to objects (models
+    copy into their own parameters, so a CPU checkpoint loads into a GPU model and back).
+    ``path`` may be a file (single or deduplicated step) or a sharded checkpoint directory.
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.safetensors")
+        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(2, 2), epoch=1)
+        >>> tk.load_checkpoint(path, model=torch.nn.Linear(2, 2), map_location="cpu").epoch
+        1
+    """
+    storage, name = local_target(path)
+    layout = layout_at(path)
+    info = layout.load(storage, name, objects, map_location=map_location, strict=strict, rng=rng, verify=verify)
+    if layout.kind != "sharded":
+        info.path = os.fspath(path)
+    return info
+
+
+def consolidate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> CheckpointInfo | None:
+    """Write a deduplicated step or a sharded directory as one standalone file.
+
+    The result is a plain safetensors file (any safetensors tool reads it) that is also a
+    torchkeep file: ``load_checkpoint``/``tk.load``/``load_model`` read it as they read ``src``.
+    Returns its checkpoint info (None when ``src`` is not a training checkpoint).
+
+    Example:
+        >>> import torch, torchkeep as tk, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> _ = tk.save_checkpoint(os.path.join(d, "a.safetensors"), model=torch.nn.Linear(2, 2), step=3)
+        >>> tk.consolidate(os.path.join(d, "a.safetensors"), os.path.join(d, "b.safetensors")).step
+        3
+    """
+    from .layouts import consolidate as consolidate_file
+
+    if layout_at(src).kind == "sharded":
+        from . import sharded
+
+        return sharded.consolidate(src, dst)
+    return consolidate_file(src, dst)

@@ -32,6 +32,7 @@ __all__ = [
     "ModelDescriber",
     "add_model_describer",
     "check_stateful",
+    "checkpoint_sections",
     "collect_state",
     "environment",
     "info_from_section",
@@ -64,6 +65,7 @@ def add_model_describer(describe: ModelDescriber) -> None:
 SECTION = "checkpoint"
 EXTRA_KEY = "__extra__"
 RNG_KEY = "__rng__"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -208,6 +210,11 @@ def jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
             )
         if isinstance(v, float) and not math.isfinite(v):
             v = str(v)  # JSON has no nan/inf; listing shows them as text
+        if isinstance(v, int) and not isinstance(v, bool) and not _INT64_MIN <= v <= _INT64_MAX:
+            raise UnsupportedValueError(
+                f"metrics[{k!r}]: an int of {v.bit_length()} bits does not fit in a 64-bit int (JSON readers lose it); "
+                "pass float(value), or put exact big numbers in extra="
+            )
         out[str(k)] = v
     return out
 
@@ -282,17 +289,56 @@ def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[
         1
     """
     enc = _codec.encode(dict(tree))
-    extra_sections: dict[str, Any] = {SECTION: dict(section)}
+    return _format.write(dest, enc.tensors, tree=enc.tree, sections=checkpoint_sections(section))
+
+
+def checkpoint_sections(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The header sections of a checkpoint: its own, and the model's registry entry when it has one.
+
+    Example:
+        >>> sorted(checkpoint_sections({"step": 1, "model": {"name": "m"}}))
+        ['checkpoint', 'model']
+    """
+    sections: dict[str, Any] = {SECTION: dict(section)}
     if section.get("model") is not None:
-        extra_sections["model"] = section["model"]
-    return _format.write(dest, enc.tensors, tree=enc.tree, sections=extra_sections)
+        sections["model"] = section["model"]
+    return sections
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int and _INT64_MIN <= v <= _INT64_MAX
+
+
+#: Each field of the checkpoint section, what it may hold, and how to say so.
+_SECTION_FIELDS: dict[str, tuple[Any, str]] = {
+    "epoch": (lambda v: v is None or _is_int(v), "an int or null"),
+    "step": (lambda v: v is None or _is_int(v), "an int or null"),
+    "metrics": (
+        lambda v: (
+            isinstance(v, dict)
+            and all(x is None or isinstance(x, (str, bool, float)) or _is_int(x) for x in v.values())
+        ),
+        "an object of numbers (64-bit ints, floats), strings, booleans or nulls",
+    ),
+    "objects": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "an object of object names to kinds",
+    ),
+    "env": (lambda v: isinstance(v, dict), "an object"),
+    "created_at": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "model": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "rng": (lambda v: isinstance(v, bool), "true or false"),
+    "extra": (lambda v: isinstance(v, bool), "true or false"),
+}
 
 
 def info_from_section(path: str | None, section: Any, size: int | None) -> CheckpointInfo:
     """Build a :class:`CheckpointInfo` from a checkpoint's header section (hostile input).
 
+    Every field is checked first.
+
     Raises:
-        CorruptCheckpointError: the section is not a JSON object.
+        CorruptCheckpointError: the section is not a JSON object, or a field holds the wrong type.
 
     Example:
         >>> info_from_section("c.safetensors", {"epoch": 2, "objects": {"model": "module"}}, 10).epoch
@@ -300,18 +346,24 @@ def info_from_section(path: str | None, section: Any, size: int | None) -> Check
     """
     if not isinstance(section, dict):
         raise CorruptCheckpointError(f"{path}: checkpoint section is not an object", path=path)
-    metrics = section.get("metrics") or {}
-    objects = section.get("objects") or {}
+    for key, (valid, expected) in _SECTION_FIELDS.items():
+        if key in section and not valid(section[key]):
+            raise CorruptCheckpointError(
+                f"{path}: the checkpoint section's {key!r} is {str(section[key])[:60]!r}, expected {expected}; "
+                "the header is damaged or was not written by torchkeep",
+                path=path,
+                reason=f"bad {key} field",
+            )
     return CheckpointInfo(
         path=path,
         epoch=section.get("epoch"),
         step=section.get("step"),
-        metrics=dict(metrics) if isinstance(metrics, dict) else {},
+        metrics=dict(section.get("metrics") or {}),
         created_at=section.get("created_at"),
-        env=section.get("env") or {},
+        env=dict(section.get("env") or {}),
         model=section.get("model"),
         size_bytes=size,
-        objects=dict(objects) if isinstance(objects, dict) else {},
+        objects=dict(section.get("objects") or {}),
         rng=bool(section.get("rng")),
     )
 

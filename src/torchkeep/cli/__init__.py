@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "_diff",
     "_model",
     "_ls",
+    "_steps",
     "_export",
     "_bench",
     "_serve",

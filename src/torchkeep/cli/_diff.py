@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ..checkpoint import _checkpoint
 from ..io import _format
+from ..io._dtypes import OPAQUE_DTYPES
 
 __all__ = ["diff_files", "register"]
 
@@ -79,6 +80,9 @@ def _same_tree(a: Any, b: Any) -> bool:
 
 
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.dtype in OPAQUE_DTYPES or a.dtype in (torch.complex32, torch.float8_e8m0fnu):
+        # No arithmetic (bits8, float4 pairs) or no comparisons in torch: compare the byte codes.
+        a, b = a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)
     if a.dtype == torch.bool:
         return float((a != b).any())
     if a.is_complex():

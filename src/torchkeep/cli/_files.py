@@ -123,6 +123,7 @@ def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
                 "bytes": ti.nbytes,
                 "device": ti.device,
                 "xxh3": ti.checksum,
+                **({"file": ti.file} if ti.file is not None else {}),
             }
         )
     out["tensors"] = tensors

@@ -224,15 +224,73 @@ def detect_kind(src: str | os.PathLike[str]) -> SourceKind:
 # making a tree storable
 
 
+#: Most nodes a converted tree may have once shared references are written out (a pickle can
+#: share one container from many places; the file stores each place). A state dict with optimizer
+#: state has a few nodes per tensor, so this is far beyond any real checkpoint.
+MAX_TREE_NODES = 10_000_000
+
+
+def _expanded_size(root: Any) -> int:
+    """Nodes of ``root`` written out as a tree, counted per distinct container (no expansion).
+
+    Stops counting past :data:`MAX_TREE_NODES`; cycles count once (the codec refuses them).
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        obj, done = stack.pop()
+        if not isinstance(obj, (Mapping, list, tuple)) or (not done and id(obj) in sizes):
+            continue
+        children = list(obj.values()) if isinstance(obj, Mapping) else list(obj)
+        if not done:
+            sizes[id(obj)] = 1  # provisional: a cycle back to it counts once
+            stack.append((obj, True))
+            stack.extend((c, False) for c in children)
+            continue
+        total = 1
+        for c in children:
+            total += sizes.get(id(c), 1) if isinstance(c, (Mapping, list, tuple)) else 1
+        sizes[id(obj)] = min(total, MAX_TREE_NODES + 1)
+    return sizes.get(id(root), 1)
+
+
 class _Sanitizer:
     def __init__(self, options: ConvertOptions) -> None:
         self.options = options
         self.dropped: list[str] = []
         self.notes: list[str] = []
+        # A container shared by reference is converted once; the codec writes it at each place.
+        self._done: dict[int, tuple[Any, Any]] = {}
 
     _DROP = object()
 
+    def run(self, obj: Any) -> Any:
+        size = _expanded_size(obj)
+        if size > MAX_TREE_NODES:
+            raise UnsupportedValueError(
+                f"the source shares containers by reference so much that writing it out would take more than "
+                f"{MAX_TREE_NODES:,} nodes (the limit); a real checkpoint has a few per tensor. It was probably "
+                "crafted to exhaust memory; refusing it",
+                path="<root>",
+            )
+        return self.value(obj, ())
+
     def value(self, obj: Any, path: tuple[Any, ...]) -> Any:
+        if len(path) > _codec.MAX_DEPTH:
+            raise UnsupportedValueError(
+                f"{_codec.format_path(path[:5])}...: nesting deeper than {_codec.MAX_DEPTH} levels, "
+                "which a torchkeep file cannot hold",
+                path=_codec.format_path(path[:5]),
+            )
+        if isinstance(obj, (Mapping, list, tuple)):
+            done = self._done.get(id(obj))
+            if done is None:
+                # The source object is kept with its result: its id cannot be reused meanwhile.
+                done = self._done[id(obj)] = (obj, self._value(obj, path))
+            return done[1]
+        return self._value(obj, path)
+
+    def _value(self, obj: Any, path: tuple[Any, ...]) -> Any:
         if isinstance(obj, torch.Tensor):
             return obj.detach() if type(obj) is not torch.nn.Parameter else obj
         if isinstance(obj, torch.nn.Module) or (
@@ -317,7 +375,7 @@ def convert(
         )
     source = kind.read(src_path, options)
     sanitizer = _Sanitizer(options)
-    tree = sanitizer.value(source.tree, ())
+    tree = sanitizer.run(source.tree)
     if tree is _Sanitizer._DROP:
         tree = None
     enc = _codec.encode(tree)

@@ -142,10 +142,12 @@ def _sharded_dir(path: Path) -> bool:
 def _read_sharded(path: Path, options: ConvertOptions) -> Source:
     """A ``torchkeep.distributed`` checkpoint (one shard per rank + index.json), gathered whole."""
     from .. import distributed
+    from ..checkpoint.layouts import layout_at, local_target
 
     index = distributed.read_index(path)
+    storage, name = local_target(path)
     return Source(
-        tree=distributed.load_full(path),
+        tree=layout_at(path).load_tree(storage, name),
         notes=[f"a sharded checkpoint of {index.world_size} rank(s), gathered into one unsharded state"],
     )
 
@@ -175,8 +177,13 @@ def _read_torch(path: Path, options: ConvertOptions) -> Source:
                 value_type=found.group(1) if found else "",
             ) from None
         logger.warning("%s: unpickling with weights_only=False because trust_pickle=True (%s)", file, needs)
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise CorruptCheckpointError(f"{file}: torch.load could not read it ({exc})", path=str(file)) from exc
+    except Exception as exc:
+        # The restricted unpickler only calls allow-listed constructors; whatever they raise when a
+        # crafted file feeds them the wrong arguments (TypeError, AttributeError, struct.error, ...)
+        # means the file is damaged, not that torchkeep failed.
+        raise CorruptCheckpointError(
+            f"{file}: torch.load could not read it ({type(exc).__name__}: {exc})", path=str(file)
+        ) from exc
     try:
         tree = _torch_load(file, weights_only=False)
     except Exception as exc:  # any failure of arbitrary unpickling: say which file and why

@@ -269,6 +269,11 @@ class _Encoder:
             for node, t, _ in group:
                 if node is base_node:
                     continue
+                if t.numel() > base_t.numel():
+                    # A view that repeats elements (expand, stride 0) is stored as data of its own:
+                    # readers refuse views larger than what they view (see _decode._apply_view).
+                    self.tensors[node["ref"]] = t.detach()
+                    continue
                 del self.tensors[node["ref"]]
                 node["ref"] = base_node["ref"]
                 if not _same_view(t, base_t):
@@ -363,4 +368,9 @@ def encode(obj: Any) -> Encoded:
         >>> enc.tree["items"]["step"], list(enc.tensors)
         (3, ['w'])
     """
-    return _Encoder().run(obj)
+    try:
+        return _Encoder().run(obj)
+    except RecursionError:  # MAX_DEPTH bounds the tree; only a caller already deep in its stack gets here
+        raise UnsupportedValueError(
+            "the value is nested too deeply to encode from this call stack; flatten the structure before saving"
+        ) from None

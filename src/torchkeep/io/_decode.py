@@ -23,11 +23,16 @@ import torch
 
 from ..errors import CorruptCheckpointError
 
-__all__ = ["DTYPES_BY_NAME", "MAX_DEPTH", "MAX_DIM", "decode", "is_key", "tensor_names"]
+__all__ = ["DTYPES_BY_NAME", "MAX_DEPTH", "MAX_DIM", "MAX_JSON_DEPTH", "decode", "is_key", "tensor_names"]
 
-#: Deepest nesting the codec accepts. Deep enough for any real state tree, shallow enough that
-#: hostile files cannot exhaust the interpreter's stack.
+#: Deepest nesting the codec accepts, in values (a dict in a list in a dict is depth 3). The
+#: encoder refuses deeper values at save and the decoder counts the same way, so whatever saves
+#: loads. Deep enough for any real state tree, shallow enough that hostile files cannot exhaust
+#: the interpreter's stack.
 MAX_DEPTH = 200
+#: The same limit in raw JSON nesting: a value takes at most two JSON levels (a tagged node and
+#: its ``items``/``keys``/``fields`` container), and a tensor view three more below its node.
+MAX_JSON_DEPTH = 2 * MAX_DEPTH + 4
 #: Largest dimension or stride accepted from a file (torch's own sizes are int64).
 MAX_DIM = 2**62
 #: Every torch dtype by name, built from torch's namespace once, so that decoding a name never
@@ -109,7 +114,11 @@ def _d_dict(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
         items = node["items"]
         if not isinstance(items, dict):
             raise TypeError("items must be an object")
-        return cls((k, d.value(v, depth + 1, f"{where}[{k!r}]")) for k, v in items.items())
+        # Built key by key: Counter(iterable) would count the (key, value) pairs instead.
+        out = cls()
+        for k, v in items.items():
+            out[k] = d.value(v, depth + 1, f"{where}[{k!r}]")
+        return out
     keys, values = node["keys"], node["values"]
     if not isinstance(keys, list) or not isinstance(values, list) or len(keys) != len(values):
         raise ValueError("keys and values must be lists of equal length")
@@ -198,10 +207,15 @@ def _apply_view(base: torch.Tensor, view: Any, ref: str) -> torch.Tensor:
     if not (_dims([offset]) and _dims(shape) and _dims(stride) and len(shape) == len(stride)):
         raise ValueError(f"view offset/shape/stride must be ints in [0, {MAX_DIM}], shape and stride of one rank")
     span_end = offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)) + 1
-    if 0 in shape:
+    numel = math.prod(shape)
+    if numel == 0:
         span_end = offset
     if span_end > base.numel() or not base.is_contiguous():
         raise _corrupt(f"view into {ref!r} reaches past its {base.numel()} elements")
+    if numel > base.numel():
+        # Views repeat no more elements than the file stores for them (the writer stores such
+        # views as data of their own), so a tiny file cannot hand out a 2**36-element tensor.
+        raise _corrupt(f"a view of {numel} elements into {ref!r}, which holds {base.numel()}")
     return base.as_strided(shape, stride, base.storage_offset() + offset)
 
 
@@ -330,12 +344,16 @@ def decode(tree: Any, lookup: Callable[[str], torch.Tensor]) -> Any:
 
 
 def tensor_names(tree: Any) -> set[str]:
-    """Names of every tensor the tree refers to (for checking a file's consistency)."""
+    """Names of every tensor the tree refers to (for checking a file's consistency).
+
+    Walks raw JSON, so it bounds nesting by :data:`MAX_JSON_DEPTH`, the JSON depth of the
+    deepest tree the encoder writes; the decoder then enforces :data:`MAX_DEPTH` on values.
+    """
     found: set[str] = set()
     stack: list[tuple[Any, int]] = [(tree, 0)]
     while stack:
         node, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        if depth > MAX_JSON_DEPTH:
             raise _corrupt(f"nesting deeper than {MAX_DEPTH} levels")
         if isinstance(node, list):
             stack.extend((v, depth + 1) for v in node)

@@ -10,9 +10,12 @@ from typing import Any, Union
 
 import torch
 
+from ..errors import UsageError
+
 __all__ = [
     "FROM_ST",
     "LOGICAL_DTYPES",
+    "OPAQUE_DTYPES",
     "ST_DTYPES",
     "U8_DTYPES",
     "MapLocation",
@@ -76,6 +79,11 @@ U8_DTYPES: dict[str, torch.dtype] = {
     if isinstance(dt, torch.dtype)
 }
 LOGICAL_DTYPES = {**{dtype_name(dt): dt for dt in ST_DTYPES}, **U8_DTYPES}
+#: Stored dtypes without arithmetic: torch can neither convert nor compare them, only move their
+#: bytes. Loading one into a tensor of another dtype, or diffing two, goes by bytes or not at all.
+OPAQUE_DTYPES: frozenset[torch.dtype] = frozenset(
+    dt for name, dt in U8_DTYPES.items() if name.startswith("bits") or name.startswith("float4")
+)
 
 
 def logical_dtype(name: str) -> torch.dtype:
@@ -98,23 +106,52 @@ def resolve_device(map_location: MapLocation, original: str) -> torch.device | N
     on a machine without one. A dict maps original device strings (``{"cuda:1": "cuda:0"}``);
     devices it does not name go to the CPU.
 
+    Raises:
+        UsageError: ``map_location`` names a device this process does not have (``"cuda"`` on a
+            CPU-only build, ``"cuda:3"`` on a machine with two GPUs).
+
     Example:
-        >>> resolve_device({"cuda:1": "cuda:0"}, "cuda:1")
-        device(type='cuda', index=0)
+        >>> resolve_device({"cuda:1": "cpu"}, "cuda:1")
+        device(type='cpu')
     """
     if map_location is None:
         return torch.device("cpu")
     if isinstance(map_location, (str, torch.device)):
-        return torch.device(map_location)
+        return _available(map_location, map_location)
     if isinstance(map_location, Mapping):
         target = map_location.get(original)
-        return torch.device(target) if target is not None else torch.device("cpu")
+        return _available(target, map_location) if target is not None else torch.device("cpu")
     if callable(map_location):
         return None
     raise TypeError(
         f"map_location must be None, a device string, a torch.device, a dict or a callable; "
         f"got {type(map_location).__name__}"
     )
+
+
+def _available(target: str | torch.device, map_location: MapLocation) -> torch.device:
+    """``target`` as a device this process can put tensors on, or :class:`UsageError` saying why not."""
+    try:
+        device = torch.device(target)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise UsageError(
+            f"map_location={map_location!r}: {target!r} is not a device ({exc}); use e.g. 'cpu' or 'cuda:0'",
+            argument="map_location",
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"map_location={map_location!r} sends tensors to {device}, but this process has no CUDA device "
+                "(a CPU-only torch build, or no GPU visible); pass map_location='cpu'",
+                argument="map_location",
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"map_location={map_location!r} sends tensors to {device}, but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s); pick one of cuda:0..cuda:{torch.cuda.device_count() - 1}",
+                argument="map_location",
+            )
+    return device
 
 
 def place(t: torch.Tensor, original: str, map_location: MapLocation) -> torch.Tensor:
@@ -126,6 +163,15 @@ def place(t: torch.Tensor, original: str, map_location: MapLocation) -> torch.Te
         if isinstance(out, torch.UntypedStorage):  # torch.load-style callables return storages
             out = torch.empty(0, dtype=t.dtype, device=out.device).set_(out).view(t.shape)
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"map_location callable returned {type(out).__name__}, expected a tensor")
+            raise UsageError(
+                f"map_location callable returned {type(out).__name__}, expected a tensor", argument="map_location"
+            )
         return out
-    return t if device.type == "cpu" and t.device.type == "cpu" else t.to(device)
+    if device.type == "cpu" and t.device.type == "cpu":
+        return t
+    try:
+        return t.to(device)
+    except AssertionError as exc:  # torch's "not compiled with ... enabled" for other backends
+        raise UsageError(
+            f"map_location={map_location!r}: cannot use {device} here ({exc})", argument="map_location"
+        ) from None

@@ -14,6 +14,10 @@ The header maps tensor names to ``{"dtype", "shape", "data_offsets"}`` and holds
 * ``torchkeep.tree`` — the object tree from :mod:`torchkeep.io._codec` (absent in files written by
   :func:`torchkeep.save_model`, whose tensors are the plain state dict).
 * ``torchkeep.<section>`` — JSON sections of the layers above (checkpoint info, model entry).
+* ``torchkeep.external`` — tensors whose bytes live in content-addressed blob files beside the
+  file instead of in its data section (deduplicated checkpoints; see :mod:`torchkeep.io._external`).
+  Files with this section say ``torchkeep.format`` ``"2"``, so an older torchkeep asks to be
+  upgraded instead of calling the file corrupt.
 
 Writing is one pass over tensor memory: the header is written first with fixed-width checksum
 placeholders, each tensor is hashed while it streams to the file in chunks, and the final header
@@ -33,7 +37,6 @@ import itertools
 import json
 import mmap as _mmap
 import os
-import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,22 +45,27 @@ from typing import Any
 import torch
 import xxhash
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from ..errors import CorruptCheckpointError, FormatVersionError
 from . import _codec
 from ._dtypes import FROM_ST, MapLocation, logical_dtype, place, resolve_device
+from ._external import BLOB_DIR, META_EXTERNAL, ExternalTensor, content_hash, map_blob, parse_external
+from ._open import read_regular_file
 from ._write import (
     DATA_ALIGNMENT,
+    EXTERNAL_FORMAT_VERSION,
     FORMAT_VERSION,
     MAX_HEADER_BYTES,
     META_FORMAT,
     META_PREFIX,
     META_TENSORS,
     META_TREE,
+    tensor_bytes,
     write,
 )
 
 __all__ = [
     "DATA_ALIGNMENT",
+    "EXTERNAL_FORMAT_VERSION",
     "FORMAT_VERSION",
     "MAX_HEADER_BYTES",
     "META_FORMAT",
@@ -70,8 +78,11 @@ __all__ = [
     "load_tree",
     "open_file",
     "resolve_device",
+    "tensor_bytes",
     "write",
 ]
+
+_READABLE = (str(FORMAT_VERSION), str(EXTERNAL_FORMAT_VERSION))
 
 # ------------------------------------------------------------------------------------------
 # reading
@@ -88,6 +99,8 @@ class TensorInfo:
     nbytes: int
     device: str
     checksum: str | None
+    #: for an external tensor: the blob file holding its bytes (``begin`` is then 0)
+    file: str | None = None
 
 
 def _bad(path: str | None, msg: str, tensor: str | None = None) -> CorruptCheckpointError:
@@ -154,16 +167,16 @@ class Reader:
         self.metadata: dict[str, str] = meta
         version = meta.get(META_FORMAT)
         self.is_torchkeep = version is not None
-        if version is not None and version != str(FORMAT_VERSION):
-            if version.isascii() and version.isdigit() and int(version) > FORMAT_VERSION:
+        if version is not None and version not in _READABLE:
+            if version.isascii() and version.isdigit() and int(version) > EXTERNAL_FORMAT_VERSION:
                 raise FormatVersionError(
                     f"{path or 'file'}: written in torchkeep format {version}, but this torchkeep reads "
-                    f"format {FORMAT_VERSION}; upgrade with `pip install -U torchkeep`",
+                    f"formats up to {EXTERNAL_FORMAT_VERSION}; upgrade with `pip install -U torchkeep`",
                     path=path,
                     found=version,
-                    supported=str(FORMAT_VERSION),
+                    supported=str(EXTERNAL_FORMAT_VERSION),
                 )
-            raise _bad(path, f"unknown torchkeep.format {version!r} (expected '{FORMAT_VERSION}')")
+            raise _bad(path, f"unknown torchkeep.format {version!r} (expected one of {list(_READABLE)})")
         extra = _loads(meta[META_TENSORS], path, META_TENSORS) if META_TENSORS in meta else {}
         if not isinstance(extra, dict):
             raise _bad(path, f"{META_TENSORS} is not a JSON object")
@@ -183,6 +196,8 @@ class Reader:
             missing = sorted(set(infos) - set(extra))
             if missing:
                 raise _bad(path, f"no checksum recorded for tensor(s) {missing[:5]}", tensor=missing[0])
+        self.external: dict[str, ExternalTensor] = self._parse_external(meta, version, infos)
+        self._blobs: dict[str, Any] = {}
         self._infos = infos
         self.names: list[str] = list(infos)
         self.tree: Any = _loads(meta[META_TREE], path, META_TREE) if META_TREE in meta else None
@@ -195,6 +210,50 @@ class Reader:
             if dangling:
                 raise _bad(path, f"the object tree refers to tensor {dangling[0]!r}, which the file does not hold")
 
+    def _parse_external(
+        self, meta: dict[str, str], version: str | None, infos: dict[str, TensorInfo]
+    ) -> dict[str, ExternalTensor]:
+        """Add the tensors stored in blob files beside this file to ``infos``."""
+        raw = meta.get(META_EXTERNAL)
+        if raw is None:
+            return {}
+        path = self.path
+        if version != str(EXTERNAL_FORMAT_VERSION):
+            raise _bad(path, f"{META_EXTERNAL} needs torchkeep.format '{EXTERNAL_FORMAT_VERSION}', found {version!r}")
+        parsed = parse_external(_loads(raw, path, META_EXTERNAL), _shape)
+        if isinstance(parsed, str):
+            raise _bad(path, parsed)
+        directory = os.path.join(os.path.dirname(path), BLOB_DIR) if path else BLOB_DIR
+        for name, e in parsed.items():
+            if name in infos or name == "__metadata__" or not name:
+                raise _bad(path, "stored both in the file and as an external blob", tensor=name)
+            file = os.path.join(directory, e.blob)
+            infos[name] = TensorInfo(name, e.dtype, e.shape, 0, e.nbytes, e.device, e.blob, file)
+        return parsed
+
+    @property
+    def external_bytes(self) -> int:
+        """Bytes of the tensors stored in blob files (counted once per tensor)."""
+        return sum(e.nbytes for e in self.external.values())
+
+    def _blob(self, info: TensorInfo) -> Any:
+        """The mapped bytes of an external tensor's blob file (checked for size, mapped once)."""
+        assert info.file is not None
+        buf = self._blobs.get(info.file)
+        if buf is not None:
+            return buf
+        if self.path is None:
+            raise _bad(
+                None,
+                f"its bytes are in {BLOB_DIR}/{info.checksum} beside the file; open the file by its path",
+                tensor=info.name,
+            )
+        problem, buf = map_blob(info.file, info.nbytes)
+        if problem is not None:
+            raise _bad(self.path, problem, tensor=info.name)
+        self._blobs[info.file] = buf
+        return buf
+
     def _tensor_info(self, name: str, spec: Any, extra: Any, data_len: int) -> TensorInfo:
         path = self.path
         if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
@@ -203,7 +262,11 @@ class Reader:
         if not isinstance(st_dtype, str) or st_dtype not in FROM_ST:
             raise _bad(path, f"unknown dtype {st_dtype!r}", tensor=name)
         if not _shape(shape):
-            raise _bad(path, f"shape {shape!r} is not a list of at most 64 non-negative ints", tensor=name)
+            raise _bad(
+                path,
+                f"shape {shape!r} is not a list of at most 64 non-negative ints whose strides fit in 64 bits",
+                tensor=name,
+            )
         if not _int_list(offsets) or len(offsets) != 2 or not offsets[0] <= offsets[1] <= data_len:
             raise _bad(path, f"data_offsets {offsets!r} fall outside the {data_len} data bytes", tensor=name)
         dtype = FROM_ST[st_dtype]
@@ -254,7 +317,8 @@ class Reader:
         if info.nbytes == 0:
             t = torch.empty(info.shape, dtype=info.dtype)
         else:
-            t = torch.frombuffer(self._buf, dtype=torch.uint8, count=info.nbytes, offset=info.begin)
+            buf = self._buf if info.file is None else self._blob(info)
+            t = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=info.begin)
             if t.data_ptr() % info.dtype.itemsize:
                 # torchkeep aligns every tensor, but other writers (or a damaged file) may not;
                 # misaligned data is copied rather than handed to kernels that expect alignment.
@@ -263,8 +327,10 @@ class Reader:
         return place(t, info.device, map_location)
 
     def checksum_of(self, name: str) -> str:
-        """xxh3-64 of a tensor's stored bytes, computed now."""
+        """A tensor's checksum, computed now: xxh3-64 of its stored bytes (xxh3-128 for a blob)."""
         info = self.info(name)
+        if info.file is not None:
+            return content_hash(memoryview(self._blob(info)) if info.nbytes else b"")
         return xxhash.xxh3_64_hexdigest(memoryview(self._buf)[info.begin : info.begin + info.nbytes])
 
     def verify(self, names: Iterable[str] | None = None) -> None:
@@ -276,21 +342,27 @@ class Reader:
         if isinstance(self._buf, _mmap.mmap) and hasattr(_mmap, "MADV_WILLNEED"):
             with contextlib.suppress(OSError):  # advisory only
                 self._buf.madvise(_mmap.MADV_WILLNEED)
+        checked: set[str] = set()
         for name in self.names if names is None else names:
-            expected = self.info(name).checksum
-            if expected is None:
+            info = self.info(name)
+            expected = info.checksum
+            if expected is None or (info.file is not None and info.file in checked):
                 continue
             found = self.checksum_of(name)
             if found != expected:
+                where = "" if info.file is None else f" in its data file {info.file}"
                 raise _bad(
                     self.path,
-                    f"checksum mismatch (stored {expected}, computed {found}); the data is corrupt",
+                    f"checksum mismatch{where} (stored {expected}, computed {found}); the data is corrupt",
                     tensor=name,
                 )
+            if info.file is not None:
+                checked.add(info.file)
 
     def close(self) -> None:
         """Drop this reader's reference to the mapping; tensors already built keep it alive."""
         self._buf = None
+        self._blobs = {}
 
 
 def _int_list(x: Any) -> bool:
@@ -298,7 +370,11 @@ def _int_list(x: Any) -> bool:
 
 
 def _shape(x: Any) -> bool:
-    return _int_list(x) and len(x) <= 64 and all(v <= _codec.MAX_DIM for v in x)
+    # Zero-element shapes hold no bytes, so only this bounds them: torch must be able to compute
+    # their strides (the product of the other dimensions) in 64 bits.
+    return (
+        _int_list(x) and len(x) <= 64 and all(v <= _codec.MAX_DIM for v in x) and _numel(max(v, 1) for v in x) < 2**63
+    )
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -329,34 +405,7 @@ def open_file(src: str | os.PathLike[str] | bytes | bytearray | memoryview, *, m
         data = bytearray(src)  # writable: tensors built over it may be modified in place
         return Reader(data, len(data), None)
     path = os.fspath(src)
-    try:
-        # O_NONBLOCK: opening a FIFO must not hang waiting for a writer (checked below).
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(f"{path}: no such file", path=path) from None
-    except IsADirectoryError:
-        raise CheckpointNotFoundError(f"{path}: is a directory, expected a file", path=path) from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise CheckpointNotFoundError(f"{path}: is a directory, expected a file", path=path)
-        if not stat.S_ISREG(st.st_mode):
-            raise _bad(path, "not a regular file (a pipe, socket or device); save or copy it to a file first")
-        size = st.st_size
-        if size == 0:
-            raise _bad(path, "file is empty (0 bytes); it was never written completely")
-        if mmap:
-            buf: Any = _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
-        else:
-            buf = bytearray(size)
-            view, got = memoryview(buf), 0
-            while got < size:
-                n = os.readv(fd, [view[got:]])
-                if n == 0:
-                    raise _bad(path, "file shrank while it was being read")
-                got += n
-    finally:
-        os.close(fd)
+    buf, size = read_regular_file(path, mmap=mmap)
     return Reader(buf, size, path)
 
 

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-from ..errors import CheckpointNotFoundError, CheckpointWriteError, missing_dependency
+from ..errors import CheckpointNotFoundError, CheckpointWriteError, UsageError, missing_dependency
 from ._storage import is_temporary
 
 __all__ = ["FsspecStorage", "is_remote", "sweep_staging_files"]
@@ -96,7 +96,12 @@ class FsspecStorage:
     """
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None, create: bool = True) -> None:
-        scheme = url.partition("://")[0]
+        scheme, _, rest = url.partition("://")
+        if not rest.strip("/"):
+            raise UsageError(
+                f"{url!r} names no bucket; pass {scheme}://BUCKET or {scheme}://BUCKET/PREFIX",
+                argument="directory",
+            )
         try:
             import fsspec
         except ImportError:
@@ -135,8 +140,9 @@ class FsspecStorage:
         fd, tmp = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", suffix=".tmp")
         os.close(fd)
         try:
-            # Opened by name (not fdopen) so that f.name is the path: callers may re-read it.
-            with open(tmp, "w+b") as f:
+            # Opened by name (not fdopen) so that f.name is the path: callers may re-read it;
+            # O_NOFOLLOW so that a link put in its place in the shared temp directory is refused.
+            with open(tmp, "w+b", opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)) as f:
                 yield f
                 f.flush()
             try:
@@ -194,6 +200,24 @@ class FsspecStorage:
 
     def exists(self, name: str) -> bool:
         return bool(self.fs.exists(self._p(name)))
+
+    def child(self, name: str, *, create: bool = True) -> FsspecStorage:
+        # Object stores have no directories to create: a prefix exists once an object is under it.
+        sub = object.__new__(FsspecStorage)
+        sub.url, sub.root, sub.fs, sub._path = self.path(name), self.path(name), self.fs, self._p(name)
+        return sub
+
+    def modified_age(self, name: str) -> float | None:
+        """Seconds since ``name`` was last written, when the store says (None when it does not)."""
+        import datetime as _dt
+
+        try:
+            when: _dt.datetime = self.fs.modified(self._p(name))
+        except (NotImplementedError, FileNotFoundError, OSError, AttributeError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return float((_dt.datetime.now(_dt.timezone.utc) - when).total_seconds())
 
     def read_head(self, name: str) -> tuple[bytes, int]:
         """The safetensors header bytes of ``name`` (length prefix included) and the object size.

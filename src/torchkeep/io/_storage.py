@@ -35,9 +35,26 @@ __all__ = ["LocalStorage", "Storage", "atomic_write", "fsync_dir", "is_temporary
 _TEMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
 
 
+#: Longest file name (in bytes) most filesystems accept; the temporary name must fit it too.
+_NAME_MAX = 255
+_TEMP_EXTRA = len(".") + len(".tmp-") + 12
+
+
 def temporary_name(name: str) -> str:
-    """The temporary sibling name used while ``name`` is being written."""
+    """The temporary sibling name used while ``name`` is being written.
+
+    A name too long to carry whole is cut (on a character boundary), so that any name the
+    filesystem accepts can be written: the temporary's name only has to be unique.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > _NAME_MAX - _TEMP_EXTRA:
+        name = raw[: _NAME_MAX - _TEMP_EXTRA].decode("utf-8", "ignore")
     return f".{name}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+def _no_follow(path: str, flags: int) -> int:
+    # The temporary is always new (O_EXCL) and never reached through a link someone planted.
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
 
 
 def is_temporary(name: str) -> bool:
@@ -84,9 +101,10 @@ def atomic_write(path: str | os.PathLike[str], *, overwrite: bool = True) -> Ite
     if not overwrite and target.exists():
         raise CheckpointWriteError(f"{target} already exists; pass overwrite=True to replace it", path=str(target))
     tmp = directory / temporary_name(target.name)
-    committed = False
+    created = committed = False
     try:
-        with open(tmp, "xb", buffering=0) as f:
+        with open(tmp, "xb", buffering=0, opener=_no_follow) as f:
+            created = True
             yield f  # type: ignore[misc]
             f.flush()
             os.fsync(f.fileno())
@@ -96,8 +114,14 @@ def atomic_write(path: str | os.PathLike[str], *, overwrite: bool = True) -> Ite
     except OSError as exc:
         if isinstance(exc, TorchkeepError):  # already says what went wrong (e.g. from the caller's body)
             raise
+        if not created:
+            step = f"cannot create a temporary file in {directory}: {exc.strerror or exc}"
+            if exc.errno == errno.ENAMETOOLONG:
+                step += f" (the name {target.name!r} is too long for this filesystem)"
+        else:
+            step = f"could not write {target}: {exc.strerror or exc}"
         raise CheckpointWriteError(
-            f"could not write {target}: {exc.strerror or exc}. "
+            f"{step}. "
             + (
                 "The previous file there is unchanged."
                 if not committed
@@ -106,8 +130,9 @@ def atomic_write(path: str | os.PathLike[str], *, overwrite: bool = True) -> Ite
             path=str(target),
         ) from exc
     finally:
-        if not committed:
-            with contextlib.suppress(FileNotFoundError):
+        if created and not committed:
+            # Never let the cleanup replace the error that brought us here.
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
 
@@ -131,6 +156,9 @@ class Storage(Protocol):
 
     def exists(self, name: str) -> bool:
         """Whether ``name`` is committed."""
+
+    def child(self, name: str, *, create: bool = True) -> Storage:
+        """The storage of the sub-directory (or sub-prefix) ``name``."""
 
 
 class LocalStorage:
@@ -175,6 +203,20 @@ class LocalStorage:
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(self.path(name))
+
+    def child(self, name: str, *, create: bool = True) -> LocalStorage:
+        if create and not os.path.isdir(self.path(name)):
+            os.makedirs(self.path(name), exist_ok=True)
+            fsync_dir(self.root or ".")  # the new directory itself must survive a power cut
+        return LocalStorage(self.path(name), create=False)
+
+    def delete_many(self, names: builtins.list[str]) -> None:
+        """Remove several files with one directory sync; missing ones are not an error."""
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(name))
+        if names:
+            fsync_dir(self.root)
 
     def sweep_temporaries(self) -> builtins.list[str]:
         """Delete temporaries left by killed writers; returns their names."""

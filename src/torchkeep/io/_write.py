@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -18,21 +18,27 @@ import xxhash
 
 from ..errors import UnsupportedValueError
 from ._dtypes import ST_DTYPES, U8_DTYPES, dtype_name
+from ._external import META_EXTERNAL, ExternalTensor, external_section
 
 __all__ = [
     "CHUNK_BYTES",
     "DATA_ALIGNMENT",
+    "EXTERNAL_FORMAT_VERSION",
     "FORMAT_VERSION",
     "MAX_HEADER_BYTES",
     "META_FORMAT",
     "META_PREFIX",
     "META_TENSORS",
     "META_TREE",
+    "tensor_bytes",
     "write",
 ]
 
 
 FORMAT_VERSION = 1
+
+#: Files with external (blob) tensors; readers of format 1 cannot load them.
+EXTERNAL_FORMAT_VERSION = 2
 
 
 META_PREFIX = "torchkeep."
@@ -108,7 +114,7 @@ def _layout(plans: Iterable[_Planned]) -> list[_Planned]:
     return whole + rest
 
 
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The tensor's bytes in C order, on the CPU. Copies only if it is not already that."""
     if t.device.type != "cpu":
         t = t.detach().to("cpu")
@@ -147,6 +153,7 @@ def write(
     tree: Any = None,
     sections: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
+    external: Mapping[str, ExternalTensor] | None = None,
 ) -> int:
     """Stream a torchkeep file to ``dest`` (a writable binary file). Returns its size.
 
@@ -155,6 +162,8 @@ def write(
 
     ``tree`` is the codec tree (None for a plain state dict file); ``sections`` are JSON-able
     values stored as ``torchkeep.<key>``; ``metadata`` is free str → str metadata, stored as is.
+    ``external`` names tensors of ``tree`` whose bytes are already in blob files beside ``dest``
+    (the caller writes the blobs, durably, first).
 
     Example:
         >>> import io
@@ -180,7 +189,12 @@ def write(
                 path=f"metadata[{key!r}]",
             )
         meta[key] = value
-    meta[META_FORMAT] = str(FORMAT_VERSION)
+    meta[META_FORMAT] = str(EXTERNAL_FORMAT_VERSION if external else FORMAT_VERSION)
+    if external:
+        clash = sorted(set(external) & set(tensors))
+        if clash:
+            raise UnsupportedValueError(f"tensor {clash[0]!r} is given both inline and as an external blob")
+        meta[META_EXTERNAL] = json.dumps(external_section(external), separators=(",", ":"))
     for key, value in (sections or {}).items():
         meta[META_PREFIX + key] = json.dumps(value, separators=(",", ":"), allow_nan=False)
     if tree is not None:
@@ -208,15 +222,19 @@ def write(
         # Object-store uploads cannot seek back to patch the header: hash first, then stream.
         digests = {p.name: _stream_tensor(None, p.tensor, p.nbytes) for p in plans}
         final = header_for(digests)
-        _write_all(dest, struct.pack("<Q", len(final)) + final)
+        out = _PageWriter(dest, 0)
+        out.write(memoryview(struct.pack("<Q", len(final)) + final))
         for p in plans:
-            _stream_tensor(dest, p.tensor, p.nbytes)
+            _stream_tensor(out.write, p.tensor, p.nbytes)
+        out.flush()
         return 8 + len(final) + data_len
     start = dest.tell()
-    _write_all(dest, struct.pack("<Q", len(provisional)) + provisional)
+    out = _PageWriter(dest, start)
+    out.write(memoryview(struct.pack("<Q", len(provisional)) + provisional))
     digests = {}
     for p in plans:
-        digests[p.name] = _stream_tensor(dest, p.tensor, p.nbytes)
+        digests[p.name] = _stream_tensor(out.write, p.tensor, p.nbytes)
+    out.flush()
     final = header_for(digests)
     assert len(final) == len(provisional)  # fixed-width digests keep the header's length
     end = dest.tell()
@@ -243,18 +261,65 @@ def _write_all(dest: IO[bytes], data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def _stream_tensor(dest: IO[bytes] | None, t: torch.Tensor, nbytes: int) -> str:
-    """Hash the tensor's bytes and (unless ``dest`` is None) write them, chunk by chunk.
+class _PageWriter:
+    """Writes to ``dest`` so that every write call but the last ends on a 4 KiB page boundary of the file.
+
+    Tensors start on 64-byte boundaries, so plain chunked writes would leave a page half-written
+    at the end of one call and finish it in the next. When writeback has started on that page in
+    between, a filesystem that keeps pages stable during writeback makes the second write wait
+    for the disk. The raw ``os.write`` baseline never shares a page between calls; neither does
+    this. The few bytes that do not fill a page are carried (copied, at most 4 KiB) into the next
+    call instead.
+    """
+
+    PAGE = 4096
+
+    def __init__(self, dest: IO[bytes], offset: int) -> None:
+        self._dest = dest
+        self._pos = offset  # file offset of the first byte not yet handed to dest
+        self._carry = bytearray()
+
+    def write(self, data: memoryview) -> None:
+        if self._carry:
+            need = (-(self._pos + len(self._carry))) % self.PAGE
+            self._carry += data[:need]
+            data = data[need:]
+            if (self._pos + len(self._carry)) % self.PAGE:
+                return  # still short of a page boundary: everything given so far is carried
+            self._emit(memoryview(self._carry))
+            self._carry = bytearray()
+        head = (-self._pos) % self.PAGE  # only before the first aligned write (the header's start)
+        if head and data.nbytes > head:
+            self._emit(data[:head])
+            data = data[head:]
+        whole = data.nbytes - data.nbytes % self.PAGE
+        for i in range(0, whole, CHUNK_BYTES):
+            self._emit(data[i : min(i + CHUNK_BYTES, whole)])
+        if whole < data.nbytes:
+            self._carry += data[whole:]
+
+    def flush(self) -> None:
+        if self._carry:
+            self._emit(memoryview(self._carry))
+            self._carry = bytearray()
+
+    def _emit(self, data: memoryview) -> None:
+        _write_all(self._dest, data)
+        self._pos += data.nbytes
+
+
+def _stream_tensor(sink: Callable[[memoryview], None] | None, t: torch.Tensor, nbytes: int) -> str:
+    """Hash the tensor's bytes and (unless ``sink`` is None) write them, chunk by chunk.
 
     Each chunk is hashed right before it is written, while it is still in the CPU cache, so the
     checksum costs no extra pass over memory.
     """
     h = xxhash.xxh3_64()
     if nbytes:
-        mv = _tensor_bytes(t)
+        mv = tensor_bytes(t)
         for i in range(0, nbytes, CHUNK_BYTES):
             chunk = mv[i : i + CHUNK_BYTES]
             h.update(chunk)
-            if dest is not None:
-                _write_all(dest, chunk)
+            if sink is not None:
+                sink(chunk)
     return h.hexdigest()

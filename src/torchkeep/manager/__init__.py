@@ -9,11 +9,13 @@ Example:
     >>> mgr.close()
 """
 
-from ._listing import CheckpointEntry, checkpoint_name, list_checkpoints, parse_name
+from ._gc import collect_garbage
+from ._listing import FILE_KINDS, CheckpointEntry, checkpoint_name, list_checkpoints, parse_name
 from ._manager import CheckpointManager
 from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, KeepNewerThan, Policy, Record
 
 __all__ = [
+    "FILE_KINDS",
     "CheckpointEntry",
     "CheckpointManager",
     "KeepAny",
@@ -24,6 +26,7 @@ __all__ = [
     "Policy",
     "Record",
     "checkpoint_name",
+    "collect_garbage",
     "list_checkpoints",
     "parse_name",
 ]

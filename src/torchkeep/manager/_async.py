@@ -43,12 +43,14 @@ class BufferPool:
         self._bufs: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, like: torch.Tensor, pinned: bool) -> torch.Tensor:
+        """A buffer shaped like ``like``: last snapshot's when it matches, else a new one."""
         buf = self._bufs.get(name)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.is_pinned() != pinned:
             buf = torch.empty(like.shape, dtype=like.dtype, pin_memory=pinned)
         return buf
 
     def replace(self, bufs: dict[str, torch.Tensor]) -> None:
+        """Keep these buffers for the next snapshot."""
         self._bufs = bufs
 
 

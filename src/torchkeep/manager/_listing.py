@@ -1,16 +1,12 @@
-"""What a checkpoint directory holds, read from the files themselves (no index to disagree).
+"""What a checkpoint directory holds, read from the checkpoints themselves (no index to disagree).
 
-Each checkpoint is one self-describing torchkeep file named
+Each step is named ``ckpt-<step, 9+ digits>-<UTC time, YYYYmmddTHHMMSSZ>.<safetensors|sharded>``
+(:mod:`torchkeep.checkpoint.layouts._names`), so ``ls`` sorts it by step and a person can read it. Listing
+parses names and reads headers only, through the step's layout (:mod:`torchkeep.checkpoint.layouts`); tensor
+data is read and verified only when a checkpoint is restored.
 
-    ckpt-<step, 9+ digits>-<UTC time, YYYYmmddTHHMMSSZ>.safetensors
-
-so ``ls`` sorts it by step and a person can read it. Listing parses names and reads headers only
-(:func:`torchkeep.read_info`); tensor data is read and verified only when a checkpoint is restored.
-
-A :class:`CheckpointEntry` is the unit of a listing. Today every entry is one file
-(``kind="file"``); a sharded step (a directory of shards with a commit marker) can become an entry
-of another kind by teaching :func:`parse_name` and :func:`read_entry` about it, without changing
-retention, restore or ``torchkeep ls``.
+A :class:`CheckpointEntry` is the unit of a listing; its ``kind`` is the layout that wrote it
+(``file``, ``sharded`` or ``dedup``). Retention, restore and ``torchkeep ls`` never look further.
 """
 
 from __future__ import annotations
@@ -18,13 +14,21 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..checkpoint._state import SECTION, CheckpointInfo, read_info
+from ..checkpoint._state import CheckpointInfo
+from ..checkpoint.layouts import (
+    ALL_LAYOUTS,
+    SHARDED_SUFFIX,
+    TIME_FORMAT,
+    checkpoint_name,
+    layout_for_kind,
+    layout_for_name,
+    parse_name,
+    storage_path,
+)
 from ..errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, FormatVersionError
-from ..io import _format
 from ..io._storage import LocalStorage, Storage
 from ._policies import KeepBestK, Record
 
@@ -38,43 +42,18 @@ __all__ = [
     "read_entry",
     "scan",
     "storage_path",
+    "FILE_KINDS",
+    "MANAGER_KEY",
+    "SHARDED_SUFFIX",
     "verify_entry",
 ]
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "ckpt-"
-SUFFIX = ".safetensors"
-# ".sharded": a step saved by several ranks, a directory (torchkeep.distributed)
-_NAME_RE = re.compile(r"^ckpt-(\d{9,})-(\d{8}T\d{6}Z)\.(?:safetensors|sharded)$")
-SHARDED_SUFFIX = ".sharded"
-_TS_FORMAT = "%Y%m%dT%H%M%SZ"
 #: Key in the checkpoint section where the manager records its monitor/mode.
 MANAGER_KEY = "manager"
-
-
-def checkpoint_name(step: int, when: _dt.datetime | None = None) -> str:
-    """The file name for ``step`` saved at ``when`` (default: now, UTC).
-
-    Example:
-        >>> checkpoint_name(1200, _dt.datetime(2026, 11, 23, 14, 22, 33, tzinfo=_dt.timezone.utc))
-        'ckpt-000001200-20261123T142233Z.safetensors'
-    """
-    when = when or _dt.datetime.now(_dt.timezone.utc)
-    return f"{PREFIX}{step:09d}-{when.astimezone(_dt.timezone.utc).strftime(_TS_FORMAT)}{SUFFIX}"
-
-
-def parse_name(name: str) -> tuple[int, str] | None:
-    """``(step, timestamp)`` for a checkpoint name, None for anything else in the directory.
-
-    Example:
-        >>> parse_name("ckpt-000001200-20261123T142233Z.safetensors")
-        (1200, '20261123T142233Z')
-        >>> parse_name("notes.txt") is None
-        True
-    """
-    m = _NAME_RE.match(name)
-    return (int(m.group(1)), m.group(2)) if m else None
+#: Entry kinds that are one file (``tk.load_model``, ``serve`` and ``consolidate`` read them by path).
+FILE_KINDS = ("file", "dedup")
 
 
 @dataclass
@@ -119,7 +98,7 @@ class CheckpointEntry:
                 return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
             except ValueError:
                 pass
-        return _dt.datetime.strptime(self.timestamp, _TS_FORMAT).replace(tzinfo=_dt.timezone.utc)
+        return _dt.datetime.strptime(self.timestamp, TIME_FORMAT).replace(tzinfo=_dt.timezone.utc)
 
     @property
     def sort_key(self) -> tuple[int, str]:
@@ -181,76 +160,56 @@ def open_storage(
         ) from exc
 
 
-def storage_path(storage: Storage, name: str) -> str:
-    """The path or URL a person would use for ``name`` in ``storage``."""
-    path = getattr(storage, "path", None)
-    return str(path(name)) if callable(path) else f"{storage.root.rstrip('/')}/{name}"
-
-
 def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
     """The entry for ``name`` (reading its header only), or None if ``name`` is no checkpoint."""
     parsed = parse_name(name)
     if parsed is None:
         return None
     step, ts = parsed
-    path = storage_path(storage, name)
-    entry = CheckpointEntry(name=name, step=step, timestamp=ts, path=path)
-    if name.endswith(SHARDED_SUFFIX):
-        entry.kind = "sharded"
+    layout = layout_for_name(storage, name)
+    entry = CheckpointEntry(name=name, step=step, timestamp=ts, path=storage_path(storage, name), kind=layout.kind)
     try:
-        entry.info, entry.manager = _read_header(storage, name)
-        entry.info.path = path
+        header = layout.read_header(storage, name)
     except CheckpointNotFoundError:
         return None  # deleted since it was listed
     except (CorruptCheckpointError, FormatVersionError) as exc:
         entry.info, entry.error = None, str(exc)
+        return entry
+    if header.manager is not None and not _valid_manager(header.manager):
+        entry.info = None
+        entry.error = (
+            f"{entry.path}: the manager section {str(header.manager)[:80]!r} is malformed "
+            "(expected {'monitor': a metric name or null, 'mode': 'min' or 'max'})"
+        )
+        return entry
+    entry.info, entry.manager, entry.kind = header.info, header.manager, header.kind
     return entry
 
 
-def _read_header(storage: Storage, name: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
-    read_head = getattr(storage, "read_head", None)
-    if name.endswith(SHARDED_SUFFIX):
-        from ..checkpoint.sharded import _listing as sharded
-
-        return sharded.read_header(storage_path(storage, name))
-    if isinstance(storage, LocalStorage):
-        reader = _format.open_file(storage.path(name))
-    elif read_head is not None:
-        head, size = read_head(name)
-        reader = _format.Reader(head, size, storage_path(storage, name))
-    else:
-        with storage.local_path(name) as p:
-            reader = _format.open_file(p, mmap=False)
-    try:
-        info = read_info(reader)
-        section = reader.section(SECTION)
-    finally:
-        reader.close()
-    manager = section.get(MANAGER_KEY) if isinstance(section, dict) else None
-    return info, manager if isinstance(manager, dict) else None
+def _valid_manager(manager: Any) -> bool:
+    return (
+        isinstance(manager, dict)
+        and (manager.get("monitor") is None or (isinstance(manager["monitor"], str) and bool(manager["monitor"])))
+        and manager.get("mode") in (None, "min", "max")
+    )
 
 
 def verify_entry(storage: Storage, entry: CheckpointEntry) -> None:
     """Check every tensor checksum of ``entry``; on failure mark it corrupt (``status``, ``error``)."""
     if not entry.ok:
         return
-    if entry.kind == "sharded":
-        from ..checkpoint.sharded import _listing as sharded
-
-        try:
-            sharded.verify(entry.path)
-        except (CorruptCheckpointError, FormatVersionError, CheckpointNotFoundError) as exc:
-            entry.error = str(exc)
-        return
     try:
-        with storage.local_path(entry.name) as p:
-            reader = _format.open_file(p)
-            try:
-                reader.verify()
-            finally:
-                reader.close()
+        layout_for_kind(entry.kind).verify(storage, entry.name)
     except (CorruptCheckpointError, FormatVersionError, CheckpointNotFoundError) as exc:
         entry.error = str(exc)
+
+
+def list_names(storage: Storage) -> list[str]:
+    """Names of every step under ``storage``, whatever its layout (sorted, no duplicates)."""
+    names: set[str] = set()
+    for layout in ALL_LAYOUTS:
+        names.update(layout.list(storage))
+    return sorted(names)
 
 
 def scan(storage: Storage, cache: dict[str, CheckpointEntry] | None = None) -> list[CheckpointEntry]:
@@ -260,11 +219,7 @@ def scan(storage: Storage, cache: dict[str, CheckpointEntry] | None = None) -> l
     Committed files never change under the same name, so a cached header stays true.
     """
     cache = {} if cache is None else cache
-    names = [n for n in storage.list() if parse_name(n) is not None]
-    if isinstance(storage, LocalStorage):  # sharded steps are directories, which list() leaves out
-        from ..checkpoint.sharded._listing import list_names
-
-        names += list_names(storage.root)
+    names = list_names(storage)
     present = set(names)
     for gone in [n for n in cache if n not in present]:
         del cache[gone]

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import weakref
 from typing import Any
 
@@ -36,6 +37,10 @@ __all__ = ["LOCK_NAME", "DirectoryLock", "pid_alive"]
 
 LOCK_NAME = ".torchkeep.lock"
 logger = logging.getLogger(__name__)
+#: The holder text is a few dozen bytes of JSON; more is not a lock file this module wrote.
+_MAX_LOCK_BYTES = 4096
+# Never follow a link planted in a shared directory: the lock is truncated and rewritten.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def pid_alive(pid: int) -> bool:
@@ -96,11 +101,72 @@ class DirectoryLock:
 
     def _read(self) -> dict[str, Any]:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.loads(f.read() or "{}")
-        except (OSError, ValueError):
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return {}
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return {}
+            raw = os.read(fd, _MAX_LOCK_BYTES + 1)
+        except OSError:
+            return {}
+        finally:
+            os.close(fd)
+        if len(raw) > _MAX_LOCK_BYTES:
+            return {}
+        try:
+            data = json.loads(raw.decode("utf-8") or "{}")
+        except (ValueError, RecursionError):
             return {}
         return data if isinstance(data, dict) else {}
+
+    def _open(self, flags: int) -> int:
+        """Open the lock file without following links; refuse anything but a plain file of our own."""
+        try:
+            fd = os.open(self.path, flags | _NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or os.path.islink(self.path):
+                raise self._planted("is a symbolic link") from None
+            if isinstance(exc, FileExistsError):
+                raise
+            raise CheckpointWriteError(
+                f"cannot create the lock file {self.path}: {exc.strerror or exc}. To only list and restore "
+                "from a directory you cannot write to, open it with read_only=True.",
+                path=self.directory,
+            ) from exc
+        try:
+            st = os.fstat(fd)
+        except OSError:  # pragma: no cover - fstat on a fresh descriptor
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise self._planted("is not a regular file")
+        if st.st_nlink > 1:
+            os.close(fd)
+            raise self._planted(f"has {st.st_nlink} hard links (it is another file's name too)")
+        return fd
+
+    def _planted(self, what: str) -> CheckpointWriteError:
+        return CheckpointWriteError(
+            f"the lock file {self.path} {what}; torchkeep truncates and rewrites its lock, so it refuses to "
+            "use one that could lead to another file. Someone (or something) put it there: check who can "
+            f"write to {self.directory}, then remove {self.path} and try again.",
+            path=self.directory,
+        )
+
+    def _write_holder(self, fd: int) -> None:
+        try:
+            os.ftruncate(fd, 0)
+            data = json.dumps(self._content()).encode("utf-8")
+            if os.pwrite(fd, data, 0) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"cannot write the lock file {self.path}: {exc.strerror or exc}. Free some space (or fix the "
+                "directory's permissions) and open the manager again; no checkpoint was changed.",
+                path=self.directory,
+            ) from exc
 
     def _locked_error(self, info: dict[str, Any]) -> CheckpointLockedError:
         holder = _holder_text(info)
@@ -129,14 +195,7 @@ class DirectoryLock:
             self._acquire_by_content()
             return
         for _ in range(10):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise CheckpointWriteError(
-                    f"cannot create the lock file {self.path}: {exc.strerror or exc}. To only list and restore "
-                    "from a directory you cannot write to, open it with read_only=True.",
-                    path=self.directory,
-                ) from exc
+            fd = self._open(os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -159,8 +218,11 @@ class DirectoryLock:
             previous = self._read()
             if previous.get("pid") not in (None, os.getpid()):
                 logger.info("taking over the stale lock of %s in %s", _holder_text(previous), self.directory)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(self._content()).encode("utf-8"), 0)
+            try:
+                self._write_holder(fd)
+            except CheckpointWriteError:
+                os.close(fd)  # drops the flock too: nobody holds a lock we could not write
+                raise
             self._hold(fd)
             return
         raise self._locked_error(self._read())  # pragma: no cover - lock file churning endlessly
@@ -176,10 +238,16 @@ class DirectoryLock:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
         except FileExistsError:
             raise self._locked_error(self._read()) from None
-        os.write(fd, json.dumps(self._content()).encode("utf-8"))
+        try:
+            self._write_holder(fd)
+        except CheckpointWriteError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise
         self._hold(fd)
 
     def _hold(self, fd: int) -> None:
@@ -188,12 +256,25 @@ class DirectoryLock:
         self._finalizer = weakref.finalize(self, os.close, fd)
 
     def release(self) -> None:
-        """Give the lock up (removes the lock file). Safe to call twice."""
+        """Give the lock up (removes the lock file). Safe to call twice.
+
+        The lock is released even when its file cannot be removed (a directory that became
+        read-only): the file left behind holds no ``flock``, so the next writer takes it over.
+        """
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self.path)  # while still locked, so nobody else's lock file is removed
-        if self._finalizer is not None:
-            self._finalizer()  # closes fd, once
-            self._finalizer = None
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning(
+                "could not remove the lock file %s (%s); it is released and the next writer takes it over",
+                self.path,
+                exc.strerror or exc,
+            )
+        finally:
+            if self._finalizer is not None:
+                self._finalizer()  # closes fd, once
+                self._finalizer = None

@@ -15,6 +15,11 @@ So at every instant the directory holds every checkpoint that existed before the
 possibly the new one — never a partial file under a checkpoint name. Everything the manager knows
 (steps, metrics, which is best) is read back from the files' headers, so a restarted run applies
 retention exactly as an uninterrupted one would.
+
+How a step is laid out (one file, a sharded directory, or a deduplicated step sharing tensor
+blobs) is the business of its layout (:mod:`torchkeep.checkpoint.layouts`); the manager only calls the
+:class:`~torchkeep.checkpoint.layouts.Layout` methods. Async saves of every layout go through one
+:class:`BackgroundSaver`.
 """
 
 from __future__ import annotations
@@ -25,21 +30,11 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-from .. import distributed
-from ..checkpoint._checkpoint import load_checkpoint
-from ..checkpoint._state import (
-    CheckpointInfo,
-    check_stateful,
-    collect_state,
-    info_from_section,
-    jsonable_metrics,
-    write_checkpoint,
-)
-from ..checkpoint.sharded import _listing as distributed_listing
+from ..checkpoint._checkpoint import CheckpointInfo, check_stateful, jsonable_metrics
+from ..checkpoint.layouts import PendingSave, SaveRequest, layout_for_kind, layout_for_save, sweep_all
 from ..errors import (
     CheckpointNotFoundError,
     CheckpointWriteError,
@@ -52,10 +47,9 @@ from ..io._storage import LocalStorage, Storage
 from ._async import BackgroundSaver, BufferPool, snapshot
 from ._listing import (
     MANAGER_KEY,
-    SHARDED_SUFFIX,
     CheckpointEntry,
     best_first,
-    checkpoint_name,
+    list_names,
     open_storage,
     parse_name,
     scan,
@@ -88,6 +82,9 @@ class CheckpointManager:
             when any policy keeps it. With no policy at all, every checkpoint is kept.
         read_only: open without taking the write lock, to list and restore while another process
             trains; :meth:`save` is refused.
+        dedup: store each distinct large tensor once, in content-addressed blobs shared by the
+            steps (frozen backbones, LoRA adapters and new heads are then written once); see
+            ``docs/guide/manager.md``. Off by default: every step is then one standalone file.
         **objects: the stateful objects to save and restore (``model=``, ``optimizer=``,
             ``scheduler=``, ``scaler=``, anything with ``state_dict()``/``load_state_dict()``).
 
@@ -120,6 +117,7 @@ class CheckpointManager:
         storage_options: dict[str, Any] | None = None,
         retention: Policy | Sequence[Policy] | None = None,
         read_only: bool = False,
+        dedup: bool = False,
         **objects: Any,
     ) -> None:
         if mode not in ("min", "max"):
@@ -156,17 +154,15 @@ class CheckpointManager:
         self._mutex = threading.RLock()
         self._closed = False
         self._lock: DirectoryLock | None = None
+        self.dedup = bool(dedup)
+        self._layout = layout_for_save(self._objects, dedup=self.dedup)
         # several ranks (torchkeep.distributed): each saves its shard, rank 0 commits, locks, deletes
-        self._sharded = distributed.is_sharded_context(self._objects)
+        self._sharded = self._layout.kind == "sharded"
         self._rank0 = not self._sharded or _rank() == 0
-        self._pending: tuple[Future[CheckpointInfo], list[CheckpointEntry]] | None = None
         if not read_only and isinstance(self._storage, LocalStorage) and self._rank0:
             self._lock = DirectoryLock(self._storage.root)
             self._lock.acquire()
-            distributed.sweep(self._storage.root)  # uncommitted sharded steps (directories)
-            swept = self._storage.sweep_temporaries()
-            if swept:
-                logger.info("removed %d temporary file(s) left by an interrupted save: %s", len(swept), swept)
+            self.collect_garbage()
         elif not read_only:
             logger.debug("%s is an object store: no cross-process write lock (see docs/guide/manager.md)", directory)
         self._saver = BackgroundSaver(self.directory) if self.async_save else None
@@ -251,35 +247,33 @@ class CheckpointManager:
             )
         if self.monitor:
             self._check_monitored(step, metrics)
-        if self._sharded:
-            return self._save_sharded(step, epoch, metrics, extra, existing)
+        name = self._layout.step_name(step)
+        annotations: dict[str, Any] = (
+            {MANAGER_KEY: {"monitor": self.monitor, "mode": self.mode}} if self.monitor else {}
+        )
+        request = SaveRequest(
+            self._objects, epoch=epoch, step=step, metrics=metrics, extra=extra, annotations=annotations, verify=True
+        )
         try:
-            tree, section = collect_state(self._objects, epoch=epoch, step=step, metrics=metrics, extra=extra)
+            pending = self._layout.begin_save(
+                self._storage, name, request, stage=self._stage if self._saver is not None else None
+            )
         except TorchkeepError:
             raise
         except Exception as exc:
             raise CheckpointWriteError(
-                f"could not collect the state for step {step}: {type(exc).__name__}: {exc}. "
-                "Nothing was written; earlier checkpoints are unchanged."
+                f"could not collect the state for step {step}"
+                + (" (and copy it to host memory)" if self._saver is not None else "")
+                + f": {type(exc).__name__}: {exc}. Nothing was written; earlier checkpoints are unchanged."
             ) from exc
-        if self.monitor:
-            section[MANAGER_KEY] = {"monitor": self.monitor, "mode": self.mode}
-        name = checkpoint_name(step)
-        path = storage_path(self._storage, name)
         if self._saver is None:
-            return self._write(name, tree, section, extra, replaced=existing)
-        try:
-            copied, ready = snapshot(tree, self._pool)
-        except TorchkeepError:
-            raise
-        except Exception as exc:
-            raise CheckpointWriteError(
-                f"could not copy the state of step {step} to host memory: {type(exc).__name__}: {exc}"
-            ) from exc
-        self._saver.submit(lambda: self._write(name, copied, section, extra, replaced=existing, ready=ready), path)
-        info = info_from_section(path, section, None)
-        info.extra = extra
-        return info
+            return self._commit(name, pending, existing, annotations.get(MANAGER_KEY))
+        keys = annotations.get(MANAGER_KEY)
+        self._saver.submit(lambda: self._commit(name, pending, existing, keys), pending.info.path or name)
+        return pending.info
+
+    def _stage(self, tree: Any) -> tuple[Any, Any]:
+        return snapshot(tree, self._pool)
 
     def _check_monitored(self, step: int, metrics: Mapping[str, Any] | None) -> None:
         # Without the metric, keep_best cannot rank a checkpoint: the runs then keep only what the
@@ -302,99 +296,85 @@ class CheckpointManager:
             self.monitor,
         )
 
-    def _write(
-        self,
-        name: str,
-        tree: Any,
-        section: dict[str, Any],
-        extra: Any,
-        *,
-        replaced: list[CheckpointEntry],
-        ready: Any = None,
+    def _commit(
+        self, name: str, pending: PendingSave, replaced: list[CheckpointEntry], manager_keys: dict[str, Any] | None
     ) -> CheckpointInfo:
-        if ready is not None:
-            ready()
-        path = storage_path(self._storage, name)
-        try:
-            with self._storage.atomic_write(name) as f:
-                size = write_checkpoint(f, tree, section)
-                _verify_staged(f, path)
-        except CheckpointWriteError:
-            raise
-        except (OSError, CorruptCheckpointError) as exc:
-            raise CheckpointWriteError(
-                f"could not write {path}: {exc}. Earlier checkpoints are unchanged.", path=path
-            ) from exc
-        info = info_from_section(path, section, size)
+        """Write the step, then (rank 0) record it, drop what it replaces, apply retention and sweep."""
+        info = pending.commit()
+        if not self._rank0:
+            return info
         with self._mutex:
             parsed = parse_name(name)
-            assert parsed is not None  # made by checkpoint_name
-            self._cache[name] = CheckpointEntry(
-                name=name, step=parsed[0], timestamp=parsed[1], path=path, info=info, manager=section.get(MANAGER_KEY)
-            )
+            if parsed is not None and not self._sharded:  # a sharded step's header is read on the next scan
+                self._cache[name] = CheckpointEntry(
+                    name=name,
+                    step=parsed[0],
+                    timestamp=parsed[1],
+                    path=storage_path(self._storage, name),
+                    kind=self._layout.kind,
+                    info=info,
+                    manager=manager_keys,
+                )
+            deleted = 0
             for old in replaced:
                 if old.name != name:
-                    self._delete(old)
-            self._apply_retention(written=name)
-        info.extra = extra
-        logger.debug("saved %s (%d bytes)", path, size)
+                    deleted += self._delete(old)
+            deleted += self._apply_retention(written=name)
+            if deleted:
+                self.collect_garbage()
+        logger.debug("saved %s (%s bytes)", info.path, info.size_bytes)
         return info
 
-    def _save_sharded(
-        self, step: int, epoch: int | None, metrics: Any, extra: Any, existing: list[CheckpointEntry]
-    ) -> CheckpointInfo:
-        """One directory per step, one shard per rank (torchkeep.distributed); rank 0 keeps the books."""
-        self._finish_sharded()
-        name = checkpoint_name(step).removesuffix(".safetensors") + SHARDED_SUFFIX
-        path = storage_path(self._storage, name)
-        annotations = {MANAGER_KEY: {"monitor": self.monitor, "mode": self.mode}} if self.monitor else None
-        kw: dict[str, Any] = dict(step=step, epoch=epoch, metrics=metrics, extra=extra, annotations=annotations)
-        if self.async_save:
-            self._pending = (distributed.async_save_checkpoint(path, **kw, **self._objects), existing)
-            return CheckpointInfo(path=path, step=step, epoch=epoch, metrics=dict(metrics or {}), extra=extra)
-        info = distributed.save_checkpoint(path, **kw, **self._objects)
-        self._after_sharded(info, existing)
-        return info
-
-    def _finish_sharded(self) -> None:
-        if self._pending is not None:
-            future, existing = self._pending
-            self._pending = None
-            self._after_sharded(future.result(), existing)
-
-    def _after_sharded(self, info: CheckpointInfo, existing: list[CheckpointEntry]) -> None:
-        if not self._rank0:
-            return
-        with self._mutex:
-            for old in existing:
-                if old.path != info.path:
-                    self._delete(old)
-            self._apply_retention(written=os.path.basename(str(info.path).rstrip("/")))
-
-    def _delete(self, entry: CheckpointEntry) -> None:
+    def _delete(self, entry: CheckpointEntry) -> int:
         try:
-            if entry.kind == "sharded":
-                distributed_listing.delete(entry.path)
-            else:
-                self._storage.delete(entry.name)
+            layout_for_kind(entry.kind).delete(self._storage, entry.name)
         except OSError as exc:  # the save itself succeeded; a leftover checkpoint is harmless
             logger.warning("retention could not delete %s: %s", entry.path, exc)
-            return
+            return 0
         self._cache.pop(entry.name, None)
         logger.debug("retention deleted %s", entry.path)
+        return 1
 
-    def _apply_retention(self, *, written: str | None = None) -> None:
-        """Delete what no policy keeps, except the highest step and ``written`` (the file just saved)."""
+    def _apply_retention(self, *, written: str | None = None) -> int:
+        """Delete what no policy keeps, except the highest step and ``written`` (the step just saved)."""
         if self.policy is None:
-            return
+            return 0
         entries = scan(self._storage, self._cache)
         if not entries:
-            return
+            return 0
         mask = self.policy.keep([e.record() for e in entries])
         mask[-1] = True  # never delete the newest checkpoint
+        deleted = 0
         for entry, keep in zip(entries, mask, strict=True):
             if not keep and entry.name != written:
-                self._delete(entry)
+                deleted += self._delete(entry)
+        return deleted
+
+    def collect_garbage(self) -> list[str]:
+        """Remove what interrupted saves left and every tensor blob that no listed step refers to.
+
+        Runs when a writing manager opens a directory and after retention deletes a step; call it
+        yourself after deleting steps by hand. Needs the write lock (refused when ``read_only``).
+        Returns the names removed (blobs as ``blobs/<hash>``).
+
+        Example:
+            >>> import torch, torchkeep as tk, tempfile
+            >>> with tk.CheckpointManager(tempfile.mkdtemp(), model=torch.nn.Linear(1, 1)) as mgr:
+            ...     mgr.collect_garbage()
+            []
+        """
+        if self.read_only:
+            raise CheckpointWriteError(
+                f"{self.directory} was opened with read_only=True; garbage collection needs the write lock",
+                path=self.directory,
+            )
+        if not self._rank0:
+            return []
+        with self._mutex:
+            removed = sweep_all(self._storage)
+        if removed:
+            logger.info("removed %d leftover(s) of interrupted saves or deleted steps: %s", len(removed), removed[:10])
+        return removed
 
     # -- restoring ----------------------------------------------------------------------------
     def restore(
@@ -425,10 +405,10 @@ class CheckpointManager:
         """
         self._check_open()
         self.wait()
-        entries = self.entries
         if not isinstance(which, (str, bool)) and hasattr(which, "__index__"):
             which = operator.index(which)  # numpy ints too
         if isinstance(which, int) and not isinstance(which, bool):
+            entries = self.entries
             matches = [e for e in entries if e.step == which]
             if not matches:
                 steps = [e.step for e in entries]
@@ -437,37 +417,41 @@ class CheckpointManager:
                     path=self.directory,
                 )
             return self._load(matches[-1], map_location, strict)
-        if which == "latest":
-            candidates = entries[::-1]
-        elif which == "best":
-            if not self.monitor:
-                raise UsageError(
-                    "restore('best') needs the manager to be created with monitor= (the metric that defines "
-                    "'best'), e.g. CheckpointManager(dir, monitor='val_loss', ...); or restore 'latest' or a step",
-                    argument="which",
-                )
+        if which not in ("latest", "best"):
+            raise UsageError(f"which must be 'latest', 'best' or a step number, got {which!r}", argument="which")
+        if which == "best" and not self.monitor:
+            raise UsageError(
+                "restore('best') needs the manager to be created with monitor= (the metric that defines "
+                "'best'), e.g. CheckpointManager(dir, monitor='val_loss', ...); or restore 'latest' or a step",
+                argument="which",
+            )
+        skipped: list[str] = []
+        # Another process may delete steps while this one reads (a trainer's retention, seen by a
+        # read-only manager): a candidate that vanished is no failure, the listing is read again.
+        for _ in range(_RESCANS):
+            entries = self.entries
             if not entries:
                 return None
-            candidates = self._best_first(entries)
-            if not candidates:
-                raise CheckpointNotFoundError(
-                    f"no checkpoint in {self.directory} records the metric {self.monitor!r}; "
-                    "pass it in save(metrics=...) or restore 'latest'",
-                    path=self.directory,
-                )
-        else:
-            raise UsageError(f"which must be 'latest', 'best' or a step number, got {which!r}", argument="which")
-        if not candidates:
+            candidates = self._candidates(str(which), entries)
+            vanished = False
+            for entry in candidates:
+                if entry.path in skipped:
+                    continue
+                try:
+                    return self._load(entry, map_location, strict)
+                except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+                    if entry.name not in list_names(self._storage):
+                        logger.debug("%s vanished while it was being restored (%s); listing again", entry.path, exc)
+                        vanished = True
+                        break
+                    skipped.append(entry.path)
+                    message = f"skipping checkpoint {entry.path} (step {entry.step}): {exc}; trying the next one"
+                    logger.warning(message)
+                    warnings.warn(message, UserWarning, stacklevel=2)
+            if not vanished:
+                break
+        if not skipped:
             return None
-        skipped: list[str] = []
-        for entry in candidates:
-            try:
-                return self._load(entry, map_location, strict)
-            except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
-                skipped.append(entry.path)
-                message = f"skipping checkpoint {entry.path} (step {entry.step}): {exc}; trying the next one"
-                logger.warning(message)
-                warnings.warn(message, UserWarning, stacklevel=2)
         raise CorruptCheckpointError(
             f"every checkpoint in {self.directory} failed verification: {skipped}. "
             "Run `torchkeep ls --verify` on the directory to see what is wrong.",
@@ -475,18 +459,31 @@ class CheckpointManager:
             reason="no readable checkpoint",
         )
 
+    def _candidates(self, which: str, entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
+        """Newest first ("latest") or best first ("best"), readable headers only for "best"."""
+        if which == "latest":
+            return entries[::-1]
+        candidates = self._best_first(entries)
+        if not candidates:
+            raise CheckpointNotFoundError(
+                f"no checkpoint in {self.directory} records the metric {self.monitor!r}; "
+                "pass it in save(metrics=...) or restore 'latest'",
+                path=self.directory,
+            )
+        return candidates
+
     def _load(self, entry: CheckpointEntry, map_location: _format.MapLocation, strict: bool) -> CheckpointInfo:
         if entry.error is not None:
             raise CorruptCheckpointError(entry.error, path=entry.path, reason="unreadable header")
-        with self._storage.local_path(entry.name) as local:
-            info = load_checkpoint(local, map_location=map_location, strict=strict, **self._objects)
+        info = layout_for_kind(entry.kind).load(
+            self._storage, entry.name, self._objects, map_location=map_location, strict=strict
+        )
         info.path = entry.path
         return info
 
     # -- lifecycle ----------------------------------------------------------------------------
     def wait(self) -> None:
         """Block until the background save (if any) is written; raise its error if it failed."""
-        self._finish_sharded()
         if self._saver is not None:
             self._saver.wait()
 
@@ -524,6 +521,10 @@ class CheckpointManager:
         return f"CheckpointManager({self.directory!r}, {mode}, objects={sorted(self._objects)})"
 
 
+#: How often restore() reads the listing again when the steps it tried were deleted meanwhile.
+_RESCANS = 20
+
+
 def _check_step(step: Any) -> int:
     """``step`` as an int (numpy and 0-d integer tensors too), or :class:`UsageError`."""
     try:
@@ -543,22 +544,3 @@ def _rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _verify_staged(f: IO[bytes], path: str) -> None:
-    """Re-read the just-written (not yet committed) file and check every tensor checksum."""
-    staged = getattr(f, "name", None)
-    if not isinstance(staged, str) or not os.path.isfile(staged):
-        return
-    f.flush()
-    reader = _format.open_file(staged)
-    try:
-        reader.verify()
-    except CorruptCheckpointError as exc:
-        raise CheckpointWriteError(
-            f"{path}: the written bytes do not match what was saved ({exc.reason}); the file was not "
-            "committed. Check the disk and memory of this machine.",
-            path=path,
-        ) from exc
-    finally:
-        reader.close()

@@ -26,11 +26,13 @@ from ..errors import (
     CorruptCheckpointError,
     MissingObjectError,
     ModelNotRegisteredError,
+    StateMismatchError,
     UnsupportedValueError,
 )
 from ..io import _codec, _format
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
+from ._adopt import adopt_state
 from ._families import family_entry, family_of
 from ._rebuild import migrate, rebuild
 from ._registry import (
@@ -262,7 +264,7 @@ def _load_state(
             hint="If the class changed after the file was written, bump its version and add a @tk.migration; "
             "or pass strict=False to load what fits",
         )
-    skip = {k for k, _, _ in diff.mismatched}
+    skip = {k for k, _, _ in diff.mismatched} | {k for k, _ in diff.invalid}
     model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
 
 
@@ -329,9 +331,9 @@ def load_model(
     config = _decode_arguments(entry, src)
     state = _state_from(reader, src, map_location, verify)
     config, state = migrate(reg, entry["version"], config, state, src)
-    model = _build_on_meta(reg, config, state, src)
+    model = _build_on_meta(reg, config, state, src, strict=strict)
     if model is not None:
-        model = _adopt(model, state, src)
+        model = adopt_state(model, state, src)
     if model is None:
         model = rebuild(reg, config, source=src)
         model.to(_target_device(state))
@@ -340,8 +342,21 @@ def load_model(
     return model.eval()
 
 
+#: How many bytes of parameters and buffers a rebuilt model may hold beyond the tensor bytes its
+#: file supplies (what ``strict=False`` initializes itself, non-persistent buffers). Constructor
+#: arguments come from the file: without a bound, a few bytes of JSON could ask for terabytes.
+MAX_UNSUPPLIED_BYTES = 1 << 30
+
+
+def _nbytes(tensors: Any) -> int:
+    # Lazy parameters have no size yet: the file gives them theirs.
+    return sum(
+        t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor) and not isinstance(t, _LAZY)
+    )
+
+
 def _build_on_meta(
-    reg: RegisteredModel, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], src: str
+    reg: RegisteredModel, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], src: str, *, strict: bool
 ) -> torch.nn.Module | None:
     """Build on the meta device (no weight initialization, no memory), or None if that is unsafe.
 
@@ -350,6 +365,10 @@ def _build_on_meta(
     tensors, non-persistent buffers, tensors outside the state dict, lazy parameters, keys,
     shapes or dtypes that differ from the file — returns None and the caller builds the model
     normally (running its initialization) and copies the state in.
+
+    The meta build also sizes the model before any memory is spent on it: a model that cannot
+    take the file's state (``strict=True``) or that would hold more than the file's tensors plus
+    :data:`MAX_UNSUPPLIED_BYTES` raises :class:`StateMismatchError` here, never allocated.
     """
     from ._audit import holds_unsaved_tensors
 
@@ -359,6 +378,24 @@ def _build_on_meta(
     except Exception as exc:  # any constructor that needs real data: build normally instead
         logger.debug("%s: meta build of %s failed (%s); building normally", src, reg.name, exc)
         return None
+    diff = compare_state(model.state_dict(), state, any_shape=_LAZY)
+    if strict and diff:
+        raise diff.error(
+            f"{src}: the {reg.name!r} (version {reg.version}) built from the file's arguments does not match "
+            "the file's state",
+            source="file",
+            hint="If the class changed after the file was written, bump its version and add a @tk.migration; "
+            "or pass strict=False to load what fits",
+        )
+    supplied = _nbytes(state.values())
+    needed = _nbytes(model.parameters()) + _nbytes(model.buffers())
+    if needed > supplied + MAX_UNSUPPLIED_BYTES:
+        raise StateMismatchError(
+            f"{src}: the file's arguments build a {reg.name!r} of {needed:,} bytes of parameters and buffers, "
+            f"but the file holds {supplied:,} bytes of tensors; torchkeep builds at most "
+            f"{MAX_UNSUPPLIED_BYTES:,} bytes more than a file supplies (MAX_UNSUPPLIED_BYTES). The arguments "
+            "are damaged or crafted; build the model yourself and load_state_dict(tk.load(path)) if they are not"
+        )
     own = model.state_dict(keep_vars=True)
     if set(own) != set(state) or holds_unsaved_tensors(model):
         return None
@@ -368,40 +405,6 @@ def _build_on_meta(
         if t.shape != state[k].shape or t.dtype != state[k].dtype:
             return None
     return model
-
-
-def _adopt(model: torch.nn.Module, state: Mapping[str, torch.Tensor], src: str) -> torch.nn.Module | None:
-    """Give a meta-built model the file's tensors themselves (mapped, not copied); None if that fails."""
-    shared = _shared_slots(model)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except Exception as exc:  # a module whose custom loading does not support assign=True
-        logger.debug("%s: assign-loading failed (%s); building normally", src, exc)
-        return None
-    for (first_module, kind, first_name), (module, _, name) in shared:
-        getattr(module, kind)[name] = getattr(first_module, kind)[first_name]
-    if any(t.device.type == "meta" for t in (*model.parameters(), *model.buffers())):
-        return None
-    return model
-
-
-def _shared_slots(
-    model: torch.nn.Module,
-) -> list[tuple[tuple[torch.nn.Module, str, str], tuple[torch.nn.Module, str, str]]]:
-    """Pairs (first holder, other holder) of parameters/buffers shared between modules (tied weights)."""
-    seen: dict[int, tuple[torch.nn.Module, str, str]] = {}
-    pairs = []
-    for module in model.modules():
-        for kind in ("_parameters", "_buffers"):
-            for name, t in getattr(module, kind).items():
-                if t is None:
-                    continue
-                slot = (module, kind, name)
-                if id(t) in seen:
-                    pairs.append((seen[id(t)], slot))
-                else:
-                    seen[id(t)] = slot
-    return pairs
 
 
 def _check_ties(model: torch.nn.Module, entry: Mapping[str, Any], path: str) -> None:

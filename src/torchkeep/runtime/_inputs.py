@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import PredictorInputError
+from ..io._codec import DTYPES_BY_NAME
 from ._base import TensorSpec
 
 __all__ = [
@@ -50,8 +51,10 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]
     except KeyError:
-        dtype = getattr(torch, name, None)
-        if isinstance(dtype, torch.dtype):
+        # A table, never getattr(torch, name): spec names come from files (export.json), and
+        # torch imports submodules for some names ("_inductor", "onnx").
+        dtype = DTYPES_BY_NAME.get(name) if isinstance(name, str) else None
+        if dtype is not None:
             return dtype
         raise PredictorInputError(
             f"unknown dtype {name!r} in a tensor spec; expected one of {sorted(_DTYPES)}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -173,7 +174,8 @@ def check_array(
             raise Reject(422, "invalid_input", f"{where}: a value is outside the {spec.dtype} range; {expect}")
     elif kind not in _FLOAT_KINDS:
         raise Reject(422, "invalid_input", f"{where}: found {_kind_name(raw)} values, {expect} (numbers)")
-    arr = raw.astype(target, copy=False)
+    with np.errstate(over="ignore"):  # a number too large for the model's dtype becomes inf, refused below
+        arr = raw.astype(target, copy=False)
     if not batched:
         arr = arr[None, ...]
     rank = len(spec.shape)
@@ -266,6 +268,7 @@ def parse_npy(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finite: boo
         )
     if not body.startswith(b"\x93NUMPY"):
         raise Reject(400, "invalid_npy", "the body is not a .npy file (no \\x93NUMPY magic); write it with numpy.save")
+    _check_npy_size(body)
     try:
         arr = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
@@ -279,6 +282,28 @@ def parse_npy(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finite: boo
             f"the .npy array has dtype {getattr(arr, 'dtype', '?')}; expected {describe_inputs(specs)}",
         )
     return [check_array(arr, specs[0], batched=True, allow_non_finite=allow_non_finite, where="body")]
+
+
+def _check_npy_size(body: bytes) -> None:
+    """Refuse a .npy header that claims more data than the body holds (numpy would allocate it first)."""
+    buf = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(buf)
+        # Format 3.0 differs from 2.0 only in the header's text encoding.
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read_header(buf)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise Reject(
+            400, "invalid_npy", f"cannot read the .npy header ({exc}); write the array with numpy.save"
+        ) from None
+    claimed = math.prod(shape) * dtype.itemsize
+    held = len(body) - buf.tell()
+    if claimed != held:
+        raise Reject(
+            400,
+            "invalid_npy",
+            f"the .npy header says {list(shape)} {dtype} ({claimed} bytes) but the body holds {held} bytes of data",
+        )
 
 
 def _same_batch(arrays: Sequence[np.ndarray[Any, Any]], specs: Sequence[TensorSpec]) -> None:

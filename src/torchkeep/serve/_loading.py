@@ -50,10 +50,10 @@ def _checkpoint_step(path: str) -> int | None:
 
 def _newest_managed(directory: str) -> str | None:
     """The readable checkpoint with the highest step in a ``tk.CheckpointManager`` directory."""
-    from ..manager import list_checkpoints
+    from ..manager import FILE_KINDS, list_checkpoints
 
     try:
-        entries = [e for e in list_checkpoints(directory) if e.ok and e.kind == "file" and e.path]
+        entries = [e for e in list_checkpoints(directory) if e.ok and e.kind in FILE_KINDS and e.path]
     except (TorchkeepError, OSError) as exc:
         logger.debug("%s: not a checkpoint-manager directory (%s)", directory, exc)
         return None

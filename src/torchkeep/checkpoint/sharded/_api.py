@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as _dcp_save
 from torch.utils._pytree import tree_map_only
 
 from ...errors import (
+    CorruptCheckpointError,
     DistributedCheckpointError,
     MissingObjectError,
     StateMismatchError,
@@ -44,6 +45,7 @@ from ...io import _codec
 from ...io._format import MapLocation
 from .. import _restore, _state
 from .._state import CheckpointInfo
+from .._state_io import check_rng_state
 from ._dcp import RANK_KEY, LoadPlanner_, Opaque, SavePlanner_, ShardReader, ShardWriter
 from ._index import Index, read_index
 
@@ -330,6 +332,8 @@ def load_checkpoint(
             )
     use_dist, rank, _world = _group_info(process_group)
     reader = ShardReader(index, verify=verify)
+    # This rank's own state (RNG, extra) is decoded and checked before DCP writes into any object.
+    rank_state = _rank_state(index, reader, rank, map_location=map_location)
     try:
         planner = LoadPlanner_(allow_partial_load=not strict)
         if use_dist:
@@ -339,7 +343,7 @@ def load_checkpoint(
     except (CheckpointException, Exception) as exc:
         raise _translate(exc, "loading", index.path) from exc
     _apply(objects, state, strict, info)
-    _restore_rank_state(index, reader, rank, info, map_location=map_location, rng=rng)
+    _restore.restore_state(rank_state, {}, info, strict=True, rng=rng and rank < index.world_size)
     return info
 
 
@@ -375,9 +379,8 @@ def rank_tree(reader: ShardReader, rank: int, map_location: MapLocation) -> Any:
     return tree.get(RANK_KEY, {}) if isinstance(tree, dict) else {}
 
 
-def _restore_rank_state(
-    index: Index, reader: ShardReader, rank: int, info: CheckpointInfo, *, map_location: MapLocation, rng: bool
-) -> None:
+def _rank_state(index: Index, reader: ShardReader, rank: int, *, map_location: MapLocation) -> Any:
+    """The RNG state and extra ``rank`` saved, decoded; the RNG state is checked (not applied)."""
     own = rank < index.world_size
     if not own:
         logger.warning(
@@ -387,7 +390,14 @@ def _restore_rank_state(
             rank,
         )
     tree = rank_tree(reader, rank if own else 0, map_location)
-    _restore.restore_state(tree, {}, info, strict=True, rng=rng and own)
+    if not isinstance(tree, dict):
+        raise CorruptCheckpointError(f"{index.path}: rank {rank}'s saved state is not a dict", path=index.path)
+    if own and _state.RNG_KEY in tree:
+        try:
+            check_rng_state(tree[_state.RNG_KEY])
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{index.path}: {exc}", path=index.path, reason=exc.reason) from None
+    return tree
 
 
 # ------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 from ...errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from ...io._dtypes import LOGICAL_DTYPES
+from .. import _state
 
 __all__ = [
     "INDEX_NAME",
@@ -43,7 +45,9 @@ INDEX_FORMAT = "torchkeep.sharded"
 INDEX_VERSION = 1
 MAX_INDEX_BYTES = 256 * 1024 * 1024
 _MAX_PATH_PARTS = 64
-_MAX_LIST_INDEX = 1 << 20  # a state dict list longer than this is not plausible; bounds memory on load
+#: List slots a load may create beyond the entries the index lists (DCP writes one entry per
+#: element of a list it walks into; an element that is an empty dict has none).
+_LIST_SLACK = 1024
 _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.safetensors$")
 
 
@@ -135,9 +139,11 @@ def _ints(x: Any) -> bool:
 
 
 def _dtype(name: Any, where: str) -> torch.dtype:
-    dt = getattr(torch, name, None) if isinstance(name, str) and name.isidentifier() else None
-    if not isinstance(dt, torch.dtype):
-        raise _bad(where, f"unknown dtype {name!r}")
+    # A fixed table, never getattr(torch, name): torch imports submodules for some names
+    # ("_inductor", "onnx"), and a file must not choose what gets imported.
+    dt = LOGICAL_DTYPES.get(name) if isinstance(name, str) else None
+    if dt is None:
+        raise _bad(where, f"unknown dtype {str(name)[:40]!r}")
     return dt
 
 
@@ -205,6 +211,7 @@ def read_index(directory: str | os.PathLike[str]) -> Index:
     checkpoint = doc.get("checkpoint")
     if not isinstance(checkpoint, dict):
         raise _bad(path, "checkpoint section is not an object")
+    _state.info_from_section(path, checkpoint, None)  # the same field checks as a single file's header
     dcp = doc.get("dcp")
     if not isinstance(dcp, dict):
         raise _bad(path, "dcp section is not an object")
@@ -248,23 +255,36 @@ def _parse_metadata(dcp: dict[str, Any], world: int, path: str, root: str) -> Me
     if not isinstance(planner_data, dict):
         raise _bad(path, "dcp.planner_data is not an object")
     mappings: dict[str, tuple[str | int, ...]] = {}
+    # Loading rebuilds each list up to its largest index: bound the slots by what the index holds.
+    max_slots = len(planner_data) + _LIST_SLACK
+    lists: dict[tuple[Any, ...], int] = {}
     for fqn, parts in planner_data.items():
         if not (
             isinstance(parts, list)
             and 0 < len(parts) <= _MAX_PATH_PARTS
             and isinstance(parts[0], str)
-            and all(isinstance(p, str) or (type(p) is int and 0 <= p < _MAX_LIST_INDEX) for p in parts)
+            and all(isinstance(p, str) or (type(p) is int and 0 <= p < max_slots) for p in parts)
         ):
             raise _bad(
                 path,
                 f"dcp.planner_data[{fqn!r}] must be a list of at most {_MAX_PATH_PARTS} path parts "
-                f"(strings, or list indices below {_MAX_LIST_INDEX}) starting with a name",
+                f"(strings, or list indices below {max_slots}) starting with a name",
             )
+        for i, p in enumerate(parts):
+            if type(p) is int:
+                lists[tuple(parts[:i])] = max(lists.get(tuple(parts[:i]), 0), p + 1)
         mappings[fqn] = tuple(parts)
+    if sum(lists.values()) > max_slots:
+        raise _bad(
+            path,
+            f"dcp.planner_data's list indices make {sum(lists.values())} list slots for {len(planner_data)} entries "
+            f"(at most {max_slots}); the index is damaged",
+        )
     storage = dcp.get("storage")
     if not isinstance(storage, list):
         raise _bad(path, "dcp.storage is not a list")
     refs: dict[MetadataIndex, ItemRef] = {}
+    used: set[ItemRef] = set()
     for s in storage:
         ok = (
             isinstance(s, list)
@@ -283,7 +303,13 @@ def _parse_metadata(dcp: dict[str, Any], world: int, path: str, root: str) -> Me
         if s[1] not in offsets and not (s[1] is None and offsets == [[0] * len(offsets[0] or [])]):
             raise _bad(path, f"dcp.storage entry for {s[0]!r} has offsets {s[1]} that match none of its chunks")
         idx = MetadataIndex(fqn=s[0], offset=None if s[1] is None else torch.Size(s[1]), index=s[2])
-        refs[idx] = ItemRef(rank=s[3], tensor=s[4])
+        ref = ItemRef(rank=s[3], tensor=s[4])
+        # DCP writes each chunk once, to its own tensor: one stored tensor behind several chunks
+        # or keys would let a small shard fill a tensor many times its size.
+        if ref in used:
+            raise _bad(path, f"dcp.storage uses tensor {s[4][:80]!r} of shard {s[3]} more than once")
+        used.add(ref)
+        refs[idx] = ref
     version = dcp.get("version")
     return Metadata(
         state_dict_metadata=dict(sd_meta),
