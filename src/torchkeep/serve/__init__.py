@@ -12,7 +12,7 @@ Example:
     >>> app = create_app("export/", options=opts)  # doctest: +SKIP
 """
 
-from ._app import Server, create_app
+from ._app import create_app
 from ._batching import Batcher, ModelSlot
 from ._core import LoadedModel, ServingCore
 from ._handlers import Handler, ImageHandler, LabelHandler, TokenizerHandler
@@ -21,6 +21,7 @@ from ._metrics import Metrics
 from ._options import ServeOptions
 from ._repository import VersionPolicy
 from ._run import app_from_env, serve
+from ._server import Server
 
 __all__ = [
     "Batcher",
