@@ -14,9 +14,10 @@ Example:
 
 from ._app import create_app
 from ._batching import Batcher, ModelSlot
-from ._core import LoadedModel, ServingCore
+from ._core import ServingCore
 from ._handlers import Handler, ImageHandler, LabelHandler, TokenizerHandler
 from ._inputs import Reject
+from ._loaded import LoadedModel
 from ._metrics import Metrics
 from ._options import ServeOptions
 from ._repository import VersionPolicy
