@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchkeep.errors import ServeError
+from torchkeep.errors import UsageError
 from torchkeep.serve import ImageHandler, LabelHandler, ServeOptions
 from torchkeep.serve._handlers import handler_from_file, import_handler
 
@@ -253,20 +253,20 @@ async def _cli_handler(tmp_path: Path) -> None:
 def test_handler_json_is_data_and_is_checked(tmp_path: Path, spec: object, message: str) -> None:
     path = tmp_path / "handler.json"
     path.write_text(json.dumps(spec))
-    with pytest.raises(ServeError, match=message):
+    with pytest.raises(UsageError, match=message):
         handler_from_file(str(tmp_path), str(path))
 
 
 def test_handler_contract_checks_up_front() -> None:
     from torchkeep.runtime import TensorSpec
 
-    with pytest.raises(ServeError, match="give one per column"):
+    with pytest.raises(UsageError, match="give one per column"):
         LabelHandler(labels=["a", "b", "c"]).setup(
             [TensorSpec("x", (None, 2), "float32")], [TensorSpec("y", (None, 2), "float32")]
         )
-    with pytest.raises(ServeError, match=r"\[height, width\]"):
+    with pytest.raises(UsageError, match=r"\[height, width\]"):
         ImageHandler(size=[8])
-    with pytest.raises(ServeError, match=r"mypkg\.handlers:TextHandler"):
+    with pytest.raises(UsageError, match=r"mypkg\.handlers:TextHandler"):
         ServeOptions(handlers=("no_colon",))
-    with pytest.raises(ServeError, match="cannot import"):
+    with pytest.raises(UsageError, match="cannot import"):
         import_handler("no_such_module_xyz:Cls")

@@ -24,7 +24,7 @@ import ray
 import torch
 from ray import serve
 
-from torchkeep.errors import ServeError
+from torchkeep.errors import UsageError
 from torchkeep.serve import ServeOptions
 from torchkeep.serve.ray import RayOptions, app_builder, build_app
 
@@ -257,16 +257,16 @@ def test_app_builder_takes_serve_run_arguments(tmp_path: Path) -> None:
     ],
 )
 def test_app_builder_refuses_bad_arguments(args: dict[str, str], message: str) -> None:
-    with pytest.raises(ServeError, match=message):
+    with pytest.raises(UsageError, match=message):
         app_builder(args)
 
 
 def test_ray_options_are_checked() -> None:
-    with pytest.raises(ServeError, match="route_prefix"):
+    with pytest.raises(UsageError, match="route_prefix"):
         RayOptions(route_prefix="v1")
-    with pytest.raises(ServeError, match="num_gpus"):
+    with pytest.raises(UsageError, match="num_gpus"):
         RayOptions(num_gpus=-1)
-    with pytest.raises(ServeError, match="autoscaling"):
+    with pytest.raises(UsageError, match="autoscaling"):
         RayOptions(autoscaling=[1, 2])  # type: ignore[arg-type]
     auto = RayOptions(autoscaling={"min_replicas": 1, "max_replicas": 4}).deployment_options()
     assert "num_replicas" not in auto and auto["autoscaling_config"]["max_replicas"] == 4

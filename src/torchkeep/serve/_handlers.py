@@ -95,7 +95,7 @@ def _check_options(name: str, options: dict[str, Any], allowed: dict[str, str]) 
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         valid = ", ".join(f"{k} ({v})" for k, v in allowed.items())
-        raise ServeError(f"handler {name!r}: unknown option(s) {unknown}; valid options: {valid}", option="handler")
+        raise UsageError(f"handler {name!r}: unknown option(s) {unknown}; valid options: {valid}", argument="handler")
 
 
 class LabelHandler(Handler):
@@ -113,7 +113,7 @@ class LabelHandler(Handler):
 
     def __init__(self, *, labels: Sequence[str]) -> None:
         if isinstance(labels, str) or not labels or not all(isinstance(x, str) for x in labels):
-            raise ServeError(f"labels={labels!r}: expected a list of class names such as ['cat', 'dog']")
+            raise UsageError(f"labels={labels!r}: expected a list of class names such as ['cat', 'dog']")
         self.labels = [x.encode() for x in labels]
 
     def setup(
@@ -123,7 +123,7 @@ class LabelHandler(Handler):
         first = model_outputs[0]
         width = first.shape[-1] if first.shape else None
         if width is not None and width != len(self.labels):
-            raise ServeError(
+            raise UsageError(
                 f"labels: {len(self.labels)} names for an output '{first.name}' of width {width}; give one per column"
             )
         return list(model_inputs), [*model_outputs, TensorSpec("label", (None,), "bytes")]
@@ -157,11 +157,11 @@ class TokenizerHandler(Handler):
         self, *, tokenizer: str, max_length: int = 128, input_name: str = "text", labels: Sequence[str] | None = None
     ) -> None:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or not 1 <= max_length <= 65536:
-            raise ServeError(f"max_length={max_length!r}: expected an integer in [1, 65536]", option="handler")
+            raise UsageError(f"max_length={max_length!r}: expected an integer in [1, 65536]", argument="handler")
         if not isinstance(tokenizer, str) or not os.path.isdir(tokenizer):
-            raise ServeError(
+            raise UsageError(
                 f"tokenizer={tokenizer!r}: expected the folder a tokenizer was saved to with save_pretrained",
-                option="handler",
+                argument="handler",
             )
         try:
             from transformers import AutoTokenizer
@@ -236,9 +236,9 @@ class ImageHandler(Handler):
         labels: Sequence[str] | None = None,
     ) -> None:
         if size is not None and (len(size) != 2 or not all(isinstance(d, int) and d > 0 for d in size)):
-            raise ServeError(f"size={size!r}: expected [height, width] such as [224, 224]", option="handler")
+            raise UsageError(f"size={size!r}: expected [height, width] such as [224, 224]", argument="handler")
         if len(mean) != 3 or len(std) != 3 or not all(float(s) > 0 for s in std):
-            raise ServeError(f"mean={mean!r}, std={std!r}: expected three numbers each (std > 0)", option="handler")
+            raise UsageError(f"mean={mean!r}, std={std!r}: expected three numbers each (std > 0)", argument="handler")
         self.size = tuple(size) if size is not None else None
         self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
@@ -319,7 +319,7 @@ def _inside(model_dir: str, value: str) -> str:
     root = os.path.realpath(model_dir)
     path = os.path.realpath(os.path.join(root, value))
     if os.path.commonpath([root, path]) != root:
-        raise ServeError(f"handler.json: {value!r} points outside the model folder {model_dir}; keep files inside it")
+        raise UsageError(f"handler.json: {value!r} points outside the model folder {model_dir}; keep files inside it")
     return path
 
 
@@ -339,18 +339,18 @@ def handler_from_file(model_dir: str, path: str) -> Handler:
             raise ValueError(f"larger than {_MAX_HANDLER_JSON} bytes")
         spec = json.loads(raw)
     except (OSError, ValueError) as exc:
-        raise ServeError(f"{path}: cannot read it as JSON ({exc})") from exc
+        raise UsageError(f"{path}: cannot read it as JSON ({exc})") from exc
     usage = f'expected {{"handler": one of {sorted(BUILTIN_HANDLERS)}, "options": {{...}}}}'
     if not isinstance(spec, dict) or set(spec) - {"handler", "options"} or not isinstance(spec.get("handler"), str):
-        raise ServeError(f"{path}: {usage}")
+        raise UsageError(f"{path}: {usage}")
     name, options = spec["handler"], spec.get("options", {})
     if name not in BUILTIN_HANDLERS:
-        raise ServeError(
+        raise UsageError(
             f"{path}: unknown handler {name!r}; built-in handlers: {sorted(BUILTIN_HANDLERS)} "
             "(your own class: pass --handler module:Class on the command line)"
         )
     if not isinstance(options, dict):
-        raise ServeError(f"{path}: 'options' must be an object; {usage}")
+        raise UsageError(f"{path}: 'options' must be an object; {usage}")
     factory, allowed = BUILTIN_HANDLERS[name]
     _check_options(name, options, allowed)
     if name == "tokenizer" and isinstance(options.get("tokenizer"), str):
@@ -358,7 +358,7 @@ def handler_from_file(model_dir: str, path: str) -> Handler:
     try:
         return factory(**options)
     except TypeError as exc:
-        raise ServeError(f"{path}: {exc}; valid options: {allowed}") from exc
+        raise UsageError(f"{path}: {exc}; valid options: {allowed}") from exc
 
 
 def import_handler(ref: str) -> Handler:
@@ -373,11 +373,13 @@ def import_handler(ref: str) -> Handler:
     """
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
-        raise ServeError(f"--handler {ref!r}: expected module:Class, e.g. mypkg.handlers:TextHandler", option="handler")
+        raise UsageError(
+            f"--handler {ref!r}: expected module:Class, e.g. mypkg.handlers:TextHandler", argument="handler"
+        )
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ServeError(f"--handler {ref!r}: cannot import it ({type(exc).__name__}: {exc})") from exc
+        raise UsageError(f"--handler {ref!r}: cannot import it ({type(exc).__name__}: {exc})") from exc
     handler = cls() if isinstance(cls, type) else cls
     for method in ("setup", "preprocess", "postprocess"):
         if not callable(getattr(handler, method, None)):

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ServeError, missing_dependency
+from ..errors import ServeError, UsageError, missing_dependency
 from . import ServeOptions, create_app
 
 __all__ = ["RayOptions", "app_builder", "build_app", "deployment_class", "run"]
@@ -89,22 +89,22 @@ class RayOptions:
         for name, lo, hi in (("num_replicas", 1, 4096), ("max_ongoing_requests", 1, 1_000_000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ServeError(f"{name}={value!r}: expected an integer in [{lo}, {hi}]", option=name)
+                raise UsageError(f"{name}={value!r}: expected an integer in [{lo}, {hi}]", argument=name)
         for name in ("num_cpus", "num_gpus", "health_check_period_s", "graceful_shutdown_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ServeError(f"{name}={value!r}: expected a number >= 0", option=name)
+                raise UsageError(f"{name}={value!r}: expected a number >= 0", argument=name)
         if self.autoscaling is not None and not isinstance(self.autoscaling, Mapping):
-            raise ServeError(
+            raise UsageError(
                 f"autoscaling={self.autoscaling!r}: expected a mapping such as "
                 '{"min_replicas": 1, "max_replicas": 4}',
-                option="autoscaling",
+                argument="autoscaling",
             )
         if not self.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ServeError(f"name={self.name!r}: expected letters, digits, '_', '-' or '.'", option="name")
+            raise UsageError(f"name={self.name!r}: expected letters, digits, '_', '-' or '.'", argument="name")
         if not self.route_prefix.startswith("/"):
-            raise ServeError(
-                f"route_prefix={self.route_prefix!r}: expected a path starting with '/'", option="route_prefix"
+            raise UsageError(
+                f"route_prefix={self.route_prefix!r}: expected a path starting with '/'", argument="route_prefix"
             )
 
     def deployment_options(self) -> dict[str, Any]:
@@ -279,7 +279,7 @@ def build_app(target: str, *, options: ServeOptions | None = None, ray_options: 
         >>> serve.run(build_app("export/", ray_options=RayOptions(num_replicas=2)))  # doctest: +SKIP
     """
     if not isinstance(target, (str, os.PathLike)) or not str(target):
-        raise ServeError(f"target={target!r}: expected a path to a model file or directory", option="target")
+        raise UsageError(f"target={target!r}: expected a path to a model file or directory", argument="target")
     opts = options if options is not None else ServeOptions()
     ropts = ray_options if ray_options is not None else RayOptions()
     path = os.path.abspath(str(target))
@@ -301,7 +301,7 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ServeError(f"{name}={raw!r}: expected true or false", option=name)
+        raise UsageError(f"{name}={raw!r}: expected true or false", argument=name)
     if kind_s.startswith("int"):
         return int(text)
     if kind_s.startswith("float"):
@@ -327,13 +327,13 @@ def app_builder(args: Mapping[str, Any]) -> Any:
         >>> app = app_builder({"target": "export/", "num_replicas": "2"})  # doctest: +SKIP
     """
     if not isinstance(args, Mapping):
-        raise ServeError(f"args={args!r}: expected a mapping such as {{'target': '/models/export'}}", option="args")
+        raise UsageError(f"args={args!r}: expected a mapping such as {{'target': '/models/export'}}", argument="args")
     rest = dict(args)
     target = rest.pop("target", None)
     if not target:
-        raise ServeError(
+        raise UsageError(
             "app_builder: no target; pass target=/path/to/export (serve run) or args: {target: ...} (config)",
-            option="target",
+            argument="target",
         )
     serve_fields = {f.name: f.type for f in dataclasses.fields(ServeOptions)}
     ray_fields = {f.name: f.type for f in dataclasses.fields(RayOptions)}
@@ -346,14 +346,14 @@ def app_builder(args: Mapping[str, Any]) -> Any:
             elif key in ray_fields:
                 ray_kw[key] = _coerce(key, raw, ray_fields[key])
             else:
-                raise ServeError(
+                raise UsageError(
                     f"app_builder: unknown argument {key!r}; known: target, {sorted(serve_fields)}, {sorted(ray_fields)}",
-                    option=key,
+                    argument=key,
                 )
         except (ValueError, json.JSONDecodeError) as exc:
             if isinstance(exc, ServeError):
                 raise
-            raise ServeError(f"{key}={raw!r}: {exc}", option=key) from exc
+            raise UsageError(f"{key}={raw!r}: {exc}", argument=key) from exc
     return build_app(str(target), options=ServeOptions(**serve_kw), ray_options=RayOptions(**ray_kw))
 
 
