@@ -12,7 +12,7 @@ Example:
 """
 
 from . import distributed, errors
-from ._api import load, save
+from ._api import load, load_bytes, save, save_bytes
 from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
 from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
 from ._modelfile import load_model, save_model
@@ -58,7 +58,9 @@ from .runtime import Predictor, TensorSpec, load_predictor
 __all__ = [
     # files and trees
     "load",
+    "load_bytes",
     "save",
+    "save_bytes",
     # training checkpoints
     "CheckpointInfo",
     "load_checkpoint",

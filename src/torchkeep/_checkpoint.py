@@ -312,15 +312,20 @@ def _info_from_section(path: str | None, section: Any, size: int | None) -> Chec
     )
 
 
-def read_info(path: str | os.PathLike[str] | _format.Reader) -> CheckpointInfo:
-    """Read a checkpoint's info from its header only (no tensor data is read or verified).
+def read_info(path: str | os.PathLike[str] | _format.Reader, *, extra: bool = True) -> CheckpointInfo:
+    """Read a checkpoint's info without restoring anything (and without verifying checksums).
+
+    Epoch, step, metrics, objects and environment come from the header. ``extra`` (what
+    ``save_checkpoint(extra=...)`` stored) is decoded too, unless ``extra=False``: it is part of
+    the object tree, so tensors inside it are read (memory-mapped, not verified); pass
+    ``extra=False`` to read the header alone (listings do).
 
     Example:
         >>> import torch, torchkeep as tk, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "c.safetensors")
-        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(1, 1), step=10)
-        >>> read_info(path).step
-        10
+        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(1, 1), step=10, extra={"lr": 0.1})
+        >>> read_info(path).step, read_info(path).extra
+        (10, {'lr': 0.1})
     """
     reader = path if isinstance(path, _format.Reader) else _format.open_file(path)
     section = reader.section(SECTION)
@@ -330,7 +335,10 @@ def read_info(path: str | os.PathLike[str] | _format.Reader) -> CheckpointInfo:
             path=reader.path,
             reason="not a checkpoint",
         )
-    return _info_from_section(reader.path, section, reader.size)
+    info = _info_from_section(reader.path, section, reader.size)
+    if extra and isinstance(section, dict) and section.get("extra"):
+        info.extra = _decode_subtrees(reader, [EXTRA_KEY], map_location=None, verify=False).get(EXTRA_KEY)
+    return info
 
 
 def load_checkpoint(

@@ -165,8 +165,8 @@ def diff_files(path_a: str, path_b: str) -> dict[str, Any]:
         report["rng_changed"] = [g for g in gens if not _same_tree((rng_a or {}).get(g), (rng_b or {}).get(g))]
     ca, cb = ra.section(_checkpoint.SECTION), rb.section(_checkpoint.SECTION)
     if ca is not None or cb is not None:
-        info_a = _checkpoint.read_info(ra) if ca is not None else None
-        info_b = _checkpoint.read_info(rb) if cb is not None else None
+        info_a = _checkpoint.read_info(ra, extra=False) if ca is not None else None
+        info_b = _checkpoint.read_info(rb, extra=False) if cb is not None else None
         fields: dict[str, Any] = {}
         for key in ("epoch", "step", "metrics", "objects"):
             va = getattr(info_a, key) if info_a else None

@@ -98,7 +98,7 @@ def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
     }
     section = reader.section(_checkpoint.SECTION)
     if section is not None:
-        info = _checkpoint.read_info(reader)
+        info = _checkpoint.read_info(reader, extra=False)
         out["checkpoint"] = {
             "epoch": info.epoch,
             "step": info.step,
