@@ -36,6 +36,7 @@ from .errors import (
 
 __all__ = [
     "CheckpointInfo",
+    "checkpoint_section",
     "collect_state",
     "environment",
     "load_checkpoint",
@@ -210,19 +211,41 @@ def collect_state(
         tree[EXTRA_KEY] = extra
     if rng:
         tree[RNG_KEY] = rng_state()
-    section: dict[str, Any] = {
-        "epoch": epoch,
-        "step": step,
-        "metrics": _jsonable_metrics(metrics),
-        "objects": kinds,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
-        "env": environment(),
-        "rng": rng,
-        "extra": extra is not None,
-    }
+    section = checkpoint_section(kinds, epoch=epoch, step=step, metrics=metrics, extra=extra is not None, rng=rng)
     if model_entry is not None:
         section["model"] = model_entry
     return tree, section
+
+
+def checkpoint_section(
+    kinds: Mapping[str, str],
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: bool = False,
+    rng: bool = False,
+) -> dict[str, Any]:
+    """The ``checkpoint`` header section for objects of the given kinds (what listings read).
+
+    ``kinds`` maps each object name in the tree to ``module``, ``optimizer``, ``scheduler``, ...;
+    ``extra`` and ``rng`` say whether the tree holds the reserved extra and RNG entries.
+
+    Example:
+        >>> section = checkpoint_section({"model": "module"}, epoch=2)
+        >>> section["epoch"], section["objects"], section["rng"]
+        (2, {'model': 'module'}, False)
+    """
+    return {
+        "epoch": epoch,
+        "step": step,
+        "metrics": _jsonable_metrics(metrics),
+        "objects": dict(kinds),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "env": environment(),
+        "rng": rng,
+        "extra": extra,
+    }
 
 
 def _registry_entry(model: torch.nn.Module) -> dict[str, Any] | None:
@@ -330,8 +353,14 @@ def read_info(path: str | os.PathLike[str] | _format.Reader, *, extra: bool = Tr
     reader = path if isinstance(path, _format.Reader) else _format.open_file(path)
     section = reader.section(SECTION)
     if section is None:
+        hint = (
+            "; it was converted from a torch.save file: to restore it with load_checkpoint, convert it again with "
+            "`torchkeep convert SRC DST --as-checkpoint` (maps model_state_dict, optimizer_state_dict, epoch, ...)"
+            if "converted_from" in reader.metadata
+            else ""
+        )
         raise CorruptCheckpointError(
-            f"{reader.path}: not a training checkpoint (no {SECTION} section); load it with tk.load()",
+            f"{reader.path}: not a training checkpoint (no {SECTION} section); load it with tk.load(){hint}",
             path=reader.path,
             reason="not a checkpoint",
         )

@@ -49,15 +49,24 @@ from typing import Any
 
 import torch
 
-from . import _api, _codec, _decode, _format
+from . import _api, _checkpoint, _codec, _decode, _format
 from ._storage import atomic_write
-from .errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, UnsupportedValueError
+from .errors import (
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    UnsupportedValueError,
+    UsageError,
+)
 
 __all__ = [
+    "CHECKPOINT_OBJECT_KEYS",
+    "SAFE_GLOBALS",
     "ConvertOptions",
     "ConvertReport",
     "Source",
     "SourceKind",
+    "checkpoint_tree",
     "convert",
     "detect_kind",
     "source_kind",
@@ -319,13 +328,19 @@ def _torch_file(path: Path) -> Path | None:
 _GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
+#: Globals the safe loader may build beyond PyTorch's own list: each is a plain value type with
+#: no side effects. ``TorchVersion`` is what ``torch.__version__`` is, and tutorials save it.
+SAFE_GLOBALS: tuple[Any, ...] = (torch.torch_version.TorchVersion,)
+
+
 def _torch_load(path: Path, *, weights_only: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) format
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) format
 
 
 def _sharded_dir(path: Path) -> bool:
@@ -406,6 +421,8 @@ class _Sanitizer:
             return self.value(obj.state_dict(), path)
         if isinstance(obj, argparse.Namespace):
             return self.value(dict(vars(obj)), path)
+        if isinstance(obj, str) and type(obj) is not str:  # TorchVersion and other str subclasses
+            return str(obj)
         if isinstance(obj, Mapping):
             out: dict[Any, Any] = OrderedDict() if type(obj) is OrderedDict else {}
             for k, v in obj.items():
@@ -437,6 +454,92 @@ class _Sanitizer:
         return self._DROP
 
 
+#: ``--as-checkpoint``: the tutorials' key for each object, in order of preference, and its kind.
+CHECKPOINT_OBJECT_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("model", "module", ("model_state_dict", "state_dict", "model")),
+    ("optimizer", "optimizer", ("optimizer_state_dict", "optimizer")),
+    ("scheduler", "scheduler", ("scheduler_state_dict", "lr_scheduler_state_dict", "scheduler", "lr_scheduler")),
+    ("scaler", "scaler", ("scaler_state_dict", "scaler")),
+)
+_EPOCH_KEYS = ("epoch",)
+_STEP_KEYS = ("step", "global_step", "iteration")
+_METRIC_WORDS = ("loss", "acc", "metric", "score", "f1", "auc", "ppl", "perplexity", "error")
+
+
+def _number(v: Any) -> float | int | None:
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype.is_complex:
+        v = v.item()
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v
+    return None
+
+
+def checkpoint_tree(tree: Any, src: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """A tutorial-style checkpoint dict as ``(tree, checkpoint section, notes)`` for ``load_checkpoint``.
+
+    ``model_state_dict`` (or ``state_dict``/``model``) becomes ``model=``; likewise
+    ``optimizer_state_dict`` → ``optimizer=``, ``scheduler_state_dict`` → ``scheduler=``,
+    ``scaler_state_dict`` → ``scaler=`` (see :data:`CHECKPOINT_OBJECT_KEYS`). ``epoch`` and
+    ``step``/``global_step``/``iteration`` (ints) become the checkpoint's epoch and step. Numbers
+    whose key names a metric (``loss``, ``acc``, ``score``, ``f1``, ``auc``, ``ppl``, ``error``,
+    ``metric``: ``train_loss``, ``best_acc1``) become metrics. Every other key (``extra_info``,
+    ``hyperparams``, ``model_name``, ``pytorch_version``, ...) is kept under its own name in the
+    ``extra`` dict, so nothing is lost.
+
+    Raises:
+        UsageError: the tree is not a dict, or holds no model state.
+
+    Example:
+        >>> import torch
+        >>> tree, section, _ = checkpoint_tree({"model_state_dict": {"w": torch.ones(1)}, "epoch": 3,
+        ...                                   "extra_info": {"steps": 7}}, "old.pth")
+        >>> sorted(tree), section["epoch"], tree["__extra__"]
+        (['__extra__', 'model'], 3, {'extra_info': {'steps': 7}})
+    """
+    if not isinstance(tree, Mapping):
+        raise UsageError(
+            f"{src}: --as-checkpoint needs a dict such as {{'model_state_dict': ..., 'optimizer_state_dict': ..., "
+            f"'epoch': ...}}; this file holds a {type(tree).__name__}. Convert it without --as-checkpoint"
+        )
+    rest = dict(tree)
+    out: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
+    notes: list[str] = []
+    for name, kind, keys in CHECKPOINT_OBJECT_KEYS:
+        key = next((k for k in keys if k in rest and isinstance(rest[k], Mapping)), None)
+        if key is not None:
+            out[name], kinds[name] = rest.pop(key), kind
+            notes.append(f"{key!r} -> {name}=")
+    if "model" not in out:
+        raise UsageError(
+            f"{src}: --as-checkpoint found no model state: expected one of the keys "
+            f"{', '.join(CHECKPOINT_OBJECT_KEYS[0][2])} holding a state dict; the file has keys {sorted(map(str, rest))}"
+        )
+    counters: dict[str, int | None] = {"epoch": None, "step": None}
+    for field_name, keys in (("epoch", _EPOCH_KEYS), ("step", _STEP_KEYS)):
+        for k in keys:
+            v = _number(rest.get(k))
+            if isinstance(v, int):
+                counters[field_name] = v
+                rest.pop(k)
+                break
+    metrics: dict[str, Any] = {}
+    for k in list(rest):
+        v = _number(rest[k])
+        if isinstance(k, str) and v is not None and any(w in k.lower() for w in _METRIC_WORDS):
+            metrics[k] = v
+            rest.pop(k)
+    if metrics:
+        notes.append(f"metrics: {', '.join(metrics)}")
+    if rest:
+        out[_checkpoint.EXTRA_KEY] = rest
+        notes.append(f"kept in extra: {', '.join(map(str, rest))}")
+    section = _checkpoint.checkpoint_section(
+        kinds, epoch=counters["epoch"], step=counters["step"], metrics=metrics, extra=bool(rest), rng=False
+    )
+    return out, section, notes
+
+
 def _tensor_stats(enc: _codec.Encoded) -> tuple[int, int]:
     return len(enc.tensors), sum(t.numel() * t.element_size() for t in enc.tensors.values())
 
@@ -448,11 +551,14 @@ def convert(
     trust_pickle: bool = False,
     drop_unsupported: bool = False,
     overwrite: bool = False,
+    as_checkpoint: bool = False,
 ) -> ConvertReport:
     """Convert a legacy checkpoint or weights file/directory into one torchkeep file at ``dst``.
 
     See the module docstring for the source kinds. No pickle runs unless ``trust_pickle=True``.
-    The write is atomic; ``src`` is never modified.
+    The write is atomic; ``src`` is never modified. With ``as_checkpoint=True`` a tutorial-style
+    dict (``model_state_dict``, ``optimizer_state_dict``, ``epoch``, ...) becomes a training
+    checkpoint that :func:`torchkeep.load_checkpoint` restores (see :func:`checkpoint_tree`).
 
     Raises:
         CheckpointNotFoundError: ``src`` does not exist.
@@ -484,9 +590,17 @@ def convert(
     tree = sanitizer.value(source.tree, ())
     if tree is _Sanitizer._DROP:
         tree = None
-    enc = _codec.encode(tree)
+    notes: list[str] = []
+    metadata = {**source.metadata, "converted_from": kind.name}
+    if as_checkpoint:
+        tree, section, notes = checkpoint_tree(tree, str(src_path))
+        enc = _codec.encode(tree)
+        sections = {_checkpoint.SECTION: section}
+    else:
+        enc = _codec.encode(tree)
+        sections = None
     with atomic_write(dst_path) as f:
-        _format.write(f, enc.tensors, tree=enc.tree, metadata={**source.metadata, "converted_from": kind.name})
+        _format.write(f, enc.tensors, tree=enc.tree, metadata=metadata, sections=sections)
     count, nbytes = _tensor_stats(enc)
     report = ConvertReport(
         src=str(src_path),
@@ -494,7 +608,7 @@ def convert(
         kind=kind.name,
         tensors=count,
         tensor_bytes=nbytes,
-        notes=source.notes + sanitizer.notes,
+        notes=source.notes + sanitizer.notes + notes,
         dropped=sanitizer.dropped,
         trusted_pickle=source.trusted_pickle,
     )
