@@ -125,11 +125,12 @@ def save_model(
 def _import_for(entry: Mapping[str, Any], path: str) -> None:
     module = str(entry.get("target", "")).split(":", 1)[0]
     if module == "__main__" or not _MODULE_RE.match(module):
+        where = f"{path}: the model {entry.get('name')!r} was registered in {module!r}, which cannot be imported"
         raise ModelNotRegisteredError(
-            f"{path}: the model {entry.get('name')!r} was registered in {module!r}, which cannot be imported; "
-            "define and register it in an importable module, or register it in this process before loading",
+            f"{where}; define and register it in an importable module, or register it in this process before loading",
             name=str(entry.get("name")),
             module=module,
+            cli_message=f"{where}; move the class into a module (e.g. models.py) and pass --import models",
         )
     try:
         importlib.import_module(module)
@@ -139,6 +140,8 @@ def _import_for(entry: Mapping[str, Any], path: str) -> None:
             "sys.path, or import the module that registers the model yourself",
             name=str(entry.get("name")),
             module=module,
+            cli_message=f"{path}: could not import {module!r} ({exc}); run from the directory that holds it, "
+            f"or pass --import MODULE naming the module that registers {entry.get('name')!r}",
         ) from exc
 
 
@@ -157,12 +160,23 @@ def _resolve(entry: Mapping[str, Any], path: str, import_module: bool) -> Regist
             name=name,
             module=module,
         )
-    raise ModelNotRegisteredError(
+    facts = (
         f"{path}: the file holds model {name!r} (version {entry.get('version')}, built by {entry.get('target')}), "
-        f"which is not registered in this process. `import {module}` before loading, or pass "
+        "which is not registered in this process."
+    )
+    if module == "__main__":
+        cli_advice = (
+            " It was registered in a script (__main__), which no other process can import: move the class "
+            "into a module (e.g. models.py), save again, and pass --import models"
+        )
+    else:
+        cli_advice = f" Pass --import {module} (the module that registers it; run from the directory that holds it)"
+    raise ModelNotRegisteredError(
+        f"{facts} `import {module}` before loading, or pass "
         "import_module=True to let torchkeep import it (that runs the module's code)",
         name=name,
         module=module,
+        cli_message=facts + cli_advice,
     )
 
 

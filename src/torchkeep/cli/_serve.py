@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from ..errors import missing_dependency
 from ._common import ImportModules
+from ._output import esc, make_console
 
 __all__ = ["register"]
 
@@ -51,7 +52,7 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = False,
 ) -> None:
     """Serve a model over HTTP with dynamic batching, /healthz, /readyz, /metrics and hot reload."""
-    from ..serve import ServeOptions
+    from ..serve import ServeOptions, create_app
     from ..serve import serve as run
 
     logging.getLogger("torchkeep").setLevel(getattr(logging, log_level.upper(), logging.WARNING))
@@ -71,8 +72,20 @@ def serve(
         input_shapes=tuple(_shape(s) for s in input_shape or ()),
         input_dtypes=tuple(dtype or ()),
     )
-    Console(stderr=True).print(f"[bold]torchkeep serve[/bold] {target} on http://{host}:{port} (workers={workers})")
-    run(str(target), host=host, port=port, workers=workers, options=options, log_level=log_level, access_log=access_log)
+    console = make_console(stderr=True)
+    url = f"http://{host}:{port}"
+    if workers != 1:
+        # Each worker process loads the model itself; their errors appear in the log below.
+        console.print(f"[bold]torchkeep serve[/bold] {esc(target)}: starting {workers} workers on {url}")
+        run(str(target), host=host, port=port, workers=workers, options=options, log_level=log_level)
+        return
+    try:
+        import uvicorn
+    except ImportError:
+        raise missing_dependency("uvicorn", "serve", "torchkeep serve") from None
+    app = create_app(str(target), options=options)  # loads the model: a bad target fails before the banner
+    console.print(f"[bold]torchkeep serve[/bold] {esc(target)} loaded; serving on {url} (Ctrl+C stops)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10)
 
 
 def register(app: typer.Typer) -> None:
