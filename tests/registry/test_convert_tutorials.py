@@ -103,6 +103,6 @@ def test_as_checkpoint_refuses_what_it_cannot_map(tmp_path: Path) -> None:
     with pytest.raises(tk.UsageError, match="needs a dict"):
         conv.convert(src, tmp_path / "a.safetensors", as_checkpoint=True)
     torch.save({"weights": {"w": torch.ones(1)}, "epoch": 1}, src)
-    with pytest.raises(tk.UsageError, match="no model state.*model_state_dict"):
+    with pytest.raises(tk.UsageError, match=r"no model state.*model_state_dict"):
         conv.convert(src, tmp_path / "b.safetensors", as_checkpoint=True)
     assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
