@@ -14,7 +14,7 @@ import math
 import os
 import platform
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -36,6 +36,7 @@ from .errors import (
 
 __all__ = [
     "CheckpointInfo",
+    "add_save_check",
     "checkpoint_section",
     "collect_state",
     "environment",
@@ -177,6 +178,26 @@ def _jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+#: Checks run on every module before its state is collected: ``check(module, name, strict)``
+#: warns (or with ``strict=True`` raises) about state the module would lose. The model layer
+#: adds its audit here (see :func:`add_save_check`), so this layer never imports it.
+_SAVE_CHECKS: list[Callable[[torch.nn.Module, str, bool], None]] = []
+
+
+def add_save_check(check: Callable[[torch.nn.Module, str, bool], None]) -> None:
+    """Run ``check(module, object_name, strict)`` on every module a checkpoint saves.
+
+    Example:
+        >>> seen = []
+        >>> add_save_check(lambda m, name, strict: seen.append(name))
+        >>> _ = collect_state({"net": torch.nn.Linear(1, 1)}, rng=False); seen[-1]
+        'net'
+        >>> _ = _SAVE_CHECKS.pop()
+    """
+    if check not in _SAVE_CHECKS:
+        _SAVE_CHECKS.append(check)
+
+
 def collect_state(
     objects: Mapping[str, Any],
     *,
@@ -185,6 +206,7 @@ def collect_state(
     metrics: Mapping[str, Any] | None = None,
     extra: Any = None,
     rng: bool = True,
+    strict: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Snapshot named objects into ``(tree_value, section)`` ready for :func:`write_checkpoint`.
 
@@ -198,13 +220,16 @@ def collect_state(
     """
     tree: dict[str, Any] = {}
     kinds: dict[str, str] = {}
-    model_entry = None
+    entries: dict[str, dict[str, Any]] = {}  # object name -> registry entry, for registered modules
     for name, obj in objects.items():
         _check_stateful(name, obj)
         if isinstance(obj, torch.nn.Module):
             obj = unwrap_model(obj)
-            if model_entry is None:
-                model_entry = _registry_entry(obj)
+            for check in _SAVE_CHECKS:
+                check(obj, name, strict)
+            entry = _registry_entry(obj)
+            if entry is not None:
+                entries[name] = {**entry, "object": name}
         kinds[name] = _kind(obj)
         tree[name] = obj.state_dict()
     if extra is not None:
@@ -212,8 +237,12 @@ def collect_state(
     if rng:
         tree[RNG_KEY] = rng_state()
     section = checkpoint_section(kinds, epoch=epoch, step=step, metrics=metrics, extra=extra is not None, rng=rng)
-    if model_entry is not None:
-        section["model"] = model_entry
+    if entries:
+        # "model" is the first registered module (what tk.load_model rebuilds by default); with
+        # several, "models" holds each, by the keyword it was saved under (load_model(object=...)).
+        section["model"] = next(iter(entries.values()))
+        if len(entries) > 1:
+            section["models"] = entries
     return tree, section
 
 
@@ -284,6 +313,7 @@ def save_checkpoint(
     metrics: Mapping[str, Any] | None = None,
     extra: Any = None,
     rng: bool = True,
+    strict: bool = False,
     **objects: Any,
 ) -> CheckpointInfo:
     """Save a training checkpoint: every named stateful object, progress, RNG and environment.
@@ -292,6 +322,11 @@ def save_checkpoint(
     ``optimizer=``, ``scheduler=``, ``scaler=``, your own classes). Wrapped models (DataParallel,
     DDP, ``torch.compile``) are saved unwrapped. The write is atomic: a crash leaves the previous
     file at ``path`` intact.
+
+    Every model is audited first (:func:`torchkeep.audit`'s attribute checks): a tensor kept
+    outside its state dict (``self.t = torch.randn(...)`` instead of ``register_buffer``) would
+    be lost, so it is a ``UserWarning`` naming it, or with ``strict=True`` an
+    :class:`UnsupportedValueError` and nothing is written.
 
     Example:
         >>> import torch, torchkeep as tk, tempfile, os
@@ -308,7 +343,7 @@ def save_checkpoint(
         return distributed.save_checkpoint(
             path, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, **objects
         )
-    tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
+    tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, strict=strict)
     with atomic_write(path) as f:
         size = write_checkpoint(f, tree, section)
     info = _info_from_section(os.fspath(path), section, size)

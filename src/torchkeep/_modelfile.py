@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import _codec, _format
+from ._audit import check_before_save
 from ._checkpoint import compare_state
 from ._format import MapLocation
 from ._registry import (
@@ -41,6 +42,7 @@ from .errors import (
     MissingObjectError,
     ModelNotRegisteredError,
     UnsupportedValueError,
+    UsageError,
 )
 
 __all__ = ["load_model", "save_model"]
@@ -60,7 +62,11 @@ def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
 
 
 def save_model(
-    model: torch.nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    strict: bool = False,
 ) -> None:
     """Save a registered model as a safetensors file that can rebuild it with :func:`load_model`.
 
@@ -68,6 +74,11 @@ def save_model(
     state dict; tied weights are written once per key), and the header holds the registry name,
     version, location and arguments. Wrapped models (DataParallel, DDP, ``torch.compile``) are
     saved unwrapped. The write is atomic.
+
+    The model is audited first (:func:`torchkeep.audit`'s attribute checks): a tensor kept
+    outside the state dict (the ``register_buffer`` trap) would be lost, so it is a
+    ``UserWarning`` naming it, or with ``strict=True`` an :class:`UnsupportedValueError` and
+    nothing is written.
 
     Raises:
         ModelNotRegisteredError: the model's class (or factory) is not registered.
@@ -111,6 +122,7 @@ def save_model(
                 value_type=type(value).__qualname__,
             )
     _codec.encode(dict(state))  # the codec's checks: dense, non-meta, plain tensors (names the key)
+    check_before_save(model, "model", strict, stacklevel=3)  # after the checks above: they are errors always
     tied = _tied_groups(state)
     if tied:
         entry["tied"] = tied
@@ -234,6 +246,7 @@ def _decode_arguments(entry: Mapping[str, Any], path: str) -> dict[str, Any]:
 
 
 def _pick_checkpoint_object(reader: _format.Reader) -> str:
+    """The object a legacy model section (one without ``object``) belongs to."""
     section = reader.section("checkpoint") or {}
     objects = section.get("objects") if isinstance(section, dict) else None
     modules = [k for k, v in objects.items() if v == "module"] if isinstance(objects, dict) else []
@@ -242,13 +255,58 @@ def _pick_checkpoint_object(reader: _format.Reader) -> str:
     return str(modules[0])
 
 
-def _state_from(reader: _format.Reader, path: str, map_location: MapLocation, verify: bool) -> dict[str, torch.Tensor]:
-    if reader.tree is None:  # a save_model file: tensors are the state dict
+def _choose_entry(reader: _format.Reader, raw: Any, src: str, wanted: str | None) -> tuple[Any, str | None]:
+    """``(model entry, checkpoint object name)``: which registered model of the file to rebuild.
+
+    A model file holds one model (object name None). A checkpoint records the object each
+    registered module was saved as; with several, ``wanted`` must say which.
+    """
+    if reader.tree is None:  # a save_model file
+        if wanted is not None:
+            raise UsageError(
+                f"{src}: object={wanted!r} picks a model in a training checkpoint; this is a model file "
+                "(tk.save_model) holding one model: drop object="
+            )
+        return raw, None
+    section = reader.section("checkpoint") or {}
+    many = section.get("models") if isinstance(section, dict) else None
+    entries: dict[str, Any] = dict(many) if isinstance(many, dict) else {}
+    if not entries:
+        object_name = raw.get("object") if isinstance(raw, dict) else None
+        entries = {object_name if isinstance(object_name, str) else _pick_checkpoint_object(reader): raw}
+    objects = section.get("objects") if isinstance(section, dict) else None
+    modules = [k for k, v in objects.items() if v == "module"] if isinstance(objects, dict) else list(entries)
+    if wanted is None:
+        if len(entries) > 1:
+            raise UsageError(
+                f"{src}: the checkpoint holds {len(entries)} registered models ({', '.join(entries)}); "
+                f"say which to rebuild: tk.load_model(path, object={next(iter(entries))!r})"
+            )
+        return next(iter(entries.items()))[::-1]
+    if wanted in entries:
+        return entries[wanted], wanted
+    if wanted in modules:
+        raise ModelNotRegisteredError(
+            f"{src}: {wanted}= was saved as a plain module (its class was not registered), so the file cannot "
+            f"rebuild it; registered models in the file: {sorted(entries)}. Build it yourself and load "
+            f"tk.load_checkpoint(path, {wanted}=module)",
+            name=wanted,
+        )
+    raise MissingObjectError(
+        f"{src}: the checkpoint holds no model saved as {wanted}=; its models: {modules}",
+        name=wanted,
+        available=modules,
+    )
+
+
+def _state_from(
+    reader: _format.Reader, path: str, map_location: MapLocation, verify: bool, name: str | None
+) -> dict[str, torch.Tensor]:
+    if reader.tree is None or name is None:  # a save_model file: tensors are the state dict
         if verify:
             reader.verify()
         return {name: reader.tensor(name, map_location) for name in reader.names}
     # a training checkpoint: decode only the model's subtree
-    name = _pick_checkpoint_object(reader)
     items = reader.tree.get("items") if isinstance(reader.tree, dict) else None
     if not isinstance(items, dict) or name not in items:
         raise MissingObjectError(
@@ -294,8 +352,14 @@ def load_model(
     strict: bool = True,
     import_module: bool = False,
     verify: bool = True,
+    object: str | None = None,
 ) -> torch.nn.Module:
     """Rebuild a model saved by :func:`save_model` (or held in a training checkpoint), in eval mode.
+
+    A training checkpoint may hold several registered models (``save_checkpoint(generator=g,
+    discriminator=d)``): ``object="generator"`` picks one by the keyword it was saved under; with
+    more than one and no ``object``, it is an error (rebuilding "the first" silently could hand
+    back the wrong network).
 
     The class or factory is found by its registry name in this process; nothing named by the
     file is imported unless ``import_module=True`` (which imports the recorded module, and the
@@ -308,7 +372,8 @@ def load_model(
         ModelNotRegisteredError: the name is not registered; the message names the module to import.
         MigrationError: the file is newer than the code, or a migration step is missing.
         StateMismatchError: with ``strict=True``, keys or shapes differ (listed).
-        MissingObjectError: the file holds no model entry (a plain state dict).
+        MissingObjectError: the file holds no model entry (a plain state dict), or no ``object``.
+        UsageError: the checkpoint holds several registered models and ``object`` is not given.
         CorruptCheckpointError: the file or its model section is damaged.
 
     Example:
@@ -331,12 +396,13 @@ def load_model(
             "model); build the model yourself and call model.load_state_dict(tk.load(path))",
             name=SECTION,
         )
-    entry = _validated_entry(raw, src)
+    chosen, object_name = _choose_entry(reader, raw, src, object)
+    entry = _validated_entry(chosen, src)
     reg = _resolve(entry, src, import_module)
     if import_module:
         _import_argument_classes(entry["arguments"])
     config = _decode_arguments(entry, src)
-    state = _state_from(reader, src, map_location, verify)
+    state = _state_from(reader, src, map_location, verify, object_name)
     config, state = migrate(reg, entry["version"], config, state, src)
     model = _build_on_meta(reg, config, state, src)
     if model is not None:
