@@ -325,9 +325,9 @@ def _warn_if_main(model: nn.Module, stacklevel: int) -> None:
     from ._registry import model_entry
 
     entry = model_entry(model)
-    target = str(entry.get("target", "")) if entry else ""
-    if not target.startswith("__main__:"):
+    if entry is None or not str(entry.get("target", "")).startswith("__main__:"):
         return
+    target = str(entry["target"])
     cls = target.split(":", 1)[1]
     warnings.warn(
         f"{cls} ({entry.get('name')!r}) {MAIN_WARNING} (the script being run): the file records where the "
