@@ -308,7 +308,7 @@ def _d_hfconfig(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> An
     if not isinstance(config, dict):
         raise TypeError("config must be an object")
     try:
-        return cls.from_dict(config)
+        return cls.from_dict(config)  # type: ignore[attr-defined]
     except Exception as exc:  # the config class refused the saved values
         raise ValueError(f"{ref}.from_dict refused the saved config ({type(exc).__name__}: {exc})") from exc
 
