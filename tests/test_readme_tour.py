@@ -87,6 +87,9 @@ def test_readme_tour_then_its_cli_lines(tmp_path: Path) -> None:
             ["bash", "-c", command], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600, check=False
         )
         assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        if args[0] == "bench":  # -m models lets it time the eager model too (the ×eager reference)
+            rows = [r for r in proc.stdout.splitlines() if r.split()[:1] in (["eager"], ["★"])]
+            assert any("eager" in r for r in rows) and "failed" not in proc.stdout, proc.stdout
     assert (tmp_path / "export" / "export.json").is_file() and (tmp_path / "bench.png").is_file()
 
 

@@ -337,3 +337,30 @@ def test_bench_times_the_eager_model_with_import(model_dir: Path) -> None:
 def test_serve_takes_import(capsys) -> None:
     result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
     assert "--import" in result.output and "MODULE" in result.output
+
+
+def test_on_a_terminal_tables_fold_and_progress_draws() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from torchkeep.cli._output import print_table, progress
+
+    long = "decoder." + "x" * 150 + ".weight"
+    table = Table("tensor", "size")
+    table.add_row(long, "4 B")
+    out = io.StringIO()
+    print_table(Console(file=out, force_terminal=True, width=60), table)
+    assert "…" not in out.getvalue() and "x" * 40 in out.getvalue()  # folded over lines, not cut
+    assert "".join(c for c in out.getvalue() if c == "x") == "x" * 150
+    bar = io.StringIO()
+    assert list(progress(range(3), total=3, label="verifying", console=Console(file=bar, force_terminal=True))) == [
+        0,
+        1,
+        2,
+    ]
+    assert "verifying" in bar.getvalue()
+    quiet = io.StringIO()
+    assert list(progress(range(3), total=3, label="verifying", console=Console(file=quiet))) == [0, 1, 2]
+    assert quiet.getvalue() == ""  # off a terminal: nothing

@@ -105,3 +105,53 @@ def test_clean_models_save_without_warnings(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         tk.save_model(Generator(), tmp_path / "g.safetensors")
         tk.save_checkpoint(tmp_path / "c.safetensors", model=nn.LSTM(2, 3), strict=True)
+
+
+# ------------------------------------------------------------------------------------------
+# item 12: a class registered in a script's __main__ warns at save, with what to do
+
+
+def test_class_in_main_warns_at_save(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch, torchkeep as tk\n"
+        "@tk.register(name='ux-script-mlp')\n"
+        "class MLP(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(2, 2)\n"
+        "tk.save_model(MLP(), 'mlp.safetensors')\n"
+        "tk.save_checkpoint('ckpt.safetensors', model=MLP())\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=True
+    )
+    warned = [line for line in proc.stderr.splitlines() if "registered from __main__" in line]
+    assert len(warned) == 2, proc.stderr
+    assert all(line.startswith(str(script)) for line in warned)  # points at the user's line
+    assert "Move MLP into a module (e.g. models.py)" in warned[0] and "--import models" in warned[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchkeep", "inspect", "mlp.safetensors"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchkeep", "audit", "mlp.safetensors"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 1 and "move the class into a module" in proc.stderr.lower()
