@@ -54,8 +54,8 @@ def _worker(rank: int, world: int, port: int, total_bytes: int, repeats: int, ro
     from torch.distributed.fsdp import fully_shard
 
     import torchkeep as tk
-    from torchkeep.distributed import _api as dapi
-    from torchkeep.distributed import _dcp
+    from torchkeep.checkpoint.sharded import _api as dapi
+    from torchkeep.checkpoint.sharded import _dcp
 
     torch.manual_seed(0)
     model = _model(total_bytes)

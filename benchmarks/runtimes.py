@@ -34,8 +34,8 @@ from rich.console import Console
 from torch import nn
 
 import torchkeep as tk
-from torchkeep._manifest import write_manifest
 from torchkeep.bench import plot_reports
+from torchkeep.io._manifest import write_manifest
 
 
 class MLP(nn.Module):

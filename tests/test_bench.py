@@ -14,7 +14,7 @@ from rich.console import Console
 from torch import nn
 
 import torchkeep as tk
-from torchkeep._manifest import read_manifest, write_manifest
+from torchkeep.io._manifest import read_manifest, write_manifest
 
 TINY = {"min_time": 0.01, "max_iters": 20, "warmup": 1, "rounds": 2}
 

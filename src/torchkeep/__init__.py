@@ -12,15 +12,12 @@ Example:
 """
 
 from . import distributed, errors
-from ._api import load, load_bytes, save, save_bytes
-from ._audit import Finding, RoundtripResult, audit, verify_roundtrip
-from ._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
-from ._modelfile import load_model, save_model
-from ._registry import migration, model_entry, register
-from ._sampler import ResumableLoader, ResumableSampler
-from ._stateful import upgrade_state
 from ._version import __version__
 from .bench import BenchReport, benchmark
+from .checkpoint._api import load, load_bytes, save, save_bytes
+from .checkpoint._checkpoint import CheckpointInfo, load_checkpoint, read_info, save_checkpoint
+from .checkpoint._sampler import ResumableLoader, ResumableSampler
+from .checkpoint._stateful import upgrade_state
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -53,6 +50,9 @@ from .manager import (
     KeepNewerThan,
     list_checkpoints,
 )
+from .models._audit import Finding, RoundtripResult, audit, verify_roundtrip
+from .models._modelfile import load_model, save_model
+from .models._registry import migration, model_entry, register
 from .runtime import Predictor, TensorSpec, load_predictor
 
 __all__ = [

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import torchkeep as tk
-from torchkeep import _checkpoint
+from torchkeep.checkpoint import _checkpoint
 
 
 class Net(nn.Module):
@@ -320,7 +320,7 @@ def test_user_object_and_multistep_counter(tmp_path) -> None:
 
 
 def test_loading_some_objects_reads_and_verifies_only_those(tmp_path) -> None:
-    from torchkeep import _format
+    from torchkeep.io import _format
 
     path = tmp_path / "c.safetensors"
     model = Net()
@@ -340,7 +340,7 @@ def test_loading_some_objects_reads_and_verifies_only_those(tmp_path) -> None:
 
 def test_large_tensors_are_stored_64_byte_aligned(tmp_path) -> None:
     """Step counters and BatchNorm's int64 counter must not shift the big tensors off alignment."""
-    from torchkeep import _format
+    from torchkeep.io import _format
 
     path = tmp_path / "c.safetensors"
     model = Net(hidden=64)

@@ -201,7 +201,7 @@ def killsave(args: argparse.Namespace, rank: int) -> None:
     model, opt, _sched = build(args.mode, seed=0)
     tk.save_checkpoint(os.path.join(args.ckpt, "step-1"), model=model, optimizer=opt, step=1)
     if rank == 1:
-        from torchkeep import _format
+        from torchkeep.io import _format
 
         real = _format._stream_tensor
         count = [0]

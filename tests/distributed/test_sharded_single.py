@@ -20,6 +20,7 @@ from torchkeep.errors import (
     MissingObjectError,
     StateMismatchError,
 )
+from torchkeep.io import _format
 
 
 def make() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -192,7 +193,7 @@ def test_index_not_json_and_newer_version(saved: tuple[Path, ...]) -> None:
 def test_corrupt_shard_names_file_and_tensor(saved: tuple[Path, ...]) -> None:
     path = saved[0]
     shard = path / "shard-00000-of-00001.safetensors"
-    reader = tk._format.open_file(shard)
+    reader = _format.open_file(shard)
     info = reader.info("model.2.weight")
     del reader
     data = bytearray(shard.read_bytes())

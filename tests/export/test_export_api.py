@@ -14,9 +14,9 @@ from export_native import load_native
 from torch import nn
 
 import torchkeep as tk
-from torchkeep._manifest import read_manifest
 from torchkeep.export import EXPORTERS, Exporter, ExportExamples, ExportOptions, get_exporter
 from torchkeep.export._parity import sample_inputs
+from torchkeep.io._manifest import read_manifest
 
 
 class BakesBatchIntoTrace(nn.Module):

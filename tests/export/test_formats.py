@@ -16,7 +16,7 @@ from export_models import cases
 from export_native import load_native
 
 import torchkeep as tk
-from torchkeep._manifest import read_manifest
+from torchkeep.io._manifest import read_manifest
 
 # AOTInductor runs a C++ compiler (15-30 s per model on 2 cores): three of the five families
 # compile it, the other two are covered by pt2 (the same torch.export program AOTI compiles).

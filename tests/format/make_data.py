@@ -31,7 +31,7 @@ TREE, TENSORS, FORMAT = "torchkeep.tree", "torchkeep.tensors", "torchkeep.format
 def _base() -> bytes:
     import io
 
-    from torchkeep import _codec, _format
+    from torchkeep.io import _codec, _format
 
     enc = _codec.encode({"w": torch.arange(16, dtype=torch.float32).reshape(4, 4), "b": torch.ones(4), "step": 7})
     buf = io.BytesIO()

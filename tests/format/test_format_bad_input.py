@@ -19,7 +19,7 @@ import torch
 from _tkfile import edit_entry, edit_meta, join, split
 
 import torchkeep as tk
-from torchkeep import _codec, _format
+from torchkeep.io import _codec, _format
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import importlib
 import pytest
 
 MODULES = [
-    "torchkeep._api",
-    "torchkeep._codec",
-    "torchkeep._decode",
-    "torchkeep._dtypes",
-    "torchkeep._format",
-    "torchkeep._storage",
+    "torchkeep.checkpoint._api",
+    "torchkeep.io._codec",
+    "torchkeep.io._decode",
+    "torchkeep.io._dtypes",
+    "torchkeep.io._format",
+    "torchkeep.io._storage",
     "torchkeep.cli._files",
 ]
 

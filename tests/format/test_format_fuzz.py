@@ -47,7 +47,7 @@ def _seed_file() -> bytes:
     import io
     from collections import OrderedDict
 
-    from torchkeep import _codec, _format
+    from torchkeep.io import _codec, _format
 
     w = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     obj = {

@@ -15,7 +15,7 @@ import pytest
 from _tkfile import GOLDEN_METADATA, GOLDEN_V1, GOLDEN_V1_PACKED, golden_object, same, split
 
 import torchkeep as tk
-from torchkeep import _format
+from torchkeep.io import _format
 
 
 @pytest.mark.parametrize("path", [GOLDEN_V1, GOLDEN_V1_PACKED], ids=["current-layout", "packed-layout"])

@@ -14,7 +14,7 @@ import torch
 from _tkfile import split
 
 import torchkeep as tk
-from torchkeep import _codec, _format
+from torchkeep.io import _codec, _format
 
 
 class Mode(str, enum.Enum):

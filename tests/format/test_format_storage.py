@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import torchkeep as tk
-from torchkeep import _storage
+from torchkeep.io import _storage
 
 
 def _no_temporaries(directory: Path) -> bool:
@@ -32,7 +32,7 @@ def test_failure_while_writing_keeps_the_old_file(tmp_path: Path, monkeypatch: p
 
 
 def test_interrupted_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from torchkeep import _format
+    from torchkeep.io import _format
 
     path = tmp_path / "ckpt.safetensors"
     tk.save({"w": torch.zeros(4)}, path)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from torchkeep import _storage
+from torchkeep.io import _storage
 
 
 class FailingFile:
@@ -38,7 +38,7 @@ class FailingFile:
 
 
 def fill_disk_after(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
-    """Make every atomic_write in torchkeep._storage fail with ENOSPC after ``limit`` bytes."""
+    """Make every atomic_write in torchkeep.io._storage fail with ENOSPC after ``limit`` bytes."""
 
     def failing_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         f = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 - handed to the caller's with

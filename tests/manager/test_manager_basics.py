@@ -448,7 +448,7 @@ def test_broken_custom_policy_deletes_nothing(tmp_path: Path) -> None:
 def test_retention_that_cannot_delete_keeps_the_save(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from torchkeep import _storage
+    from torchkeep.io import _storage
 
     def refuse(self: Any, name: str) -> None:
         raise PermissionError(13, "Permission denied", name)

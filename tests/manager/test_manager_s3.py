@@ -121,7 +121,7 @@ def test_upload_in_progress_is_never_listed(s3_url: str, s3_options: dict[str, A
 
 
 def test_staging_files_of_dead_uploaders_are_swept(tmp_path: Path) -> None:
-    from torchkeep._fsspec import sweep_staging_files
+    from torchkeep.io._fsspec import sweep_staging_files
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     left = tmp_path / f".torchkeep-upload-{int(dead.stdout)}-abc.tmp"

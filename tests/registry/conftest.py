@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from torchkeep import _registry
+from torchkeep.models import _registry
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 import torchkeep as tk
-from torchkeep import _registry
 from torchkeep.cli import app
+from torchkeep.models import _registry
 
 MODELS = """
 import torch, torchkeep as tk

@@ -299,7 +299,7 @@ def test_a_new_source_kind_plugs_in_with_one_function(tmp_path: Path) -> None:
         assert report.kind == "npz" and report.notes == ["from numpy"]
         assert tk.load(tmp_path / "w.safetensors")["a"].tolist() == [0.0, 1.0, 2.0]
     finally:
-        conv._KINDS[:] = [k for k in conv._KINDS if k.name != "npz"]
+        conv._convert._KINDS[:] = [k for k in conv._convert._KINDS if k.name != "npz"]
 
 
 def test_cli_convert_in_process(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import torchkeep as tk
-from torchkeep import _format, _registry
+from torchkeep.io import _format
+from torchkeep.models import _registry
 
 _json = st.recursive(
     st.none()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import torchkeep as tk
-from torchkeep import _codec, _decode
+from torchkeep.io import _codec, _decode
 
 transformers = pytest.importorskip("transformers")
 

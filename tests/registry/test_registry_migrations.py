@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import torchkeep as tk
-from torchkeep import _registry
+from torchkeep.models import _registry
 
 
 def _save_v1(path: Path) -> nn.Module:

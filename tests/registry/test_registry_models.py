@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import torchkeep as tk
-from torchkeep import _format, _registry
+from torchkeep.io import _format
+from torchkeep.models import _registry
 
 
 class Act(enum.Enum):
@@ -128,7 +129,7 @@ def test_tie_lost_in_rebuild_is_logged(tmp_path: Path, caplog: pytest.LogCapture
     model.b.weight = model.a.weight  # tied after construction: the rebuild cannot know
     path = tmp_path / "late.safetensors"
     tk.save_model(model, path)
-    with caplog.at_level(logging.WARNING, logger="torchkeep._modelfile"):
+    with caplog.at_level(logging.WARNING, logger="torchkeep.models._modelfile"):
         loaded = tk.load_model(path)
     assert "tie them in the constructor" in caplog.text
     assert torch.equal(loaded.a.weight, loaded.b.weight)
@@ -526,7 +527,7 @@ def test_dataclass_argument_class_not_loaded(tmp_path: Path, write_module) -> No
 
 def _fast(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Record whether each load_model call took the no-initialization (meta) path."""
-    from torchkeep import _modelfile
+    from torchkeep.models import _modelfile
 
     taken: list[bool] = []
     original = _modelfile._build_on_meta

@@ -104,7 +104,7 @@ def test_fresh_process_rebuilds_class_and_factory(saved: tuple[Path, Path], run_
 def test_import_module_fails_cleanly_when_module_is_missing(saved: tuple[Path, Path]) -> None:
     _, ref = saved
     dyn_path = tk.load(ref)["dynamic_path"]
-    from torchkeep import _registry
+    from torchkeep.models import _registry
 
     _registry._unregister("dynamic")
     sys.modules.pop("tk_test_models", None)

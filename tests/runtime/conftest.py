@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchkeep._manifest import write_manifest
+from torchkeep.io._manifest import write_manifest
 
 
 class MLP(nn.Module):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torchkeep as tk
-from torchkeep._manifest import read_manifest, write_manifest
+from torchkeep.io._manifest import read_manifest, write_manifest
 from torchkeep.runtime import backend_for_file
 from torchkeep.runtime._loader import backend_order
 from torchkeep.runtime.tensorrt import check_sidecar

@@ -154,7 +154,7 @@ class RegisteredMLP(torch.nn.Module):
 def test_eager_model_file_and_export_source(cases: dict[str, Case], tmp_path: Any) -> None:
     import shutil
 
-    from torchkeep._manifest import read_manifest, write_manifest
+    from torchkeep.io._manifest import read_manifest, write_manifest
 
     model = RegisteredMLP(width=32).eval()
     model.load_state_dict(cases["mlp"].model.state_dict())

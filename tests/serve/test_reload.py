@@ -158,7 +158,7 @@ def test_checkpoint_directory_newest_step_wins_over_mtime(tmp_path: Path) -> Non
 
 
 def test_export_directory_backend_from_benchmark(tmp_path: Path) -> None:
-    from torchkeep._manifest import write_manifest
+    from torchkeep.io._manifest import write_manifest
     from torchkeep.serve._loading import fastest_backend
 
     arts = {

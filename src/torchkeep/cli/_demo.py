@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .. import demo as _demo
+from . import _demo_steps as _demo
 
 __all__ = ["register"]
 

@@ -16,7 +16,8 @@ import torch
 import typer
 from rich.table import Table
 
-from .. import _api, _checkpoint, _format
+from ..checkpoint import _api, _checkpoint
+from ..io import _format
 from ._output import esc, make_console, print_table
 
 __all__ = ["diff_files", "register"]

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .. import _checkpoint, _format
+from ..checkpoint import _checkpoint
 from ..errors import TorchkeepError, UsageError
+from ..io import _format
 from ._output import clean, esc, make_console, print_table, progress
 from ._text import human_size
 
@@ -30,7 +31,7 @@ def preview_tree(node: Any, reader: _format.Reader, depth: int = 0) -> Any:
 
     Example:
         >>> import io, torch
-        >>> from torchkeep import _codec
+        >>> from torchkeep.io import _codec
         >>> enc = _codec.encode({"w": torch.zeros(2), "step": (1, 2)})
         >>> buf = io.BytesIO(); _ = _format.write(buf, enc.tensors, tree=enc.tree)
         >>> preview_tree(enc.tree, _format.open_file(buf.getvalue()))

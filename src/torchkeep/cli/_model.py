@@ -41,8 +41,8 @@ def audit(
     --import MODULE (or --import-module to import the module recorded in the file), and
     --path DIR if it is not installed.
     """
-    from .._audit import audit as run_audit
-    from .._modelfile import load_model
+    from ..models._audit import audit as run_audit
+    from ..models._modelfile import load_model
 
     for p in path or []:
         sys.path.insert(0, str(p.resolve()))

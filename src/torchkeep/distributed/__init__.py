@@ -25,9 +25,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._api import async_save_checkpoint, consolidate, load_checkpoint, load_full, save_checkpoint
-    from ._index import read_index
-    from ._listing import sweep
+    from ..checkpoint.sharded._api import (
+        async_save_checkpoint,
+        consolidate,
+        load_checkpoint,
+        load_full,
+        save_checkpoint,
+    )
+    from ..checkpoint.sharded._index import read_index
+    from ..checkpoint.sharded._listing import sweep
 
 __all__ = [
     "INDEX_NAME",
@@ -64,7 +70,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(f"torchkeep.checkpoint.sharded.{module}"), name)
 
 
 def is_sharded_context(objects: Mapping[str, Any] | None = None) -> bool:

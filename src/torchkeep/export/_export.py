@@ -24,11 +24,11 @@ from typing import Any
 import torch
 import xxhash
 
-from .. import _format
-from .._audit import eval_mode
-from .._manifest import MANIFEST_VERSION, read_manifest, write_manifest
 from .._version import __version__
 from ..errors import ExportError, MissingDependencyError, PredictorError, TorchkeepError
+from ..io import _format
+from ..io._manifest import MANIFEST_VERSION, read_manifest, write_manifest
+from ..models._audit import eval_mode
 from . import _parity
 from ._base import (
     Exporter,

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .. import _codec
 from ..errors import CheckpointWriteError, TorchkeepError
+from ..io import _codec
 
 __all__ = ["BackgroundSaver", "snapshot"]
 

@@ -22,10 +22,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _format
-from .._checkpoint import SECTION, CheckpointInfo, read_info
-from .._storage import LocalStorage, Storage
+from ..checkpoint._checkpoint import SECTION, CheckpointInfo, read_info
 from ..errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, FormatVersionError
+from ..io import _format
+from ..io._storage import LocalStorage, Storage
 from ._policies import KeepBestK, Record
 
 __all__ = [
@@ -161,9 +161,9 @@ def best_first(entries: list[CheckpointEntry], monitor: str | None, mode: str = 
 def open_storage(
     directory: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None, create: bool = True
 ) -> Storage:
-    """A :class:`~torchkeep._storage.Storage` for a local directory or an fsspec URL."""
+    """A :class:`~torchkeep.io._storage.Storage` for a local directory or an fsspec URL."""
     text = os.fspath(directory)
-    from .._fsspec import FsspecStorage, is_remote
+    from ..io._fsspec import FsspecStorage, is_remote
 
     if is_remote(text):
         return FsspecStorage(text, storage_options=storage_options, create=create)
@@ -210,7 +210,7 @@ def read_entry(storage: Storage, name: str) -> CheckpointEntry | None:
 def _read_header(storage: Storage, name: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
     read_head = getattr(storage, "read_head", None)
     if name.endswith(SHARDED_SUFFIX):
-        from ..distributed import _listing as sharded
+        from ..checkpoint.sharded import _listing as sharded
 
         return sharded.read_header(storage_path(storage, name))
     if isinstance(storage, LocalStorage):
@@ -235,7 +235,7 @@ def verify_entry(storage: Storage, entry: CheckpointEntry) -> None:
     if not entry.ok:
         return
     if entry.kind == "sharded":
-        from ..distributed import _listing as sharded
+        from ..checkpoint.sharded import _listing as sharded
 
         try:
             sharded.verify(entry.path)
@@ -262,7 +262,7 @@ def scan(storage: Storage, cache: dict[str, CheckpointEntry] | None = None) -> l
     cache = {} if cache is None else cache
     names = [n for n in storage.list() if parse_name(n) is not None]
     if isinstance(storage, LocalStorage):  # sharded steps are directories, which list() leaves out
-        from ..distributed._listing import list_names
+        from ..checkpoint.sharded._listing import list_names
 
         names += list_names(storage.root)
     present = set(names)

@@ -29,8 +29,8 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import IO, Any
 
-from .. import _format, distributed
-from .._checkpoint import (
+from .. import distributed
+from ..checkpoint._checkpoint import (
     CheckpointInfo,
     _check_stateful,
     _info_from_section,
@@ -39,8 +39,7 @@ from .._checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from .._storage import LocalStorage, Storage
-from ..distributed import _listing as distributed_listing
+from ..checkpoint.sharded import _listing as distributed_listing
 from ..errors import (
     CheckpointNotFoundError,
     CheckpointWriteError,
@@ -48,6 +47,8 @@ from ..errors import (
     TorchkeepError,
     UsageError,
 )
+from ..io import _format
+from ..io._storage import LocalStorage, Storage
 from ._async import BackgroundSaver, _BufferPool, snapshot
 from ._listing import (
     MANAGER_KEY,

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from .._manifest import MANIFEST_NAME, read_manifest
 from ..errors import CheckpointNotFoundError, MissingDependencyError, PredictorError, TorchkeepError
+from ..io._manifest import MANIFEST_NAME, read_manifest
 from ._base import Predictor, TensorSpec
 from ._common import BasePredictor, normalize_device
 

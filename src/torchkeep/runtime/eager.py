@@ -72,7 +72,7 @@ def load(
         module = source
     else:
         path = os.fspath(source)
-        from .._modelfile import load_model
+        from ..models._modelfile import load_model
 
         module = load_model(path, map_location=device)
         if not isinstance(module, torch.nn.Module):  # pragma: no cover - load_model's contract

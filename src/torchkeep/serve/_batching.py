@@ -87,12 +87,17 @@ def run_predictor(predictor: Predictor, arrays: Sequence[np.ndarray[Any, Any]]) 
 
 
 class _Item:
-    __slots__ = ("arrays", "future", "key", "loop", "n")
+    __slots__ = ("arrays", "future", "key", "loop", "n", "tail")
 
     def __init__(
-        self, arrays: list[np.ndarray[Any, Any]], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+        self,
+        arrays: list[np.ndarray[Any, Any]],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        tail: bool = True,
     ) -> None:
         self.arrays = arrays
+        self.tail = tail  # the last (or only) queue item of its request
         self.n = int(arrays[0].shape[0])
         self.key = tuple(a.shape[1:] for a in arrays)
         self.future = future
@@ -134,19 +139,47 @@ class Batcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._running = False
+        self._busy = False
+        self._waiting = False
+        self._scheduled = False
+        self.inline = False
+        self._requests = 0
         self._thread: threading.Thread | None = None
 
     @property
     def depth(self) -> int:
-        """Requests waiting for the model (not counting the batch that is running)."""
-        return len(self._queue)
+        """Requests waiting for the model (not counting the batch that is running).
 
-    def start(self) -> None:
-        """Start the inference thread (idempotent)."""
+        A request larger than ``max_batch_size`` waits as several queue items but counts once:
+        ``max_queue`` bounds requests, whatever their size.
+        """
+        return self._requests
+
+    @property
+    def busy(self) -> bool:
+        """True while a batch is running."""
+        return self._busy
+
+    def _pop(self) -> _Item:
+        item = self._queue.popleft()
+        if item.tail:
+            self._requests -= 1
+        return item
+
+    def start(self, *, inline: bool = False) -> None:
+        """Start the inference thread (idempotent); ``inline``: run batches on the event loop instead.
+
+        Inline suits models whose batch takes well under a millisecond: handing work to a
+        thread and back (two GIL hand-offs, a cross-thread wake-up) then costs more than the
+        model itself. Requests that arrive in the same event-loop iteration batch together.
+        """
         with self._cond:
             if self._running:
                 return
             self._running = True
+            self.inline = inline
+        if inline:
+            return
         self._thread = threading.Thread(target=self._loop, name="torchkeep-serve-batcher", daemon=True)
         self._thread.start()
 
@@ -156,6 +189,7 @@ class Batcher:
             self._running = False
             pending = list(self._queue)
             self._queue.clear()
+            self._requests = 0
             self._cond.notify_all()
         for item in pending:
             err = Reject(503, "shutting_down", "the server is shutting down; retry on another replica")
@@ -163,11 +197,18 @@ class Batcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, arrays: list[np.ndarray[Any, Any]]) -> asyncio.Future[list[np.ndarray[Any, Any]]]:
-        """Queue one request's input batches; the future resolves to its output arrays."""
+    def submit(
+        self, arrays: list[np.ndarray[Any, Any]], *, first: bool = True, last: bool = True
+    ) -> asyncio.Future[list[np.ndarray[Any, Any]]]:
+        """Queue one model call's input batches; the future resolves to its output arrays.
+
+        A request cut into several calls passes ``first`` on its first chunk (only that one is
+        checked against ``max_queue`` and counted) and ``last`` on its last one (popping it
+        releases the request's place); call :meth:`release` if it gives up in between.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[np.ndarray[Any, Any]]] = loop.create_future()
-        item = _Item(arrays, fut, loop)
+        item = _Item(arrays, fut, loop, tail=last)
         with self._cond:
             if not self._running:
                 raise Reject(
@@ -176,47 +217,94 @@ class Batcher:
                     "the model is not loaded yet; retry after /readyz answers 200",
                     {"Retry-After": "1"},
                 )
-            if len(self._queue) >= self.max_queue:
-                raise Reject(
-                    503,
-                    "queue_full",
-                    f"{len(self._queue)} requests are already waiting (--max-queue {self.max_queue}); retry shortly",
-                    {"Retry-After": "1"},
-                )
+            if first:
+                if self._requests >= self.max_queue:
+                    raise Reject(
+                        503,
+                        "queue_full",
+                        f"{self._requests} requests are already waiting (--max-queue {self.max_queue}); retry shortly",
+                        {"Retry-After": "1"},
+                    )
+                self._requests += 1
             self._queue.append(item)
-            self._cond.notify()
+            if self.inline:
+                if not self._scheduled:
+                    self._scheduled = True
+                    loop.call_soon(self._flush)
+            elif self._waiting:  # a notify costs a lock round trip: only when the thread sleeps
+                self._cond.notify()
         return fut
+
+    def release(self) -> None:
+        """Give back the queue place of a chunked request that stopped before queuing its last chunk."""
+        with self._cond:
+            self._requests = max(0, self._requests - 1)
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
             while self._running:
                 # A request that timed out or whose client went away is skipped, not run.
                 while self._queue and self._queue[0].future.done():
-                    self._queue.popleft()
+                    self._pop()
                 if self._queue:
                     break
+                self._waiting = True
                 self._cond.wait()
+                self._waiting = False
             if not self._running:
                 return None
-            first = self._queue.popleft()
+            first = self._pop()
             batch, n = [first], first.n
             deadline = time.monotonic() + self.max_wait_s
             while n < self.max_batch_size:
                 if self._queue:
                     head = self._queue[0]
                     if head.future.done():
-                        self._queue.popleft()
+                        self._pop()
                         continue
                     if head.key != first.key or n + head.n > self.max_batch_size:
                         break
-                    batch.append(self._queue.popleft())
+                    batch.append(self._pop())
                     n += head.n
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._running:
                     break
+                self._waiting = True
                 self._cond.wait(remaining)
+                self._waiting = False
+            self._busy = True  # under the lock: a drain never sees "empty and idle" mid-handoff
             return batch
+
+    def _flush(self) -> None:
+        """Inline mode: run one batch on the event loop, then yield so new requests can join the next."""
+        self._scheduled = False
+        with self._cond:
+            while self._queue and self._queue[0].future.done():
+                self._pop()
+            if not self._queue or not self._running:
+                return
+            first = self._pop()
+            batch, n = [first], first.n
+            while n < self.max_batch_size and self._queue:
+                head = self._queue[0]
+                if head.future.done():
+                    self._pop()
+                    continue
+                if head.key != first.key or n + head.n > self.max_batch_size:
+                    break
+                batch.append(self._pop())
+                n += head.n
+        self._busy = True
+        try:
+            self._run(batch)
+        except BaseException:
+            logger.exception("batch of %d requests failed outside the model", len(batch))
+        finally:
+            self._busy = False
+        if self._queue and self._running and not self._scheduled:
+            self._scheduled = True
+            batch[0].loop.call_soon(self._flush)
 
     def _loop(self) -> None:
         while True:
@@ -227,6 +315,8 @@ class Batcher:
                 self._run(batch)
             except BaseException:  # never let the inference thread die: log, fail the batch
                 logger.exception("batch of %d requests failed outside the model", len(batch))
+            finally:
+                self._busy = False
 
     def _run(self, batch: list[_Item]) -> None:
         slot = self._slot_getter()
@@ -263,10 +353,11 @@ class Batcher:
             start = stop
         self._finish(batch, results)
 
-    @staticmethod
-    def _finish(batch: list[_Item], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    def _finish(self, batch: list[_Item], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
         loop = batch[0].loop
-        if all(it.loop is loop for it in batch):
+        if self.inline:  # already on the event loop
+            _deliver(results)
+        elif all(it.loop is loop for it in batch):
             loop.call_soon_threadsafe(_deliver, results)
         else:  # pragma: no cover - one app serves from one loop
             for it, res in zip(batch, results, strict=True):

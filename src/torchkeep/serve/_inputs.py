@@ -20,7 +20,9 @@ from ..runtime._base import TensorSpec
 __all__ = [
     "NUMPY_DTYPES",
     "Reject",
+    "check_array",
     "describe_inputs",
+    "dumps",
     "outputs_to_json",
     "parse_json",
     "parse_npy",
@@ -41,14 +43,49 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "int8": np.dtype(np.int8),
     "uint8": np.dtype(np.uint8),
     "bool": np.dtype(np.bool_),
+    "bytes": np.dtype(object),  # text or encoded files, taken by a request handler
 }
 _FLOAT_KINDS = "fiu"
 _INT_KINDS = "iu"
 _NPY_MAX_HEADER = 4096
 
+_orjson: Any
+try:  # the serve extra installs orjson; the stdlib json is the fallback
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize a JSON answer (orjson when installed: several times faster than :mod:`json`)."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(obj)  # type: ignore[no-any-return]
+        except TypeError:
+            pass  # e.g. an integer beyond 64 bits: the stdlib handles it
+    return json.dumps(obj).encode()
+
+
+def _loads(body: bytes) -> Any:
+    if _orjson is not None:
+        try:
+            return _orjson.loads(body)
+        except _orjson.JSONDecodeError:
+            pass  # NaN/Infinity literals and other forms only the stdlib accepts (--allow-non-finite)
+    return json.loads(body)
+
 
 class Reject(Exception):
-    """A request the server refuses: HTTP status, error type, message (never leaves the app)."""
+    """A request the server refuses: HTTP status, error type, message.
+
+    The core raises it; each front end turns it into its protocol's error (``/v1`` JSON error,
+    v2 ``{"error": ...}``, a gRPC status code). It never reaches the client as a 500.
+
+    Example:
+        >>> rej = Reject(404, "not_found", "unknown model 'x'")
+        >>> rej.status, rej.type
+        (404, 'not_found')
+    """
 
     def __init__(self, status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -73,14 +110,38 @@ def describe_inputs(specs: Sequence[TensorSpec]) -> str:
 def parse_json(body: bytes) -> Any:
     """Parse a JSON body or raise 400 ``invalid_json``."""
     try:
-        return json.loads(body)
+        return _loads(body)
     except (ValueError, RecursionError) as exc:
         raise Reject(400, "invalid_json", f"the request body is not valid JSON ({exc}); send a JSON object") from None
 
 
-def _to_array(
+def _to_bytes_array(value: Any, spec: TensorSpec, *, batched: bool, where: str) -> np.ndarray[Any, Any]:
+    items = value.reshape(-1).tolist() if isinstance(value, np.ndarray) else value
+    if not batched:
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise Reject(422, "invalid_input", f"{where}: expected a non-empty list of strings, {_spec_text(spec)}")
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = item.encode("utf-8")
+        if not isinstance(item, bytes):
+            raise Reject(422, "invalid_input", f"{where}[{i}]: found {type(item).__name__}, expected a string")
+        out[i] = item
+    return out
+
+
+def check_array(
     value: Any, spec: TensorSpec, *, batched: bool, allow_non_finite: bool, where: str
 ) -> np.ndarray[Any, Any]:
+    """``value`` (an array or nested lists) as a batch matching ``spec``, or a 422 :class:`Reject`.
+
+    Checks the kind of values (booleans, integers in range, numbers), rank, fixed dimensions,
+    a non-empty batch and finiteness; casts to the spec's wire dtype. Every front end's inputs
+    pass through here.
+    """
+    if spec.dtype == "bytes":
+        return _to_bytes_array(value, spec, batched=batched, where=where)
     expect = f"expected {_spec_text(spec)}" + ("" if batched else " without the batch dimension")
     if isinstance(value, np.ndarray):
         raw = value
@@ -154,7 +215,7 @@ def predict_request(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finit
         raise Reject(
             422, "invalid_input", f'expected {{"values": [...]}} holding one example: {describe_inputs(specs)}'
         )
-    return [_to_array(data["values"], specs[0], batched=False, allow_non_finite=allow_non_finite, where="values")]
+    return [check_array(data["values"], specs[0], batched=False, allow_non_finite=allow_non_finite, where="values")]
 
 
 def v1_request(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finite: bool) -> list[np.ndarray[Any, Any]]:
@@ -185,7 +246,7 @@ def v1_request(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finite: bo
     else:
         raise Reject(422, "invalid_input", f"'inputs' is {type(inputs).__name__}; {usage}")
     arrays = [
-        _to_array(v, s, batched=True, allow_non_finite=allow_non_finite, where=f"inputs.{s.name}")
+        check_array(v, s, batched=True, allow_non_finite=allow_non_finite, where=f"inputs.{s.name}")
         for v, s in zip(values, specs, strict=True)
     ]
     _same_batch(arrays, specs)
@@ -217,7 +278,7 @@ def parse_npy(body: bytes, specs: Sequence[TensorSpec], *, allow_non_finite: boo
             "invalid_input",
             f"the .npy array has dtype {getattr(arr, 'dtype', '?')}; expected {describe_inputs(specs)}",
         )
-    return [_to_array(arr, specs[0], batched=True, allow_non_finite=allow_non_finite, where="body")]
+    return [check_array(arr, specs[0], batched=True, allow_non_finite=allow_non_finite, where="body")]
 
 
 def _same_batch(arrays: Sequence[np.ndarray[Any, Any]], specs: Sequence[TensorSpec]) -> None:
@@ -233,7 +294,10 @@ def outputs_to_json(outputs: Sequence[np.ndarray[Any, Any]], specs: Sequence[Ten
     """Name each output array and turn it into nested lists (NaN/Infinity become null)."""
     out: dict[str, Any] = {}
     for arr, spec in zip(outputs, specs, strict=True):
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind in "OSU":  # text a handler returned (labels)
+            flat = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()]
+            out[spec.name] = np.array(flat, dtype=object).reshape(arr.shape).tolist()
+        elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
             out[spec.name] = np.where(np.isfinite(arr), arr, np.nan).astype(object).tolist()
             out[spec.name] = _nan_to_none(out[spec.name])
         else:

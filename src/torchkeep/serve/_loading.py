@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .._manifest import MANIFEST_NAME, read_manifest
 from ..errors import PredictorError, ServeError, TorchkeepError
+from ..io._manifest import MANIFEST_NAME, read_manifest
 from ..runtime._base import Predictor, TensorSpec
 from ._batching import ModelSlot, run_predictor
 from ._inputs import NUMPY_DTYPES
@@ -29,6 +29,7 @@ __all__ = [
     "import_modules",
     "load_kwargs",
     "load_slot",
+    "time_batch",
     "warm_up",
 ]
 
@@ -39,7 +40,7 @@ _MODEL_SUFFIXES = (".safetensors", ".pt2", ".onnx", ".pt", ".ts", ".engine", ".p
 
 def _checkpoint_step(path: str) -> int | None:
     try:
-        from .._checkpoint import read_info
+        from ..checkpoint._checkpoint import read_info
 
         step = read_info(path).step
     except (TorchkeepError, OSError):
@@ -273,6 +274,21 @@ def warm_up(predictor: Predictor, batch_sizes: Sequence[int] = (1,)) -> None:
                 )
             if out.dtype.kind == "f" and not np.isfinite(out).all():
                 raise PredictorError(f"warm-up: output '{spec.name}' holds NaN or Infinity for finite inputs")
+
+
+def time_batch(predictor: Predictor, batch: int, repeats: int = 5) -> float:
+    """Median seconds of one model call on a generated batch of ``batch`` examples."""
+    import statistics
+    import time
+
+    rng = np.random.default_rng(0)
+    arrays = [_example(s, batch, rng) for s in predictor.inputs]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run_predictor(predictor, arrays)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def check_compatible(old: Sequence[TensorSpec], new: Sequence[TensorSpec]) -> None:

@@ -66,7 +66,11 @@ class Metrics:
         True
     """
 
-    def __init__(self, queue_depth: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        queue_depth: Callable[[], int] | None = None,
+        models: Callable[[], list[tuple[str, str, int]]] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = {}
         self.latency: dict[str, Histogram] = {}
@@ -74,6 +78,7 @@ class Metrics:
         self.inference = Histogram(_LATENCY_BUCKETS)
         self.reloads: dict[str, int] = {"ok": 0, "refused": 0}
         self.queue_depth = queue_depth
+        self.models = models
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
@@ -126,4 +131,10 @@ class Metrics:
             ]
             for result, n in sorted(self.reloads.items()):
                 lines.append(f'torchkeep_model_reloads_total{{result="{result}"}} {n}')
+            lines += [
+                "# HELP torchkeep_model_memory_bytes Resident memory each loaded model version added when it loaded.",
+                "# TYPE torchkeep_model_memory_bytes gauge",
+            ]
+            for name, version, size in self.models() if self.models else []:
+                lines.append(f'torchkeep_model_memory_bytes{{model="{name}",version="{version}"}} {size}')
         return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,20 @@ class ServeOptions:
         input_shapes: example input shapes (batch first) for an eager model file, whose input
             specs are otherwise unknown; the batch dimension becomes dynamic.
         input_dtypes: one dtype for all inputs or one per shape (default float32).
+        model_name: the name a single model is served under (Open Inference Protocol URLs).
+        version_policy: which versions of each repository model load: ``latest[:N]``, ``all``
+            or ``specific:1,3``.
+        default_model: the repository model ``/predict`` and ``/v1/predict`` serve (default:
+            the first by name).
+        handlers: request handlers the operator names: ``module:Class`` (every model) or
+            ``model=module:Class``. Imported at start: name only your own code.
+        grpc_port: also serve the Open Inference Protocol over gRPC on this port.
+        grpc_host: the interface gRPC binds (``torchkeep serve`` uses ``--host``).
+        body_timeout_s: a request whose body has not fully arrived after this long is answered
+            408 and its connection closed (slow clients cannot hold connections forever).
+        inline_below_ms: a model whose full batch runs faster than this (measured at start) is
+            run on the event loop instead of the inference thread, saving two thread hand-offs
+            per batch; 0 always uses the thread. ``torchkeep serve`` sets 0.5.
 
     Example:
         >>> opts = ServeOptions(max_batch_size=16, max_wait_ms=2.0)
@@ -63,6 +78,14 @@ class ServeOptions:
     imports: tuple[str, ...] = ()
     input_shapes: tuple[tuple[int, ...], ...] = ()
     input_dtypes: tuple[str, ...] = ()
+    model_name: str = "model"
+    version_policy: str = "latest:1"
+    default_model: str | None = None
+    handlers: tuple[str, ...] = ()
+    grpc_port: int | None = None
+    grpc_host: str = "127.0.0.1"
+    body_timeout_s: float = 30.0
+    inline_below_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "max_body_bytes", "threads"):
@@ -91,6 +114,18 @@ class ServeOptions:
                 f"input_dtypes={self.input_dtypes!r}: give one dtype for all inputs or one per input shape"
             )
         object.__setattr__(self, "input_dtypes", tuple(self.input_dtypes))
+        if not isinstance(self.model_name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", self.model_name):
+            raise ServeError(f"model_name={self.model_name!r}: expected letters, digits, '_', '.', '-'")
+        from ._repository import VersionPolicy
+
+        VersionPolicy.parse(self.version_policy)
+        if isinstance(self.handlers, str) or not all(isinstance(h, str) and ":" in h for h in self.handlers):
+            raise ServeError(f"handlers={self.handlers!r}: expected entries such as 'mypkg.handlers:TextHandler'")
+        object.__setattr__(self, "handlers", tuple(self.handlers))
+        if self.grpc_port is not None:
+            _check_range("grpc_port", self.grpc_port, 0, 65535)
+        _check_range("body_timeout_s", self.body_timeout_s, 0.01, 3600, " seconds")
+        _check_range("inline_below_ms", self.inline_below_ms, 0, 100, " milliseconds")
         if not self.device or not isinstance(self.device, str):
             raise ServeError(f"device={self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
 

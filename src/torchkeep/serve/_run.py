@@ -8,8 +8,10 @@ connections over them).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ServeError, missing_dependency
@@ -48,6 +50,7 @@ def serve(
     options: ServeOptions | None = None,
     log_level: str = "warning",
     access_log: bool = False,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve ``target`` over HTTP until interrupted (what ``torchkeep serve`` runs).
 
@@ -59,6 +62,8 @@ def serve(
         options: batching, limits and reload settings.
         log_level: uvicorn log level.
         access_log: log one line per request (costs throughput; off by default).
+        on_ready: with one worker, called once the model has loaded, before the server starts
+            (the CLI prints its banner there, so a target that fails to load prints none).
 
     Example:
         >>> serve("model.safetensors", port=8000)  # doctest: +SKIP
@@ -68,6 +73,10 @@ def serve(
     except ImportError:
         raise missing_dependency("uvicorn", "serve", "torchkeep serve") from None
     opts = options if options is not None else ServeOptions()
+    if opts.grpc_port is not None:
+        if workers > 1:
+            raise ServeError("--grpc-port works with --workers 1 (one process owns the port)", option="grpc_port")
+        opts = dataclasses.replace(opts, grpc_host=host)
     if workers < 1 or workers > 256:
         raise ServeError(f"--workers {workers}: expected 1 to 256 processes", option="workers")
     common: dict[str, Any] = {
@@ -78,7 +87,10 @@ def serve(
         "timeout_graceful_shutdown": 10,
     }
     if workers == 1:
-        uvicorn.run(create_app(target, options=opts), **common)
+        app = create_app(target, options=opts)
+        if on_ready is not None:
+            on_ready()
+        uvicorn.run(app, **common)
         return
     os.environ[ENV_TARGET] = os.path.abspath(target)
     os.environ[ENV_OPTIONS] = opts.to_json()

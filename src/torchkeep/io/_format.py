@@ -1,0 +1,569 @@
+"""File format v1: a safetensors file with torchkeep sections in ``__metadata__``.
+
+Layout (all safetensors)::
+
+    [8 bytes: little-endian u64 N][N bytes: JSON header, space-padded][tensor bytes ...]
+
+The header maps tensor names to ``{"dtype", "shape", "data_offsets"}`` and holds
+``__metadata__`` (str → str). torchkeep adds, as JSON strings:
+
+* ``torchkeep.format`` — ``"1"``.
+* ``torchkeep.tensors`` — per tensor: ``xxh3`` (xxh3-64 of its bytes, 16 hex digits),
+  ``device`` (where it lived when saved) and, for dtypes safetensors lacks, the logical
+  ``dtype``/``shape`` (the bytes are then stored as ``U8``).
+* ``torchkeep.tree`` — the object tree from :mod:`torchkeep.io._codec` (absent in files written by
+  :func:`torchkeep.save_model`, whose tensors are the plain state dict).
+* ``torchkeep.<section>`` — JSON sections of the layers above (checkpoint info, model entry).
+
+Writing is one pass over tensor memory: the header is written first with fixed-width checksum
+placeholders, each tensor is hashed while it streams to the file in chunks, and the final header
+(same length) is written over the placeholder. The data section starts on a 64-byte boundary;
+tensors whose size is a multiple of 64 bytes come first (so each is 64-byte aligned), the rest
+ordered by element size, largest first (so each is naturally aligned). See :func:`_layout`.
+
+Reading maps the file (copy-on-write, so tensors are writable and the file is never changed) and
+builds tensors over the mapping without copying. Every field of the header is treated as hostile:
+sizes, offsets, names, dtypes and JSON depth are checked before any tensor is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import mmap as _mmap
+import os
+import stat
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+import torch
+import xxhash
+
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError, UnsupportedValueError
+from . import _codec
+from ._dtypes import FROM_ST, ST_DTYPES, U8_DTYPES, MapLocation, dtype_name, logical_dtype, place, resolve_device
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MapLocation",
+    "Reader",
+    "TensorInfo",
+    "open_file",
+    "resolve_device",
+    "write",
+]
+
+FORMAT_VERSION = 1
+META_PREFIX = "torchkeep."
+META_FORMAT = "torchkeep.format"
+META_TENSORS = "torchkeep.tensors"
+META_TREE = "torchkeep.tree"
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+DATA_ALIGNMENT = 64
+CHUNK_BYTES = 16 * 1024 * 1024
+_PLACEHOLDER = "0" * 16
+
+# ------------------------------------------------------------------------------------------
+# writing
+
+
+@dataclass(frozen=True)
+class _Planned:
+    name: str
+    tensor: torch.Tensor
+    st_dtype: str
+    st_shape: list[int]
+    nbytes: int
+    entry: dict[str, Any]  # torchkeep.tensors entry (without the checksum)
+
+
+def _plan(name: str, t: torch.Tensor) -> _Planned:
+    if not isinstance(name, str) or not name or name == "__metadata__":
+        raise UnsupportedValueError(
+            f"invalid tensor name {name!r}: names must be non-empty strings other than '__metadata__'",
+            path=repr(name),
+        )
+    nbytes = t.numel() * t.element_size()
+    entry: dict[str, Any] = {"device": str(t.device)}
+    st = ST_DTYPES.get(t.dtype)
+    if st is None:
+        if t.dtype not in U8_DTYPES.values():
+            raise UnsupportedValueError(
+                f"tensor {name!r}: dtype {t.dtype} cannot be stored (it has no byte-addressable layout); "
+                "convert it to a supported dtype first",
+                path=name,
+                value_type=str(t.dtype),
+            )
+        entry["dtype"] = dtype_name(t.dtype)
+        entry["shape"] = list(t.shape)
+        return _Planned(name, t, "U8", [nbytes], nbytes, entry)
+    return _Planned(name, t, st, list(t.shape), nbytes, entry)
+
+
+def _layout(plans: Iterable[_Planned]) -> list[_Planned]:
+    """File order: every tensor whose size is a multiple of 64 bytes first, then the rest.
+
+    The data section starts 64-byte aligned, so each tensor of the first group (in practice every
+    weight matrix and optimizer moment) is 64-byte aligned in the file and in the mapping: loads
+    need no copy, and vectorized kernels see the same alignment as in the process that saved
+    it (their reduction order depends on it, so this matters for bit-exact resume). The rest are
+    ordered by element size, largest first, so each is still naturally aligned. No padding
+    entries are needed, so other safetensors tools see exactly the saved tensors.
+    """
+    ordered = list(plans)
+    whole = [p for p in ordered if p.nbytes % DATA_ALIGNMENT == 0]
+    rest = sorted((p for p in ordered if p.nbytes % DATA_ALIGNMENT), key=lambda p: -p.tensor.element_size())
+    return whole + rest
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The tensor's bytes in C order, on the CPU. Copies only if it is not already that."""
+    if t.device.type != "cpu":
+        t = t.detach().to("cpu")
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    flat = t.reshape(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B")  # type: ignore[arg-type]
+
+
+def _header_bytes(plans: list[_Planned], offsets: list[tuple[int, int]], meta: dict[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": meta}
+    for p, (b, e) in zip(plans, offsets, strict=True):
+        header[p.name] = {"dtype": p.st_dtype, "shape": p.st_shape, "data_offsets": [b, e]}
+    try:
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnsupportedValueError(
+            f"a tensor name or metadata string is not valid Unicode text ({exc.reason}: "
+            f"{exc.object[max(0, exc.start - 20) : exc.end + 20]!r}); safetensors headers must be UTF-8"
+        ) from None
+    pad = (-(8 + len(raw))) % DATA_ALIGNMENT
+    return raw + b" " * pad
+
+
+def write(
+    dest: IO[bytes],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    tree: Any = None,
+    sections: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> int:
+    """Stream a torchkeep file to ``dest`` (a writable binary file). Returns its size.
+
+    One pass over tensor memory when ``dest`` can seek (the header is patched in place at the
+    end); otherwise (an object-store upload) the tensors are hashed in a first pass.
+
+    ``tree`` is the codec tree (None for a plain state dict file); ``sections`` are JSON-able
+    values stored as ``torchkeep.<key>``; ``metadata`` is free str → str metadata, stored as is.
+
+    Example:
+        >>> import io
+        >>> buf = io.BytesIO()
+        >>> size = write(buf, {"w": torch.ones(3)})
+        >>> open_file(buf.getvalue()).tensor("w").tolist()
+        [1.0, 1.0, 1.0]
+    """
+    meta: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise UnsupportedValueError(
+                f"metadata must map str to str (as safetensors does); got {key!r}: {type(value).__name__}. "
+                "Put structured values in the saved object instead.",
+                path=f"metadata[{key!r}]",
+                value_type=type(value).__qualname__,
+            )
+        if key.startswith(META_PREFIX):
+            raise UnsupportedValueError(
+                f"metadata key {key!r} is reserved: keys starting with {META_PREFIX!r} belong to torchkeep; "
+                "pick another name",
+                path=f"metadata[{key!r}]",
+            )
+        meta[key] = value
+    meta[META_FORMAT] = str(FORMAT_VERSION)
+    for key, value in (sections or {}).items():
+        meta[META_PREFIX + key] = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    if tree is not None:
+        meta[META_TREE] = json.dumps(tree, separators=(",", ":"), allow_nan=False)
+
+    plans = _layout(_plan(n, t) for n, t in tensors.items())
+    offsets: list[tuple[int, int]] = []
+    pos = 0
+    for p in plans:
+        offsets.append((pos, pos + p.nbytes))
+        pos += p.nbytes
+    data_len = pos
+
+    def header_for(digests: Mapping[str, str]) -> bytes:
+        entries = {p.name: {**p.entry, "xxh3": digests.get(p.name, _PLACEHOLDER)} for p in plans}
+        return _header_bytes(plans, offsets, {**meta, META_TENSORS: json.dumps(entries, separators=(",", ":"))})
+
+    provisional = header_for({})
+    if len(provisional) > MAX_HEADER_BYTES:
+        raise UnsupportedValueError(
+            f"the header would be {len(provisional)} bytes, over the {MAX_HEADER_BYTES}-byte limit; "
+            "store large non-tensor data (long lists, big strings or bytes) as tensors"
+        )
+    if not _seekable(dest):
+        # Object-store uploads cannot seek back to patch the header: hash first, then stream.
+        digests = {p.name: _stream_tensor(None, p.tensor, p.nbytes) for p in plans}
+        final = header_for(digests)
+        _write_all(dest, struct.pack("<Q", len(final)) + final)
+        for p in plans:
+            _stream_tensor(dest, p.tensor, p.nbytes)
+        return 8 + len(final) + data_len
+    start = dest.tell()
+    _write_all(dest, struct.pack("<Q", len(provisional)) + provisional)
+    digests = {}
+    for p in plans:
+        digests[p.name] = _stream_tensor(dest, p.tensor, p.nbytes)
+    final = header_for(digests)
+    assert len(final) == len(provisional)  # fixed-width digests keep the header's length
+    end = dest.tell()
+    dest.seek(start + 8)
+    _write_all(dest, final)
+    dest.seek(end)
+    return 8 + len(final) + data_len
+
+
+def _seekable(dest: IO[bytes]) -> bool:
+    try:
+        return bool(dest.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _write_all(dest: IO[bytes], data: bytes | memoryview) -> None:
+    """Write every byte: raw (unbuffered) files may accept less than asked in one call."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        n = dest.write(view)
+        if n is None:  # a non-blocking raw stream that would block; a file never does this
+            raise OSError("the destination accepted no bytes (non-blocking stream)")
+        view = view[n:]
+
+
+def _stream_tensor(dest: IO[bytes] | None, t: torch.Tensor, nbytes: int) -> str:
+    """Hash the tensor's bytes and (unless ``dest`` is None) write them, chunk by chunk.
+
+    Each chunk is hashed right before it is written, while it is still in the CPU cache, so the
+    checksum costs no extra pass over memory.
+    """
+    h = xxhash.xxh3_64()
+    if nbytes:
+        mv = _tensor_bytes(t)
+        for i in range(0, nbytes, CHUNK_BYTES):
+            chunk = mv[i : i + CHUNK_BYTES]
+            h.update(chunk)
+            if dest is not None:
+                _write_all(dest, chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the header says about one tensor."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute file offset
+    nbytes: int
+    device: str
+    checksum: str | None
+
+
+def _bad(path: str | None, msg: str, tensor: str | None = None) -> CorruptCheckpointError:
+    where = f"{path}: " if path else ""
+    what = f"tensor {tensor!r}: " if tensor else ""
+    return CorruptCheckpointError(f"{where}{what}{msg}", path=path, tensor=tensor, reason=msg)
+
+
+def _loads(raw: bytes | str, path: str | None, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise _bad(path, f"{what} is nested too deeply to be a torchkeep file") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad(path, f"{what} is not valid JSON ({exc})") from None
+
+
+def _sniff(head: bytes) -> str:
+    if head.startswith(b"PK\x03\x04"):
+        return (
+            "this is a torch.save() file (a zip archive holding a pickle), not a torchkeep or safetensors "
+            "file. torchkeep never unpickles; convert it once with `torchkeep convert SRC DST` (it looks like "
+            "a torch.save() zip/pickle file; add --trust-pickle only for files you trust)"
+        )
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return (
+            "this is a pickle file (it looks like a pickle file: legacy torch.save), not a torchkeep or "
+            "safetensors file. torchkeep never unpickles; convert it with `torchkeep convert SRC DST`"
+        )
+    return ""
+
+
+def _not_safetensors(path: str | None, head: bytes, detail: str) -> CorruptCheckpointError:
+    """A header that does not parse; what the file really is comes first when it can be told."""
+    what = _sniff(head)
+    return _bad(path, f"{what}. (Details: {detail}.)" if what else f"{detail}.")
+
+
+class Reader:
+    """A parsed, validated file. Tensors are built lazily over the mapped bytes.
+
+    Use :func:`open_file` to make one.
+    """
+
+    def __init__(self, buf: Any, size: int, path: str | None) -> None:
+        self.path = path
+        self._buf = buf
+        self.size = size
+        self._parse()
+
+    # -- parsing --------------------------------------------------------------------------
+    def _parse(self) -> None:
+        path, size, buf = self.path, self.size, self._buf
+        head = bytes(buf[: min(size, 8)])
+        if size < 8:
+            raise _not_safetensors(path, head, f"file is {size} bytes, too short for a header (8-byte length + JSON)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or n > size - 8 or n < 2:
+            raise _not_safetensors(
+                path,
+                head,
+                f"header length field says {n} bytes but the file has {size - 8} bytes after it "
+                f"(limit {MAX_HEADER_BYTES}); the file is truncated or not a safetensors file",
+            )
+        try:
+            text = bytes(buf[8 : 8 + n]).decode("utf-8")  # safetensors headers are UTF-8, nothing else
+        except UnicodeDecodeError as exc:
+            raise _not_safetensors(path, head, f"header is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        header = _loads(text, path, "header")
+        if not isinstance(header, dict):
+            raise _not_safetensors(path, head, "header is not a JSON object")
+        meta = header.pop("__metadata__", {})
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise _bad(path, "__metadata__ must map strings to strings")
+        self.metadata: dict[str, str] = meta
+        version = meta.get(META_FORMAT)
+        self.is_torchkeep = version is not None
+        if version is not None and version != str(FORMAT_VERSION):
+            if version.isascii() and version.isdigit() and int(version) > FORMAT_VERSION:
+                raise FormatVersionError(
+                    f"{path or 'file'}: written in torchkeep format {version}, but this torchkeep reads "
+                    f"format {FORMAT_VERSION}; upgrade with `pip install -U torchkeep`",
+                    path=path,
+                    found=version,
+                    supported=str(FORMAT_VERSION),
+                )
+            raise _bad(path, f"unknown torchkeep.format {version!r} (expected '{FORMAT_VERSION}')")
+        extra = _loads(meta[META_TENSORS], path, META_TENSORS) if META_TENSORS in meta else {}
+        if not isinstance(extra, dict):
+            raise _bad(path, f"{META_TENSORS} is not a JSON object")
+
+        self.data_start = 8 + n
+        data_len = size - self.data_start
+        infos: dict[str, TensorInfo] = {}
+        spans: list[tuple[int, int, str]] = []
+        for name, spec in header.items():
+            infos[name] = info = self._tensor_info(name, spec, extra.get(name), data_len)
+            spans.append((info.begin, info.begin + info.nbytes, name))
+        spans.sort()
+        for (b0, e0, n0), (b1, _e1, n1) in itertools.pairwise(spans):
+            if b1 < e0:
+                raise _bad(path, f"tensor data overlaps: {n0!r} [{b0}, {e0}) and {n1!r} starts at {b1}")
+        if self.is_torchkeep:
+            missing = sorted(set(infos) - set(extra))
+            if missing:
+                raise _bad(path, f"no checksum recorded for tensor(s) {missing[:5]}", tensor=missing[0])
+        self._infos = infos
+        self.names: list[str] = list(infos)
+        self.tree: Any = _loads(meta[META_TREE], path, META_TREE) if META_TREE in meta else None
+        if self.tree is not None:
+            try:
+                refs = _codec.tensor_names(self.tree)
+            except CorruptCheckpointError as exc:
+                raise _bad(path, exc.reason) from None
+            dangling = sorted(refs - set(infos))
+            if dangling:
+                raise _bad(path, f"the object tree refers to tensor {dangling[0]!r}, which the file does not hold")
+
+    def _tensor_info(self, name: str, spec: Any, extra: Any, data_len: int) -> TensorInfo:
+        path = self.path
+        if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+            raise _bad(path, "header entry must have exactly dtype, shape and data_offsets", tensor=name)
+        st_dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+        if not isinstance(st_dtype, str) or st_dtype not in FROM_ST:
+            raise _bad(path, f"unknown dtype {st_dtype!r}", tensor=name)
+        if not _shape(shape):
+            raise _bad(path, f"shape {shape!r} is not a list of at most 64 non-negative ints", tensor=name)
+        if not _int_list(offsets) or len(offsets) != 2 or not offsets[0] <= offsets[1] <= data_len:
+            raise _bad(path, f"data_offsets {offsets!r} fall outside the {data_len} data bytes", tensor=name)
+        dtype = FROM_ST[st_dtype]
+        nbytes = offsets[1] - offsets[0]
+        if _numel(shape) * dtype.itemsize != nbytes:
+            raise _bad(
+                path,
+                f"{st_dtype} {shape} needs {_numel(shape) * dtype.itemsize} bytes but data_offsets hold {nbytes}",
+                tensor=name,
+            )
+        device, checksum = "cpu", None
+        if extra is not None:
+            if not isinstance(extra, dict):
+                raise _bad(path, f"{META_TENSORS} entry is not an object", tensor=name)
+            device = extra.get("device", "cpu")
+            checksum = extra.get("xxh3")
+            if not isinstance(device, str) or not (checksum is None or isinstance(checksum, str)):
+                raise _bad(path, "device/xxh3 must be strings", tensor=name)
+            if "dtype" in extra:
+                try:
+                    dtype = logical_dtype(extra["dtype"]) if isinstance(extra["dtype"], str) else None  # type: ignore[assignment]
+                except ValueError:
+                    dtype = None  # type: ignore[assignment]
+                lshape: Any = extra.get("shape")
+                if dtype is None or not _shape(lshape):
+                    raise _bad(path, f"bad logical dtype/shape {extra.get('dtype')!r} {lshape!r}", tensor=name)
+                if _numel(lshape) * dtype.itemsize != nbytes:
+                    raise _bad(path, f"logical {extra['dtype']} {lshape} does not fit {nbytes} bytes", tensor=name)
+                shape = lshape
+        return TensorInfo(name, dtype, tuple(shape), self.data_start + offsets[0], nbytes, device, checksum)
+
+    # -- access ---------------------------------------------------------------------------
+    def info(self, name: str) -> TensorInfo:
+        """Header facts about one tensor (no data is read)."""
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise _bad(self.path, "no such tensor in the file", tensor=name) from None
+
+    def section(self, key: str) -> Any:
+        """The parsed ``torchkeep.<key>`` JSON section, or None if absent."""
+        raw = self.metadata.get(META_PREFIX + key)
+        return None if raw is None else _loads(raw, self.path, META_PREFIX + key)
+
+    def tensor(self, name: str, map_location: MapLocation = None) -> torch.Tensor:
+        """The tensor ``name``, over the mapped bytes when it stays on the CPU (no copy)."""
+        info = self.info(name)
+        if info.nbytes == 0:
+            t = torch.empty(info.shape, dtype=info.dtype)
+        else:
+            t = torch.frombuffer(self._buf, dtype=torch.uint8, count=info.nbytes, offset=info.begin)
+            if t.data_ptr() % info.dtype.itemsize:
+                # torchkeep aligns every tensor, but other writers (or a damaged file) may not;
+                # misaligned data is copied rather than handed to kernels that expect alignment.
+                t = t.clone()
+            t = t.view(info.dtype).reshape(info.shape)
+        return place(t, info.device, map_location)
+
+    def checksum_of(self, name: str) -> str:
+        """xxh3-64 of a tensor's stored bytes, computed now."""
+        info = self.info(name)
+        return xxhash.xxh3_64_hexdigest(memoryview(self._buf)[info.begin : info.begin + info.nbytes])
+
+    def verify(self, names: Iterable[str] | None = None) -> None:
+        """Check every (or the named) tensor's bytes against its recorded checksum.
+
+        Raises:
+            CorruptCheckpointError: naming the file and the first tensor that does not match.
+        """
+        if isinstance(self._buf, _mmap.mmap) and hasattr(_mmap, "MADV_WILLNEED"):
+            with contextlib.suppress(OSError):  # advisory only
+                self._buf.madvise(_mmap.MADV_WILLNEED)
+        for name in self.names if names is None else names:
+            expected = self.info(name).checksum
+            if expected is None:
+                continue
+            found = self.checksum_of(name)
+            if found != expected:
+                raise _bad(
+                    self.path,
+                    f"checksum mismatch (stored {expected}, computed {found}); the data is corrupt",
+                    tensor=name,
+                )
+
+    def close(self) -> None:
+        """Drop this reader's reference to the mapping; tensors already built keep it alive."""
+        self._buf = None
+
+
+def _int_list(x: Any) -> bool:
+    return isinstance(x, list) and all(type(v) is int and v >= 0 for v in x)
+
+
+def _shape(x: Any) -> bool:
+    return _int_list(x) and len(x) <= 64 and all(v <= _codec.MAX_DIM for v in x)
+
+
+def _numel(shape: Iterable[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def open_file(src: str | os.PathLike[str] | bytes | bytearray | memoryview, *, mmap: bool = True) -> Reader:
+    """Open and validate a torchkeep (or plain safetensors) file.
+
+    ``src`` is a path, or the file's bytes. With ``mmap=True`` the file is mapped copy-on-write:
+    nothing is read until a tensor is used, and writes to loaded tensors never reach the file.
+
+    Raises:
+        CheckpointNotFoundError: no file at ``src``.
+        CorruptCheckpointError: the bytes are not a valid file (says what is wrong and where).
+        FormatVersionError: written by a newer torchkeep.
+
+    Example:
+        >>> import io
+        >>> buf = io.BytesIO(); _ = write(buf, {"w": torch.zeros(2)})
+        >>> open_file(buf.getvalue()).names
+        ['w']
+    """
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytearray(src)  # writable: tensors built over it may be modified in place
+        return Reader(data, len(data), None)
+    path = os.fspath(src)
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang waiting for a writer (checked below).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: no such file", path=path) from None
+    except IsADirectoryError:
+        raise CheckpointNotFoundError(f"{path}: is a directory, expected a file", path=path) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise CheckpointNotFoundError(f"{path}: is a directory, expected a file", path=path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _bad(path, "not a regular file (a pipe, socket or device); save or copy it to a file first")
+        size = st.st_size
+        if size == 0:
+            raise _bad(path, "file is empty (0 bytes); it was never written completely")
+        if mmap:
+            buf: Any = _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
+        else:
+            buf = bytearray(size)
+            view, got = memoryview(buf), 0
+            while got < size:
+                n = os.readv(fd, [view[got:]])
+                if n == 0:
+                    raise _bad(path, "file shrank while it was being read")
+                got += n
+    finally:
+        os.close(fd)
+    return Reader(buf, size, path)
