@@ -101,6 +101,6 @@ def test_readme_says_how_to_install_and_which_extra_each_command_needs() -> None
     extras = set(re.findall(r"^(\w+) = \[", table, flags=re.MULTILINE))  # tomllib is 3.11+; we support 3.10
     named = set(re.findall(r"torchkeep\[(\w+)\]", text))
     assert named <= extras, f"the README names extras that do not exist: {named - extras}"
-    assert {"onnx", "serve", "s3", "bench", "tensorrt", "all"} <= named
+    assert {"onnx", "serve", "grpc", "ray", "s3", "bench", "tensorrt", "all"} <= named
     for command in ("ls", "inspect", "verify", "diff", "audit", "convert", "export", "bench", "serve"):
         assert re.search(rf"\| `{command}[ `]", text) or f"`{command}`" in text, command

@@ -38,6 +38,7 @@ _METAVARS = {
     "host": "HOST",
     "port": "PORT",
     "log_level": "LEVEL",
+    "ray_address": "ADDRESS",
     "torchscript_method": "trace|script",
     "tensorrt_precision": "fp32|fp16",
 }
