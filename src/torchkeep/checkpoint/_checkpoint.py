@@ -18,13 +18,16 @@ from ..io import _format
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
 from . import sharded
-from ._restore import StateDiff, compare_state, decode_subtrees, restore_state
+from ._restore import StateDiff, compare_state, restore_state
 from ._state import (
     EXTRA_KEY,
     RNG_KEY,
     SECTION,
     CheckpointInfo,
+    add_save_check,
+    checkpoint_section,
     collect_state,
+    decode_subtrees,
     environment,
     info_from_section,
     read_info,
@@ -39,6 +42,8 @@ __all__ = [
     "SECTION",
     "CheckpointInfo",
     "StateDiff",
+    "add_save_check",
+    "checkpoint_section",
     "collect_state",
     "compare_state",
     "environment",
@@ -59,6 +64,7 @@ def save_checkpoint(
     metrics: Mapping[str, Any] | None = None,
     extra: Any = None,
     rng: bool = True,
+    strict: bool = False,
     **objects: Any,
 ) -> CheckpointInfo:
     """Save a training checkpoint: every named stateful object, progress, RNG and environment.
@@ -67,6 +73,11 @@ def save_checkpoint(
     ``optimizer=``, ``scheduler=``, ``scaler=``, your own classes). Wrapped models (DataParallel,
     DDP, ``torch.compile``) are saved unwrapped. The write is atomic: a crash leaves the previous
     file at ``path`` intact.
+
+    Every model is audited first (:func:`torchkeep.audit`'s attribute checks): a tensor kept
+    outside its state dict (``self.t = torch.randn(...)`` instead of ``register_buffer``) would
+    be lost, so it is a ``UserWarning`` naming it, or with ``strict=True`` an
+    :class:`UnsupportedValueError` and nothing is written.
 
     Example:
         >>> import torch, torchkeep as tk, tempfile, os
@@ -79,7 +90,7 @@ def save_checkpoint(
     """
     if sharded.is_sharded_context(objects):  # DCP itself is imported only for sharded saves
         return sharded.save_checkpoint(path, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, **objects)
-    tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng)
+    tree, section = collect_state(objects, epoch=epoch, step=step, metrics=metrics, extra=extra, rng=rng, strict=strict)
     with atomic_write(path) as f:
         size = write_checkpoint(f, tree, section)
     info = info_from_section(os.fspath(path), section, size)
@@ -116,7 +127,7 @@ def load_checkpoint(
             path, map_location=map_location, strict=strict, rng=rng, verify=verify, **objects
         )
     reader = _format.open_file(path)
-    info = read_info(reader)
+    info = read_info(reader, extra=False)  # restore_state fills in extra from the verified tree
     wanted = [*objects, EXTRA_KEY] + ([RNG_KEY] if rng else [])
     tree = decode_subtrees(reader, wanted, map_location=map_location, verify=verify)
     restore_state(tree, objects, info, strict=strict, rng=rng)

@@ -9,61 +9,16 @@ the parity numbers.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ._common import ImportModules, import_user_modules
+from ._common import ImportModules, example_inputs, import_user_modules
+from ._output import esc, make_console, print_table
 
-__all__ = ["parse_shape", "register"]
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,10"`` (or ``"1x10"``) → ``(1, 10)``.
-
-    Example:
-        >>> parse_shape("1,3,224,224")
-        (1, 3, 224, 224)
-    """
-    parts = [p.strip() for p in re.split(r"[,x]", text)]
-    shape = tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
-    if not shape or any(d < 1 for d in shape):
-        raise typer.BadParameter(f"{text!r} is not a shape; expected positive ints separated by commas, e.g. 1,10")
-    return shape
-
-
-def _examples(shapes: list[str], dtypes: list[str], int_high: int) -> tuple[torch.Tensor, ...]:
-    parsed = [parse_shape(s) for s in shapes]
-    if len(dtypes) not in (0, 1, len(parsed)):
-        raise typer.BadParameter(f"give one --dtype for all inputs or one per --input-shape ({len(parsed)})")
-    names = dtypes if len(dtypes) == len(parsed) else [dtypes[0] if dtypes else "float32"] * len(parsed)
-    out = []
-    for shape, name in zip(parsed, names, strict=True):
-        if name not in _DTYPES:
-            raise typer.BadParameter(f"--dtype {name!r} is not one of {', '.join(_DTYPES)}")
-        dtype = _DTYPES[name]
-        if dtype.is_floating_point:
-            out.append(torch.randn(shape).to(dtype))
-        elif dtype == torch.bool:
-            out.append(torch.ones(shape, dtype=torch.bool))
-        else:
-            out.append(torch.randint(0, int_high, shape, dtype=dtype))
-    return tuple(out)
+__all__ = ["register"]
 
 
 def export(
@@ -71,9 +26,7 @@ def export(
         Path | None,
         typer.Argument(help="A torchkeep model file (tk.save_model) or a checkpoint with a registered model."),
     ] = None,
-    weights: Annotated[
-        Path | None, typer.Option("--weights", help="Alias for MODEL_FILE (the tutorials' flag).")
-    ] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Alias for FILE (the tutorials' flag).")] = None,
     pt2: Annotated[bool, typer.Option("--pt2", help="torch.export program (model.pt2).")] = False,
     onnx: Annotated[bool, typer.Option("--onnx", help="ONNX (model.onnx).")] = False,
     torchscript: Annotated[
@@ -131,10 +84,10 @@ def export(
         )
         if on
     ] or ["pt2", "onnx"]
-    examples = _examples(input_shape, dtype or [], int_high)
+    examples = example_inputs(input_shape, dtype or [], int_high)
     import_user_modules(module)
     model = load_model(source, import_module=import_module)
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     options: dict[str, Any] = {"source_file": str(source), "torchscript_method": torchscript_method}
     options["tensorrt_precision"] = tensorrt_precision
     if opset is not None:
@@ -144,11 +97,11 @@ def export(
 
     def progress(fmt: str, stage: str) -> None:
         if stage == "ok":
-            console.print(f"[green]✓[/green] {fmt}")
+            console.print(f"[green]✓[/green] {esc(fmt)}")
         elif stage == "failed":
-            console.print(f"[red]✗[/red] {fmt}")
+            console.print(f"[red]✗[/red] {esc(fmt)}")
         else:
-            status.update(f"{fmt}: {stages[stage]}...")
+            status.update(f"{esc(fmt)}: {stages[stage]}...")
 
     with status:
         report = tk_export(
@@ -165,27 +118,27 @@ def export(
             **options,
         )
     if as_json:
-        typer.echo(json.dumps(report.manifest, indent=2))
+        typer.echo(json.dumps(report.manifest, indent=2))  # ASCII JSON: escapes are inert
     else:
         for note in report.notes:
-            console.print(f"[yellow]note:[/yellow] {note}")
+            console.print(f"[yellow]note:[/yellow] {esc(note)}")
         table = Table(
             "format", "status", "file", "batches", "max abs err", "max rel err", "seconds", header_style="bold"
         )
         for r in report:
             table.add_row(
-                r.format,
-                "[green]ok[/green]" if r.ok else f"[red]failed ({r.step})[/red]",
-                ", ".join(f.name for f in r.files) or "-",
+                esc(r.format),
+                "[green]ok[/green]" if r.ok else f"[red]failed ({esc(r.step)})[/red]",
+                esc(", ".join(f.name for f in r.files) or "-"),
                 ", ".join(str(b) for b in r.parity) or "-",
                 f"{r.max_abs_error:.2e}",
                 f"{r.max_rel_error:.2e}",
                 f"{r.export_seconds + r.verify_seconds:.1f}",
             )
-        console.print(table)
+        print_table(console, table)
         for r in report.failed.values():
-            console.print(f"[red]{r.format}:[/red] {r.error}")
-        console.print(f"wrote {report.manifest_path}")
+            console.print(f"[red]{esc(r.format)}:[/red] {esc(r.error)}")
+        console.print(f"wrote {esc(report.manifest_path)}")
     if not report.ok:
         raise typer.Exit(1)
 

@@ -22,14 +22,19 @@ ndarray    ``ref``: tensor name holding the array's data
 npscalar   ``dtype``: numpy dtype string, ``v``: base64 of its bytes
 dataclass  ``cls``: ``module:qualname``, ``fields``: object of nodes
 enum       ``cls``: ``module:qualname``, ``v``: node
+hfconfig   a ``transformers`` config (``PretrainedConfig``): ``cls``: ``transformers:ClassName``
+           (or ``module:qualname`` for a config class of your own), ``config``: its ``to_dict()``
 =========  ==========================================================================
 
 Tensors are named by their path in the tree (``model/net.0.weight``), so a file's tensor list reads
 like the state dict it came from. A tensor that shares storage with another one (tied weights, a
 transposed view) is stored once and comes back as a view of the same tensor.
 
-Decoding never imports anything: ``dataclass`` and ``enum`` nodes resolve only classes whose
-module is already imported, and only if they are dataclasses / Enum subclasses.
+Decoding never imports a module named by a file: ``dataclass`` and ``enum`` nodes resolve only
+classes whose module is already imported, and only if they are dataclasses / Enum subclasses. An
+``hfconfig`` node resolves its class name only among ``transformers``' own exports (which may load
+that transformers submodule), when ``transformers`` is already imported, and only if it is a
+``PretrainedConfig``; it is rebuilt with ``from_dict``, like ``from_pretrained`` does.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import base64
 import dataclasses
 import enum
 import math
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -134,6 +140,8 @@ class _Encoder:
             if type(obj) is bytearray:
                 raise self._unsupported(obj, path, "bytearray is not supported; convert it with bytes(...)")
             return {"t": "bytes", "v": base64.b64encode(obj).decode("ascii")}
+        if is_hf_config(obj):
+            return self.hf_config(obj, path)
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             return self.dataclass(obj, path)
         if type(obj) in _MAPPING_TAGS:
@@ -171,6 +179,17 @@ class _Encoder:
                 keys.append(self.value(k, (*path, "<key>")))
             values = [self.value(v, (*path, k)) for k, v in obj.items()]
             return {"t": tag, "keys": keys, "values": values}
+
+    def hf_config(self, obj: Any, path: tuple[Any, ...]) -> Any:
+        cls = type(obj)
+        transformers = sys.modules.get("transformers")
+        exported = transformers is not None and vars(transformers).get(cls.__name__, None) is cls
+        if not exported and transformers is not None and cls.__module__.startswith("transformers."):
+            exported = cls.__name__ in dir(transformers)  # exported lazily: not yet in vars()
+        ref = f"transformers:{cls.__name__}" if exported else _qualified(cls)
+        with self._guard(obj, path):
+            config = self.value(obj.to_dict(), (*path, "to_dict()"))
+        return {"t": "hfconfig", "cls": ref, "config": config}
 
     def dataclass(self, obj: Any, path: tuple[Any, ...]) -> Any:
         with self._guard(obj, path):
@@ -324,6 +343,19 @@ def _element_span(t: torch.Tensor) -> tuple[int, int]:
         return start, start
     last = start + sum((int(n) - 1) * int(s) for n, s in zip(t.shape, t.stride(), strict=True))
     return start, last + 1
+
+
+def is_hf_config(obj: Any) -> bool:
+    """Whether ``obj`` is a ``transformers`` config (without importing transformers).
+
+    Example:
+        >>> is_hf_config({"hidden_size": 8})
+        False
+    """
+    return not isinstance(obj, type) and any(
+        c.__name__ in ("PretrainedConfig", "PreTrainedConfig") and c.__module__ == "transformers.configuration_utils"
+        for c in type(obj).__mro__
+    )
 
 
 def _qualified(cls: type) -> str:

@@ -276,6 +276,43 @@ def _d_dataclass(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> A
     return obj
 
 
+_HF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def _d_hfconfig(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
+    ref = node["cls"]
+    if not isinstance(ref, str):
+        raise TypeError("cls must be a string")
+    transformers = sys.modules.get("transformers")
+    if transformers is None:
+        raise CorruptCheckpointError(
+            f"the file holds a transformers config ({ref}), and transformers is not imported in this process; "
+            "import transformers (or the module that registers your model) before loading",
+            reason="class not loaded",
+        )
+    module_name, _, name = ref.partition(":")
+    if module_name == "transformers":
+        # Only transformers' own exported names (dir() lists the lazily importable ones too).
+        if not _HF_NAME.fullmatch(name) or name not in dir(transformers):
+            raise ValueError(f"transformers exports no config class {name!r}")
+        try:
+            cls = getattr(transformers, name)
+        except Exception as exc:  # transformers' lazy import of that submodule failed
+            raise ValueError(f"transformers.{name} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    else:
+        cls = _resolve_class(ref, "transformers config")
+    base = getattr(transformers, "PretrainedConfig", None)
+    if not isinstance(cls, type) or base is None or not issubclass(cls, base):
+        raise ValueError(f"{ref} is not a transformers PretrainedConfig")
+    config = d.value(node["config"], depth + 1, f"{where}.config")
+    if not isinstance(config, dict):
+        raise TypeError("config must be an object")
+    try:
+        return cls.from_dict(config)  # type: ignore[attr-defined]
+    except Exception as exc:  # the config class refused the saved values
+        raise ValueError(f"{ref}.from_dict refused the saved config ({type(exc).__name__}: {exc})") from exc
+
+
 def _d_enum(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
     cls = _resolve_class(node["cls"], "enum")
     if not issubclass(cls, enum.Enum):
@@ -305,6 +342,7 @@ _HANDLERS: dict[str, Callable[[_Decoder, dict[str, Any], int, str], Any]] = {
     "npscalar": _d_npscalar,
     "dataclass": _d_dataclass,
     "enum": _d_enum,
+    "hfconfig": _d_hfconfig,
 }
 
 

@@ -222,7 +222,7 @@ def _read_header(storage: Storage, name: str) -> tuple[CheckpointInfo, dict[str,
         with storage.local_path(name) as p:
             reader = _format.open_file(p, mmap=False)
     try:
-        info = read_info(reader)
+        info = read_info(reader, extra=False)  # the header alone: object stores fetch only it
         section = reader.section(SECTION)
     finally:
         reader.close()

@@ -465,8 +465,10 @@ class CheckpointManager:
                 return self._load(entry, map_location, strict)
             except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
                 skipped.append(entry.path)
-                message = f"skipping checkpoint {entry.path} (step {entry.step}): {exc}; trying the next one"
-                logger.warning(message)
+                # One report, as a warning the caller can filter or turn into an error (a log line
+                # as well would print it twice); the error already names the file, so say it once.
+                reason = str(exc).removeprefix(f"{entry.path}: ")
+                message = f"skipping checkpoint {entry.path} (step {entry.step}): {reason}; trying the next one"
                 warnings.warn(message, UserWarning, stacklevel=2)
         raise CorruptCheckpointError(
             f"every checkpoint in {self.directory} failed verification: {skipped}. "
