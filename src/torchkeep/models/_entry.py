@@ -57,6 +57,7 @@ def decode_arguments(entry: Mapping[str, Any], path: str) -> dict[str, Any]:
         >>> decode_arguments({"name": "mlp", "arguments": _codec.encode({"width": 3}).tree}, "m.safetensors")
         {'width': 3}
     """
+
     def no_tensors(name: str) -> torch.Tensor:
         raise CorruptCheckpointError(f"{path}: model arguments refer to tensor {name!r}", path=path)
 
