@@ -23,11 +23,9 @@ Results go into the export directory's ``export.json`` (``"benchmark"`` key), wh
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,11 +34,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._env import environment
 from ._manifest import MANIFEST_NAME, read_manifest, write_manifest
 from .errors import PredictorError, TorchkeepError
-from .runtime import Predictor, load_predictor
-from .runtime._inputs import example_inputs
-from .runtime._loader import export_targets
+from .runtime import (
+    BACKEND_TABLE,
+    Predictor,
+    backend_row,
+    example_inputs,
+    export_targets,
+    load_predictor,
+    rank_backends,
+)
 
 __all__ = ["BenchReport", "BenchResult", "benchmark", "plot_reports"]
 
@@ -106,12 +111,8 @@ class BenchReport:
     title: str = ""
 
     def fastest(self) -> dict[int, str]:
-        """batch size → the backend with the lowest p50 latency."""
-        best: dict[int, BenchResult] = {}
-        for r in self.results:
-            if r.error is None and (r.batch_size not in best or r.p50_ms < best[r.batch_size].p50_ms):
-                best[r.batch_size] = r
-        return {bs: r.backend for bs, r in sorted(best.items())}
+        """batch size → the backend with the lowest p50 latency (:func:`torchkeep.runtime.rank_backends`)."""
+        return _fastest([r for r in self.results if r.error is None], self.device)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict: results plus device, threads, machine and the fastest per batch size."""
@@ -291,7 +292,7 @@ def _expand(targets: Target | Sequence[Target], device: str, threads: int | None
                 if not found:
                     raise PredictorError(f"{path}: {MANIFEST_NAME} lists no working artifact to benchmark")
                 for backend, file in found.items():
-                    if backend == "tensorrt" and not device.startswith("cuda"):
+                    if backend_row(backend).cuda_only and not device.startswith("cuda"):
                         continue
                     try:
                         p = load_predictor(path, backend=backend, device=device, threads=threads)
@@ -522,34 +523,25 @@ def _results(runners: list[_Runner], batch_sizes: Sequence[int]) -> list[BenchRe
 
 
 def _environment() -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-    with contextlib.suppress(OSError):
-        env["load_average"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    try:
-        import onnxruntime
+    packages = dict.fromkeys(b.package for b in BACKEND_TABLE if b.package)
+    return environment([p for p in packages if p is not None], load=True)
 
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
+
+def _fastest(rows: Sequence[BenchResult], device: str) -> dict[int, str]:
+    """batch size → fastest backend among ``rows``, by the runtime's one ranking rule."""
+    section = {"device": device, "results": [r.to_json() for r in rows]}
+    out: dict[int, str] = {}
+    for bs in sorted({r.batch_size for r in rows}):
+        ranked = rank_backends(section, device=device, batch_size=bs)
+        if ranked:
+            out[bs] = ranked[0]
+    return out
 
 
 def _record(directory: str, report: BenchReport, labels: list[str]) -> None:
     """Write this directory's rows into its export.json (atomically; other keys untouched)."""
     rows = [r for r in report.results if r.target in labels and r.error is None]
-    fastest: dict[str, str] = {}
-    for r in rows:
-        key = str(r.batch_size)
-        best = next((x for x in rows if x.batch_size == r.batch_size and x.backend == fastest.get(key)), None)
-        if best is None or r.p50_ms < best.p50_ms:
-            fastest[key] = r.backend
+    fastest = {str(bs): backend for bs, backend in _fastest(rows, report.device).items()}
     manifest = read_manifest(directory)
     manifest["benchmark"] = {
         "created_at": report.created_at,

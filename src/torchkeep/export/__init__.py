@@ -21,9 +21,13 @@ Example:
     ['pt2', 'onnx', 'torchscript', 'aoti', 'tensorrt']
 """
 
-from ._base import Exporter, ExportExamples, ExportOptions, ExportReport, FormatResult
-from ._export import EXPORTERS, export, get_exporter
+from ._examples import ExportExamples
+from ._export import export
+from ._options import ExportOptions
 from ._parity import DEFAULT_TOLERANCES
+from ._prepare import EXPORTERS, get_exporter
+from ._protocol import Exporter
+from ._report import ExportReport, FormatResult
 
 __all__ = [
     "DEFAULT_TOLERANCES",

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ..errors import ExportParityError, PredictorError
-from ._base import ExportExamples
+from ._examples import ExportExamples
 
 __all__ = [
     "DEFAULT_TOLERANCES",

@@ -3,7 +3,7 @@
 The current exporter captures the model with ``torch.export`` and translates the graph with
 onnxscript; the batch dimension is made dynamic with ``dynamic_shapes`` (the legacy TorchScript
 exporter's ``dynamic_axes`` is not used). Input and output names follow
-:mod:`torchkeep.export._base`. Weights go to an external ``model.onnx.data`` file when they exceed
+:mod:`torchkeep.export._examples`. Weights go to an external ``model.onnx.data`` file when they exceed
 1 GiB (a protobuf cannot hold more than 2 GiB) or when ``onnx_external_data=True``. The result
 is checked with ``onnx.checker.check_model`` before anything else sees it.
 """
@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from ..errors import ExportError, missing_dependency
-from ._base import ExportExamples, ExportOptions, explain_export_failure, summarize_error
+from ._examples import ExportExamples, explain_export_failure
+from ._messages import summarize_error
+from ._options import ExportOptions
 
 __all__ = ["OnnxExporter", "write_onnx"]
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .._dtypes import dtype_name
 from ..errors import PredictorInputError
 from ._base import TensorSpec
 
@@ -22,7 +23,6 @@ __all__ = [
     "InputKind",
     "bind_inputs",
     "convert_outputs",
-    "dtype_name",
     "example_inputs",
     "format_spec",
     "structure_outputs",
@@ -56,11 +56,6 @@ def torch_dtype(name: str) -> torch.dtype:
         raise PredictorInputError(
             f"unknown dtype {name!r} in a tensor spec; expected one of {sorted(_DTYPES)}"
         ) from None
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` → ``"float32"`` (the spelling TensorSpec uses)."""
-    return str(dtype).removeprefix("torch.")
 
 
 def format_spec(spec: TensorSpec) -> str:

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from .._dtypes import dtype_name
 from ..errors import PredictorError
 from ._base import TensorSpec
 from ._common import BasePredictor
-from ._inputs import Bound, dtype_name
+from ._inputs import Bound
 
 __all__ = ["EagerPredictor", "load", "output_specs", "specs_from_examples"]
 
