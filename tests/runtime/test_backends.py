@@ -36,7 +36,8 @@ def test_every_row_is_wired_everywhere() -> None:
 
 
 def test_preference_orders_follow_the_table() -> None:
-    assert fixed_order("cpu") == ["onnxruntime", "aoti", "pt2", "torchscript", "eager"]
+    assert fixed_order("cpu") == ["onnxruntime", "openvino", "aoti", "pt2", "torchscript", "executorch", "eager"]
+    assert not {"onnxruntime-int8", "onnxruntime-fp16", "torchscript-int8"} & set(fixed_order("cpu"))
     assert fixed_order("cuda:0")[0] == "tensorrt"
     assert "tensorrt" not in fixed_order("cpu")
     with pytest.raises(tk.PredictorError, match="unknown backend 'tflite'"):

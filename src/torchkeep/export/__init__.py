@@ -24,13 +24,15 @@ Example:
 from ._examples import ExportExamples
 from ._export import export
 from ._options import ExportOptions
-from ._parity import DEFAULT_TOLERANCES
+from ._parity import DEFAULT_TOLERANCES, FORMAT_TOLERANCES, PRECISION_TOLERANCES
 from ._prepare import EXPORTERS, get_exporter
 from ._protocol import Exporter
 from ._report import ExportReport, FormatResult
 
 __all__ = [
     "DEFAULT_TOLERANCES",
+    "FORMAT_TOLERANCES",
+    "PRECISION_TOLERANCES",
     "EXPORTERS",
     "ExportExamples",
     "ExportOptions",

@@ -12,12 +12,16 @@ Naming rules, shared with the runtime through ``export.json``:
 * outputs: ``output`` for a single tensor, ``output_<i>`` for a tuple or list, the keys for a
   dict. Nested outputs are refused (return a flat tuple or dict).
 * the batch dimension is dim 0 of every input whose dim 0 equals the first input's.
+* dynamic dimensions other than the batch are named by ``dynamic_shapes=`` (see
+  :mod:`torchkeep.export._dims`); an output dimension is dynamic when it changed in a second
+  eager run at other sizes, and takes the name of the input dimension it followed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -25,6 +29,7 @@ import torch
 from .._dtypes import dtype_name
 from ..errors import ExportError
 from ..runtime import TensorSpec
+from ._dims import DynamicDims, Point
 from ._messages import summarize_error
 
 __all__ = ["ExportExamples", "InputStructure", "OutputStructure", "explain_export_failure"]
@@ -49,9 +54,10 @@ def _param_names(model: torch.nn.Module) -> list[str]:
 class ExportExamples:
     """The example inputs, normalized once and shared by every exporter and the parity check.
 
-    ``args``/``kwargs`` are what exporters trace with: when the batch is dynamic and the user's
-    example has batch 1, every batched input is repeated to batch 2, because exporters
-    specialize a dimension of size 1 and the artifact would then refuse any other batch.
+    ``args``/``kwargs`` are what exporters trace with: where a dynamic dimension (the batch, a
+    sequence) has size 1 in the user's example, the input is repeated to size 2 along it,
+    because exporters specialize a dimension of size 1 and the artifact would then refuse any
+    other size.
 
     Example:
         >>> import torch
@@ -66,10 +72,10 @@ class ExportExamples:
         example_inputs: Any,
         *,
         dynamic_batch: bool,
+        dynamic_shapes: Any = None,
         input_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
     ) -> None:
-        self.dynamic_batch = dynamic_batch
         self.input_structure: InputStructure
         if isinstance(example_inputs, torch.Tensor):
             user: list[torch.Tensor] = [example_inputs]
@@ -107,18 +113,28 @@ class ExportExamples:
         first = self.user_inputs[0]
         self.example_batch = int(first.shape[0]) if first.dim() > 0 else 1
         self.batched = [t.dim() > 0 and int(t.shape[0]) == self.example_batch for t in self.user_inputs]
-        if not self.batched[0]:
-            self.dynamic_batch = False  # a 0-dim first input has no batch dimension
-        traced = self.user_inputs
-        if self.dynamic_batch and self.example_batch == 1:
-            traced = [torch.cat([t, t]) if b else t for t, b in zip(traced, self.batched, strict=True)]
-        self.inputs = traced
+        if dynamic_shapes is not None:
+            self.dims = DynamicDims.parse(dynamic_shapes, names, self.user_inputs, self.batched)
+        elif dynamic_batch and self.batched[0]:  # a 0-dim first input has no batch dimension
+            self.dims = DynamicDims.batch_only(self.batched, self.user_inputs)
+        else:
+            self.dims = DynamicDims([{} for _ in names])
+        self.dynamic_batch = self.dims.batch_name is not None
+        self.inputs = [self._widen(t, per) for t, per in zip(self.user_inputs, self.dims.per_input, strict=True)]
         self._output_override = list(output_names) if output_names is not None else None
         self.output_names: list[str] = []
         self.output_structure: OutputStructure = "tensor"
         self._output_meta: list[tuple[torch.dtype, tuple[int, ...]]] = []
+        self._output_dims: list[dict[int, str | None]] = []
         self._exported: Any = None
         self._export_error: BaseException | None = None
+
+    @staticmethod
+    def _widen(tensor: torch.Tensor, dims: Mapping[int, str]) -> torch.Tensor:
+        for dim in dims:
+            if tensor.shape[dim] == 1:
+                tensor = torch.cat([tensor, tensor], dim=dim)
+        return tensor
 
     @staticmethod
     def _positional_names(model: torch.nn.Module, count: int) -> list[str]:
@@ -191,35 +207,77 @@ class ExportExamples:
         return [dtype for dtype, _ in self._output_meta]
 
     def input_specs(self) -> list[TensorSpec]:
-        """Input specs with ``None`` for the dynamic batch dimension."""
+        """Input specs: ``None`` (and the dimension's name in ``dims``) for each dynamic dimension."""
         return [
-            TensorSpec(name, self._spec_shape(tuple(t.shape), batched), dtype_name(t.dtype))
-            for name, t, batched in zip(self.input_names, self.inputs, self.batched, strict=True)
+            self._spec(name, tuple(t.shape), dtype_name(t.dtype), per)
+            for name, t, per in zip(self.input_names, self.user_inputs, self.dims.per_input, strict=True)
         ]
 
     def output_specs(self) -> list[TensorSpec]:
-        """Output specs; dim 0 is dynamic when it followed the batch in the example run."""
-        batch = int(self.inputs[0].shape[0]) if self.inputs[0].dim() > 0 else None
-        specs = []
-        for name, (dtype, shape) in zip(self.output_names, self._output_meta, strict=True):
-            batched = bool(shape) and shape[0] == batch
-            specs.append(TensorSpec(name, self._spec_shape(shape, batched), dtype_name(dtype)))
-        return specs
+        """Output specs; a dimension is dynamic when it followed an input's dynamic dimension."""
+        return [
+            self._spec(name, shape, dtype_name(dtype), self._output_dims[i] if i < len(self._output_dims) else {})
+            for i, (name, (dtype, shape)) in enumerate(zip(self.output_names, self._output_meta, strict=True))
+        ]
 
-    def _spec_shape(self, shape: tuple[int, ...], batched: bool) -> tuple[int | None, ...]:
-        if self.dynamic_batch and batched and shape:
-            return (None, *shape[1:])
-        return shape
+    @staticmethod
+    def _spec(name: str, shape: tuple[int, ...], dtype: str, dims: Mapping[int, str | None]) -> TensorSpec:
+        if not dims:
+            return TensorSpec(name, shape, dtype)
+        if dict(dims) == {0: "batch"}:  # the batch alone needs no names: export.json stays as before
+            return TensorSpec(name, (None, *shape[1:]), dtype)
+        return TensorSpec(
+            name,
+            tuple(None if i in dims else d for i, d in enumerate(shape)),
+            dtype,
+            tuple(dims.get(i) for i in range(len(shape))),
+        )
+
+    def probe_point(self) -> Point:
+        """Sizes unlike the traced ones (each dimension moved by a different step), for :meth:`record_probe`."""
+        point: Point = {}
+        for k, name in enumerate(self.dims.names):
+            lo, hi = self.dims.ranges[name]
+            size = self._traced_size(name)
+            up, down = size + k + 1, size - k - 1
+            point[name] = up if hi is None or up <= hi else max(down, lo)
+        return point
+
+    def _traced_size(self, name: str) -> int:
+        for t, per in zip(self.inputs, self.dims.per_input, strict=True):
+            for dim, n in per.items():
+                if n == name:
+                    return int(t.shape[dim])
+        return 1
+
+    def record_probe(self, outputs: Any, point: Point) -> None:
+        """Learn which output dimensions are dynamic from a second eager run at ``point``."""
+        probed = [tuple(t.shape) for t in self.flatten_outputs(outputs)]
+        traced = {n: self._traced_size(n) for n in self.dims.names}
+        self._output_dims = []
+        for (_, shape), other in zip(self._output_meta, probed, strict=True):
+            dims: dict[int, str | None] = {}
+            for i, (a, b) in enumerate(zip(shape, other, strict=False)):
+                if a != b:
+                    dims[i] = next((n for n in self.dims.names if traced[n] == a and point.get(n) == b), None)
+            self._output_dims.append(dims)
+
+    def guess_output_dims(self) -> None:
+        """Without a probe run: an output's dim 0 is the batch when it had the traced batch size."""
+        batch = self.dims.batch_name
+        size = self._traced_size(batch) if batch is not None else None
+        self._output_dims = [
+            {0: batch} if batch is not None and shape and shape[0] == size else {} for _, shape in self._output_meta
+        ]
 
     def dynamic_shapes(self) -> Any:
         """``dynamic_shapes`` for ``torch.export`` / ``torch.onnx.export`` (None when static)."""
-        if not self.dynamic_batch:
-            return None
-        batch = torch.export.Dim("batch", min=1)
-        specs = [{0: batch} if b else None for b in self.batched]
-        if self.input_structure == "dict":
-            return dict(zip(self.input_names, specs, strict=True))
-        return tuple(specs)
+        return self.dims.torch_spec(self.input_names, self.input_structure)
+
+    def forget_program(self) -> None:
+        """Drop the cached ``torch.export`` result (a copy with other dims captures its own)."""
+        self._exported = None
+        self._export_error = None
 
     def exported_program(self, model: torch.nn.Module, *, strict: bool) -> Any:
         """``torch.export.export`` of the model, computed once and shared by pt2 and aoti.
@@ -228,15 +286,46 @@ class ExportExamples:
             ExportError: torch.export could not capture the model (the message says why).
         """
         if self._exported is None and self._export_error is None:
-            try:
-                self._exported = torch.export.export(
-                    model, self.args, kwargs=self.kwargs or None, dynamic_shapes=self.dynamic_shapes(), strict=strict
-                )
-            except Exception as exc:
-                self._export_error = exc
+            for _ in range(3):  # each retry adopts a range torch.export proved (see _dims.refine)
+                try:
+                    with rnn_loops():
+                        self._exported = torch.export.export(
+                            model,
+                            self.args,
+                            kwargs=self.kwargs or None,
+                            dynamic_shapes=self.dynamic_shapes(),
+                            strict=strict,
+                        )
+                    self._export_error = None
+                    break
+                except Exception as exc:
+                    self._export_error = exc
+                    if not self.dims.refine(exc):
+                        break
         if self._export_error is not None:
             raise ExportError(explain_export_failure(self._export_error), step="torch.export") from self._export_error
         return self._exported
+
+
+@contextlib.contextmanager
+def rnn_loops() -> Iterator[None]:
+    """Capture nn.LSTM/GRU as a while loop over time (torch.export unrolls it otherwise).
+
+    torch.onnx does the same for dynamic shapes; doing it here too keeps pt2/aoti dynamic in the
+    sequence length, and keeps every export on one decomposition: torch caches the one used
+    first in a process, so a static export captured the other way would freeze the length of
+    every later one. (An LSTM the user's own code exported before, unpatched, still has that.)
+    """
+    try:
+        from torch.export._patches import (
+            register_gru_while_loop_decomposition,
+            register_lstm_while_loop_decomposition,
+        )
+    except ImportError:  # a torch without them: the time loop is unrolled (static length)
+        yield
+        return
+    with register_lstm_while_loop_decomposition(), register_gru_while_loop_decomposition():
+        yield
 
 
 def explain_export_failure(exc: BaseException) -> str:
@@ -250,7 +339,15 @@ def explain_export_failure(exc: BaseException) -> str:
             "with torchscript_method='script'."
         )
     elif "Constraints violated" in text or "specialized" in text:
-        msg += " — the batch dimension cannot be dynamic for this model: export with dynamic_batch=False."
+        fixed = DynamicDims.specialized(exc)
+        if fixed and not any(f.startswith("batch=") for f in fixed):
+            msg += (
+                f" — the model's code fixes {', '.join(fixed)} for torch.export (nn.LSTM/GRU unroll their time "
+                "loop there): keep that dimension static for pt2/aoti, or export it with onnx or torchscript, "
+                "which keep it dynamic."
+            )
+        else:
+            msg += " — the batch dimension cannot be dynamic for this model: export with dynamic_batch=False."
     return msg
 
 

@@ -24,7 +24,7 @@ import torch
 from .._env import environment
 from .._manifest import MANIFEST_VERSION, write_manifest
 from ..errors import ExportError, MissingDependencyError, PredictorError
-from ..runtime import BACKEND_TABLE
+from ..runtime import BACKEND_TABLE, backend_row
 from . import _parity
 from ._examples import ExportExamples
 from ._messages import capture_warnings, summarize_error
@@ -57,6 +57,7 @@ def export(
     *,
     formats: str | Sequence[str] = ("pt2", "onnx"),
     dynamic_batch: bool = True,
+    dynamic_shapes: Any = None,
     verify: bool = True,
     rtol: float | None = None,
     atol: float | None = None,
@@ -79,7 +80,11 @@ def export(
         example_inputs: example inputs (see above).
         output_dir: created if missing; gets ``model.<suffix>`` per format and ``export.json``.
         formats: any of ``"pt2"``, ``"onnx"``, ``"torchscript"``, ``"aoti"``, ``"tensorrt"``.
-        dynamic_batch: keep dim 0 dynamic.
+        dynamic_batch: keep dim 0 dynamic (ignored when ``dynamic_shapes`` is given).
+        dynamic_shapes: which dimensions are dynamic: torch.export's own spec (passed through),
+            or names — ``"batch,seq"`` for every batched input, or per input
+            ``{"input_ids": "batch,seq"}``. Each is verified at several sizes (see
+            :mod:`torchkeep.export._dims`).
         verify: run the parity check.
         rtol: relative tolerance for every output (default: by output dtype).
         atol: absolute tolerance for every output (default: by output dtype).
@@ -116,7 +121,9 @@ def export(
     out = make_output_dir(output_dir)
     notes: list[str] = []
     with export_mode(model, notes):
-        examples = prepare_examples(model, example_inputs, dynamic_batch=dynamic_batch, opts=opts)
+        examples = prepare_examples(
+            model, example_inputs, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes, opts=opts
+        )
         run = _Run(
             model=model,
             examples=examples,
@@ -125,7 +132,7 @@ def export(
             staging=Path(tempfile.mkdtemp(prefix=".tk-export-", dir=out)),
             source=source,
             notes=notes,
-            sizes=_parity.batch_sizes(examples, opts.verify_batch_sizes) if verify else [],
+            points=examples.dims.points(opts.verify_batch_sizes, opts.verify_dims) if verify else [],
             reference=_parity.EagerReference(model, examples) if verify else None,
             rtol=rtol,
             atol=atol,
@@ -151,7 +158,7 @@ class _Run:
     staging: Path
     source: dict[str, Any]
     notes: list[str]
-    sizes: list[int]
+    points: list[dict[str, int]]
     reference: _parity.EagerReference | None
     rtol: float | None
     atol: float | None
@@ -171,7 +178,7 @@ class _Run:
             root,
             source=self.source,
             versions=self.versions,
-            sizes=self.sizes,
+            points=self.points,
             notes=self.notes,
         )
 
@@ -213,9 +220,10 @@ class _Run:
         self.notify(res.format, "verify")
         res.ok = True  # so the staging manifest lists it for the predictor
         write_manifest(self.staging, self.manifest(self.staging))
-        trt = res.format == "tensorrt"
-        device = "cuda" if trt else (self.opts.device or str(self.examples.inputs[0].device))
-        half = trt and self.opts.tensorrt_precision == "fp16"
+        row = backend_row(exporter.backend)
+        device = "cuda" if row.cuda_only else (self.opts.device or str(self.examples.inputs[0].device))
+        half = res.format == "tensorrt" and self.opts.tensorrt_precision == "fp16"
+        special = _parity.Tolerance.choose(res.format, row.precision, self.opts.tolerances)
         with capture_warnings(res.format, res.warnings):
             runner = _parity.load_runner(res.files[0], exporter.backend, device)
             res.parity, res.tolerance = _parity.check_parity(
@@ -223,13 +231,17 @@ class _Run:
                 runner,
                 reference,
                 self.examples,
-                sizes=self.sizes,
+                points=self.points,
                 rtol=self.rtol,
                 atol=self.atol,
                 seed=self.opts.verify_seed,
                 device=device,
                 tolerance_dtype=torch.float16 if half else None,
+                special=special,
             )
+        if special is not None and special.scaled:
+            for entry in res.tolerance.values():
+                entry["atol_relative_to_max_abs"] = 1.0
         res.verify_seconds = time.perf_counter() - started
 
     def _failed(self, res: FormatResult, message: str, step: str | None) -> None:

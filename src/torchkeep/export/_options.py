@@ -33,7 +33,16 @@ class ExportOptions:
             always runs on CUDA). AOTInductor compiles for the device of the model and examples.
         verify_batch_sizes: batch sizes checked against eager (None: 1, 3 and 17 when the batch
             is dynamic, else the example's batch).
+        verify_dims: sizes checked per dynamic dimension name, e.g. ``{"seq": (3, 17, 64)}``
+            (None: 3, 17 and 64 for every dynamic dimension but the batch, within its range).
         verify_seed: seed of the random verification inputs.
+        openvino_source: ``"torch"`` (convert the PyTorch model) or ``"onnx"`` (convert the ONNX
+            export, for models OpenVINO's PyTorch frontend cannot take).
+        calibration_data: example batches for static ONNX int8 quantization (``onnx-int8``):
+            a list of inputs in the form ``example_inputs`` takes. None: dynamic quantization.
+        tolerances: per precision (``"fp32"``, ``"fp16"``, ``"int8"``) or per format
+            (``"openvino"``), ``(rtol, atol)`` replacing the defaults of
+            :data:`~torchkeep.export.PRECISION_TOLERANCES`.
         input_names / output_names: override the derived names.
         source_file: the torchkeep file the model came from (recorded with its hash).
     """
@@ -50,7 +59,11 @@ class ExportOptions:
     opt_batch_size: int | None = None
     device: str | None = None
     verify_batch_sizes: tuple[int, ...] | None = None
+    verify_dims: Mapping[str, tuple[int, ...]] | None = None
     verify_seed: int = 0
+    openvino_source: Literal["torch", "onnx"] = "torch"
+    calibration_data: Any = None
+    tolerances: Mapping[str, tuple[float, float]] | None = None
     input_names: tuple[str, ...] | None = None
     output_names: tuple[str, ...] | None = None
     source_file: str | None = None
@@ -77,6 +90,30 @@ class ExportOptions:
             if not sizes or not all(isinstance(b, int) and b >= 1 for b in sizes):
                 raise bad("verify_batch_sizes", "a non-empty sequence of ints >= 1")
             object.__setattr__(self, "verify_batch_sizes", sizes)
+        if self.verify_dims is not None:
+            if not isinstance(self.verify_dims, Mapping):
+                raise bad("verify_dims", "a dict dimension name → sizes, e.g. {'seq': [3, 17, 64]}")
+            checked = {}
+            for key, values in self.verify_dims.items():
+                sizes = tuple(values) if isinstance(values, (list, tuple)) else ()
+                if not isinstance(key, str) or not sizes or not all(isinstance(v, int) and v >= 1 for v in sizes):
+                    raise bad("verify_dims", "a dict dimension name → a non-empty list of ints >= 1")
+                checked[key] = sizes
+            object.__setattr__(self, "verify_dims", checked)
+        if self.openvino_source not in ("torch", "onnx"):
+            raise bad("openvino_source", "'torch' or 'onnx'")
+        if self.calibration_data is not None and not (
+            isinstance(self.calibration_data, (list, tuple)) and self.calibration_data
+        ):
+            raise bad("calibration_data", "a non-empty list of example inputs")
+        if self.tolerances is not None:
+            checked_tol: dict[str, tuple[float, float]] = {}
+            for key, pair in self.tolerances.items() if isinstance(self.tolerances, Mapping) else [(None, None)]:
+                ok = isinstance(key, str) and isinstance(pair, (tuple, list)) and len(pair) == 2
+                if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in pair):
+                    raise bad("tolerances", "a dict precision/format → (rtol, atol), e.g. {'int8': (0.05, 0.05)}")
+                checked_tol[str(key)] = (float(pair[0]), float(pair[1]))
+            object.__setattr__(self, "tolerances", checked_tol)
         for name in ("input_names", "output_names"):
             value = getattr(self, name)
             if value is not None:
@@ -103,5 +140,9 @@ class ExportOptions:
         for f in fields(self):
             value = getattr(self, f.name)
             if value != f.default:
+                if f.name == "calibration_data":
+                    value = len(value)  # the number of batches; the tensors stay out of export.json
+                elif isinstance(value, Mapping):
+                    value = {k: list(v) for k, v in value.items()}
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out

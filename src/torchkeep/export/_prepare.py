@@ -24,6 +24,7 @@ from ..runtime import BACKEND_TABLE, load_module
 from ._examples import ExportExamples
 from ._messages import summarize_error
 from ._options import ExportOptions
+from ._parity import sample_inputs
 from ._protocol import Exporter
 
 __all__ = [
@@ -139,13 +140,23 @@ def export_mode(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
 
 
 def prepare_examples(
-    model: torch.nn.Module, example_inputs: Any, *, dynamic_batch: bool, opts: ExportOptions
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    dynamic_batch: bool,
+    dynamic_shapes: Any = None,
+    opts: ExportOptions,
 ) -> ExportExamples:
-    """The examples every exporter gets, with outputs learnt from one eager run."""
+    """The examples every exporter gets, with outputs learnt from eager runs.
+
+    One run at the example sizes gives output names, dtypes and shapes; with dynamic
+    dimensions a second run at other sizes shows which output dimensions follow them.
+    """
     examples = ExportExamples(
         model,
         example_inputs,
         dynamic_batch=dynamic_batch,
+        dynamic_shapes=dynamic_shapes,
         input_names=opts.input_names,
         output_names=opts.output_names,
     )
@@ -157,4 +168,13 @@ def prepare_examples(
             f"the model failed on the example inputs in eager mode: {summarize_error(exc)}", step="eager"
         ) from exc
     examples.record_outputs(eager_out)
+    if examples.dims.names:
+        point = examples.probe_point()
+        try:
+            with torch.no_grad():
+                probe = sample_inputs(examples, point, torch.Generator().manual_seed(opts.verify_seed))
+                examples.record_probe(examples.call(model, probe), point)
+        except Exception as exc:  # the model refuses those sizes: fall back to the batch rule
+            logger.debug("no probe run at %s (%s); output dim 0 follows the batch", point, exc)
+            examples.guess_output_dims()
     return examples

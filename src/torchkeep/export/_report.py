@@ -28,7 +28,8 @@ class FormatResult:
         files: every file written for it.
         error: the failure message when ``ok`` is False.
         step: where it failed (``"export"``, ``"torch.export"``, ``"verify"``, ...).
-        parity: batch size → output name → ``{"max_abs": .., "max_rel": ..}``.
+        parity: batch size (or ``"batch=3,seq=17"`` with other dynamic dimensions) → output
+            name → ``{"max_abs": .., "max_rel": ..}``.
         tolerance: output name → ``{"rtol": .., "atol": ..}``.
         options: format options recorded in ``export.json``.
         export_seconds / verify_seconds: time spent.
@@ -42,7 +43,7 @@ class FormatResult:
     backend: str = ""
     error: str | None = None
     step: str | None = None
-    parity: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    parity: dict[int | str, dict[str, dict[str, float]]] = field(default_factory=dict)
     tolerance: dict[str, dict[str, float]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     export_seconds: float = 0.0
@@ -152,7 +153,7 @@ def build_manifest(
     *,
     source: dict[str, Any],
     versions: dict[str, Any],
-    sizes: Sequence[int],
+    points: Sequence[Mapping[str, int]],
     notes: list[str],
 ) -> dict[str, Any]:
     """The ``export.json`` content, with artifact paths relative to ``root``."""
@@ -165,10 +166,17 @@ def build_manifest(
         "input_structure": examples.input_structure,
         "output_structure": examples.output_structure,
         "dynamic_batch": examples.dynamic_batch,
-        "verify_batch_sizes": list(sizes),
+        "dynamic_dims": examples.dims.to_json(),
+        "verify_batch_sizes": list(dict.fromkeys(_batch_sizes(examples, points))),
+        "verify_points": [dict(p) for p in points],
         "notes": notes,
         "artifacts": {name: _artifact_json(res, root) for name, res in results.items()},
     }
+
+
+def _batch_sizes(examples: ExportExamples, points: Sequence[Mapping[str, int]]) -> list[int]:
+    batch = examples.dims.batch_name
+    return [p[batch] if batch is not None and batch in p else examples.example_batch for p in points]
 
 
 def stale_artifacts(out: Path, results: Mapping[str, FormatResult]) -> list[str]:

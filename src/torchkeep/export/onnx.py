@@ -55,26 +55,12 @@ def write_onnx(
     external = options.onnx_external_data
     if external is None:
         external = _weight_bytes(model) > _EXTERNAL_DATA_BYTES
-    try:
-        torch.onnx.export(
-            model,
-            examples.args,
-            str(path),
-            kwargs=examples.kwargs or None,
-            dynamo=True,
-            dynamic_shapes=examples.dynamic_shapes(),
-            input_names=examples.input_names,
-            output_names=examples.output_names,
-            opset_version=options.opset,
-            external_data=external,
-            optimize=True,
-            verbose=False,
-        )
-    except Exception as exc:
-        cause = exc.__cause__ or exc
-        raise ExportError(
-            f"{fmt}: torch.onnx.export failed: {explain_export_failure(cause)}", format=fmt, step="export"
-        ) from exc
+    _onnx_export(model, examples, path, options, external=external, optimize=True, fmt=fmt)
+    if _lost_dynamic_dims(onnx, path, examples):
+        # The ONNX optimizer folds a dimension that torch.export specialized while tracing (an
+        # unrolled nn.LSTM time loop) although the graph computes it; unoptimized, it stays dynamic.
+        logger.info("%s: the optimized graph fixed a dynamic dimension; exporting without optimization", fmt)
+        _onnx_export(model, examples, path, options, external=external, optimize=False, fmt=fmt)
     files = [path]
     data = path.with_name(path.name + ".data")
     if data.exists():
@@ -87,6 +73,54 @@ def write_onnx(
         ) from exc
     logger.debug("%s: wrote %s", fmt, ", ".join(f.name for f in files))
     return files
+
+
+def _onnx_export(
+    model: torch.nn.Module,
+    examples: ExportExamples,
+    path: Path,
+    options: ExportOptions,
+    *,
+    external: bool,
+    optimize: bool,
+    fmt: str,
+) -> None:
+    try:
+        torch.onnx.export(
+            model,
+            examples.args,
+            str(path),
+            kwargs=examples.kwargs or None,
+            dynamo=True,
+            dynamic_shapes=examples.dynamic_shapes(),
+            input_names=examples.input_names,
+            output_names=examples.output_names,
+            opset_version=options.opset,
+            external_data=external,
+            optimize=optimize,
+            verbose=False,
+        )
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        raise ExportError(
+            f"{fmt}: torch.onnx.export failed: {explain_export_failure(cause)}", format=fmt, step="export"
+        ) from exc
+
+
+def _lost_dynamic_dims(onnx: Any, path: Path, examples: ExportExamples) -> bool:
+    """True when an input dimension that should be dynamic has a fixed size in the ONNX graph."""
+    if not any(len(per) > (1 if 0 in per else 0) for per in examples.dims.per_input):
+        return False  # only the batch is dynamic: the optimizer keeps it
+    proto = onnx.load(str(path), load_external_data=False)
+    specs = {s.name: s.shape for s in examples.input_specs()}
+    for value in proto.graph.input:
+        shape = specs.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if shape is None or len(dims) != len(shape):
+            continue
+        if any(want is None and d.HasField("dim_value") for want, d in zip(shape, dims, strict=True)):
+            return True
+    return False
 
 
 class OnnxExporter:

@@ -57,6 +57,9 @@ class Backend:
         package: the Python package it imports (None: torch alone).
         extra: the ``torchkeep[extra]`` that installs ``package``.
         cuda_only: runs on CUDA only (skipped on CPU).
+        precision: ``"fp32"`` (the model's own dtype), ``"fp16"`` or ``"int8"``: picks the parity
+            tolerance (see :data:`torchkeep.export.PRECISION_TOLERANCES`). Reduced-precision
+            targets are never picked by the fixed order, only when a benchmark measured them.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Backend:
     package: str | None = None
     extra: str | None = None
     cuda_only: bool = False
+    precision: str = "fp32"
 
 
 # The preference orders encode what the runtime tests on this project's machines showed: ONNX
@@ -118,6 +122,72 @@ BACKEND_TABLE: tuple[Backend, ...] = (
         package="tensorrt",
         extra="tensorrt",
         cuda_only=True,
+    ),
+    Backend(
+        "openvino",
+        "openvino",
+        "torchkeep.export.openvino:OpenVinoExporter",
+        "openvino",
+        ".xml",
+        (".xml",),
+        "#17becf",
+        15,
+        None,
+        package="openvino",
+        extra="openvino",
+    ),
+    Backend(
+        "onnxruntime-int8",
+        "onnx-int8",
+        "torchkeep.export.quantized:OnnxInt8Exporter",
+        "onnxruntime",
+        ".int8.onnx",
+        (".int8.onnx",),
+        "#98df8a",
+        None,
+        None,
+        package="onnxruntime",
+        extra="onnx",
+        precision="int8",
+    ),
+    Backend(
+        "onnxruntime-fp16",
+        "onnx-fp16",
+        "torchkeep.export.quantized:OnnxFp16Exporter",
+        "onnxruntime",
+        ".fp16.onnx",
+        (".fp16.onnx",),
+        "#bcbd22",
+        None,
+        None,
+        package="onnxruntime",
+        extra="onnx",
+        precision="fp16",
+    ),
+    Backend(
+        "torchscript-int8",
+        "torchscript-int8",
+        "torchkeep.export.quantized:TorchScriptInt8Exporter",
+        "torchscript",
+        ".int8.torchscript.pt",
+        (".int8.torchscript.pt",),
+        "#ffbb78",
+        None,
+        None,
+        precision="int8",
+    ),
+    Backend(
+        "executorch",
+        "executorch",
+        "torchkeep.export.executorch:ExecuTorchExporter",
+        "executorch",
+        ".pte",
+        (".pte",),
+        "#8c564b",
+        60,
+        None,
+        package="executorch",
+        extra="executorch",
     ),
 )
 

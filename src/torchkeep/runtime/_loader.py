@@ -158,8 +158,11 @@ def _load_backend(backend: str, source: Any, device: str, options: dict[str, Any
         raise PredictorError(
             f"example_inputs= applies to the eager backend only (specs of {backend} come from the artifact)"
         )
+    if row.predictor != "onnxruntime":
+        options = {k: v for k, v in options.items() if k != "providers"}
     module = importlib.import_module(f".{row.predictor}", __package__)
     predictor: BasePredictor = module.load(source, device=device, **options)
+    predictor.backend = row.name  # variants (onnxruntime-int8) share a predictor module
     return predictor
 
 
@@ -211,7 +214,7 @@ def load_predictor(
     if example_inputs is not None:
         options["example_inputs"] = example_inputs
     if providers is not None:
-        if backend not in (None, "onnxruntime"):
+        if backend is not None and backend_row(backend).predictor != "onnxruntime":
             raise PredictorError(f"providers= applies to the onnxruntime backend, not {backend!r}")
         options["providers"] = providers
     predictor: BasePredictor
@@ -228,8 +231,6 @@ def load_predictor(
         else:
             chosen = backend or backend_for_file(path)
             options.update(_manifest_kwargs(_sibling_manifest(path)))
-            if chosen != "onnxruntime":
-                options.pop("providers", None)
             predictor = _load_backend(chosen, path, device, options)
     if warmup:
         predictor.warmup(batch_size or 1, warmup)
@@ -261,11 +262,8 @@ def _load_directory(
     errors: list[str] = []
     first: TorchkeepError | None = None
     for name in order:
-        opts = dict(options)
-        if name != "onnxruntime":
-            opts.pop("providers", None)
         try:
-            return _load_backend(name, targets[name], device, opts)
+            return _load_backend(name, targets[name], device, dict(options))
         except (MissingDependencyError, TorchkeepError) as exc:
             if backend is not None:
                 raise
