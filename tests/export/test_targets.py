@@ -58,12 +58,12 @@ def test_openvino_from_onnx_and_int8_static(tmp_path: Path) -> None:
         formats=["openvino", "onnx-int8"],
         openvino_source="onnx",
         calibration_data=calibration,
-        tolerances={"int8": (0.1, 0.1)},
+        tolerances={"int8": (0.3, 0.3)},
     )
     assert report.ok
     assert report["openvino"].options["source"] == "onnx"
     assert report["onnx-int8"].options == {"mode": "static", "calibration_batches": 3}
-    assert report["onnx-int8"].tolerance["output"]["rtol"] == 0.1
+    assert report["onnx-int8"].tolerance["output"]["rtol"] == 0.3
 
 
 @pytest.mark.parametrize(
@@ -108,3 +108,39 @@ def test_executorch_pte_runs_in_its_runtime(tmp_path: Path) -> None:
     assert report.ok and report["executorch"].file is not None
     predictor = tk.load_predictor(report["executorch"].file)
     assert predictor.backend == "executorch" and predictor(torch.randn(7, 64)).shape == (7, 8)
+
+
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*torch.ao.quantization is deprecated.*")
+def test_tk_save_stores_quantized_tensors(tmp_path: Path) -> None:
+    import warnings
+    from collections import OrderedDict
+
+    x = torch.randn(4, 6)
+    per_tensor = torch.quantize_per_tensor(x, 0.05, 3, torch.qint8)
+    per_channel = torch.quantize_per_channel(
+        x, torch.rand(4) / 10 + 0.01, torch.zeros(4, dtype=torch.long), 0, torch.qint8
+    )
+
+    def int8_mlp() -> nn.Module:
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+
+    source = int8_mlp()
+    tk.save({"t": per_tensor, "c": per_channel, "state": source.state_dict()}, tmp_path / "q.safetensors")
+    back = tk.load(tmp_path / "q.safetensors")
+    assert back["t"].qscheme() == torch.per_tensor_affine and back["t"].q_scale() == 0.05
+    assert torch.equal(back["t"].int_repr(), per_tensor.int_repr())
+    assert back["c"].qscheme() == torch.per_channel_affine and torch.equal(
+        back["c"].dequantize(), per_channel.dequantize()
+    )
+    # quantize_dynamic's packed (qint8 weight, bias) round-trip; load_state_dict needs the module
+    # versions of a state dict (its _metadata), which a fresh quantized model provides
+    target = int8_mlp()
+    state = OrderedDict(back["state"])
+    state._metadata = target.state_dict()._metadata  # type: ignore[attr-defined]
+    target.load_state_dict(state)
+    inputs = torch.randn(3, 8)
+    assert torch.equal(target(inputs), source(inputs))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ExportError, missing_dependency
-from ._examples import ExportExamples, explain_export_failure
+from ._examples import ExportExamples, explain_export_failure, rnn_loops
 from ._messages import summarize_error
 from ._options import ExportOptions
 
@@ -86,20 +86,21 @@ def _onnx_export(
     fmt: str,
 ) -> None:
     try:
-        torch.onnx.export(
-            model,
-            examples.args,
-            str(path),
-            kwargs=examples.kwargs or None,
-            dynamo=True,
-            dynamic_shapes=examples.dynamic_shapes(),
-            input_names=examples.input_names,
-            output_names=examples.output_names,
-            opset_version=options.opset,
-            external_data=external,
-            optimize=optimize,
-            verbose=False,
-        )
+        with rnn_loops():  # the same LSTM/GRU capture as torch.export's (see _examples.rnn_loops)
+            torch.onnx.export(
+                model,
+                examples.args,
+                str(path),
+                kwargs=examples.kwargs or None,
+                dynamo=True,
+                dynamic_shapes=examples.dynamic_shapes(),
+                input_names=examples.input_names,
+                output_names=examples.output_names,
+                opset_version=options.opset,
+                external_data=external,
+                optimize=optimize,
+                verbose=False,
+            )
     except Exception as exc:
         cause = exc.__cause__ or exc
         raise ExportError(
