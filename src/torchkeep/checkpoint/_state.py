@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -22,6 +21,7 @@ import torch
 
 from ..errors import CorruptCheckpointError, UnsupportedValueError
 from ..io import _codec, _format
+from ..io._env import environment as _environment
 from ..io._format import MapLocation
 from ._sampler import ResumableLoader, ResumableSampler
 from ._state_io import aligned, rng_state
@@ -124,26 +124,13 @@ class CheckpointInfo:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and hardware facts recorded with every checkpoint.
+    """Versions and hardware facts recorded with every checkpoint (see :func:`torchkeep.io._env.environment`).
 
     Example:
         >>> sorted(environment())[:4]
-        ['cuda', 'numpy', 'platform', 'python']
+        ['cpu_count', 'cuda', 'machine', 'numpy']
     """
-    from .._version import __version__
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "torchkeep": __version__,
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
-    if torch.cuda.is_available():
-        env["cudnn"] = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
-        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return env
+    return _environment()
 
 
 def unwrap_model(model: Any) -> Any:

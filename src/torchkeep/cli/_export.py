@@ -18,7 +18,35 @@ from rich.table import Table
 from ._common import ImportModules, example_inputs, import_user_modules
 from ._output import esc, make_console, print_table
 
-__all__ = ["register"]
+__all__ = ["parse_dynamic", "register"]
+
+
+def parse_dynamic(values: list[str]) -> Any:
+    """``--dynamic`` values → ``tk.export(dynamic_shapes=...)``'s simple form.
+
+    ``batch,seq`` names the dims of every batched input; ``NAME=batch,seq`` (repeatable) names
+    the dims of input NAME; ``_`` keeps a dim static.
+
+    Example:
+        >>> parse_dynamic(["batch,seq"])
+        'batch,seq'
+        >>> parse_dynamic(["input_ids=batch,seq", "pixels=batch,_,h,w"])
+        {'input_ids': 'batch,seq', 'pixels': 'batch,_,h,w'}
+    """
+    per_input = [v for v in values if "=" in v]
+    if per_input and len(per_input) != len(values):
+        raise typer.BadParameter("--dynamic: give either one 'batch,seq' for all inputs or NAME=dims per input")
+    if not per_input:
+        if len(values) != 1:
+            raise typer.BadParameter("--dynamic: give one 'batch,seq' list (or NAME=batch,seq per input)")
+        return values[0]
+    out: dict[str, str] = {}
+    for v in per_input:
+        name, _, dims = v.partition("=")
+        if not name or not dims:
+            raise typer.BadParameter(f"--dynamic {v!r}: expected NAME=batch,seq")
+        out[name.strip()] = dims.strip()
+    return out
 
 
 def export(
@@ -36,6 +64,10 @@ def export(
         bool, typer.Option("--aoti", help="AOTInductor package (model.aoti.pt2); slow to compile.")
     ] = False,
     tensorrt: Annotated[bool, typer.Option("--tensorrt", help="TensorRT engine (model.engine); needs CUDA.")] = False,
+    fmt: Annotated[
+        list[str] | None,
+        typer.Option("--format", "-f", help="Any export format by name (e.g. openvino, onnx-int8); repeatable."),
+    ] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write the artifacts.")] = Path(
         "exported"
     ),
@@ -50,6 +82,13 @@ def export(
     dynamic_batch: Annotated[
         bool, typer.Option("--dynamic-batch/--static", help="Keep dim 0 dynamic (default) or bake the shape in.")
     ] = True,
+    dynamic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dynamic",
+            help="Dynamic dims by name: 'batch,seq' for every input, or NAME=batch,seq per input ('_' = static).",
+        ),
+    ] = None,
     torchscript_method: Annotated[str, typer.Option(help="trace or script.")] = "trace",
     tensorrt_precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
     module: ImportModules = None,
@@ -71,8 +110,6 @@ def export(
     source = model_file or weights
     if source is None:
         raise typer.BadParameter("missing MODEL_FILE (or --weights FILE)")
-    if not input_shape:
-        raise typer.BadParameter("give the example input shape, e.g. --input-shape 1,10 (repeat for several inputs)")
     chosen = [
         name
         for name, on in (
@@ -83,8 +120,21 @@ def export(
             ("tensorrt", tensorrt),
         )
         if on
-    ] or ["pt2", "onnx"]
-    examples = example_inputs(input_shape, dtype or [], int_high)
+    ]
+    chosen += [f for f in fmt or [] if f not in chosen]
+    chosen = chosen or ["pt2", "onnx"]
+    examples: Any
+    if input_shape:
+        examples = example_inputs(input_shape, dtype or [], int_high)
+    else:
+        from ..models._examples import example_inputs_of
+
+        examples = example_inputs_of(source) if source.is_file() else None
+        if examples is None:
+            raise typer.BadParameter(
+                "give the example input shape, e.g. --input-shape 1,10 (repeat for several inputs), or save the "
+                "model with tk.save_model(model, path, example_inputs=...)"
+            )
     import_user_modules(module)
     model = load_model(source, import_module=import_module)
     console = make_console(stderr=as_json)
@@ -110,6 +160,7 @@ def export(
             output_dir,
             formats=chosen,
             dynamic_batch=dynamic_batch,
+            dynamic_shapes=parse_dynamic(dynamic) if dynamic else None,
             verify=verify,
             rtol=rtol,
             atol=atol,
@@ -123,7 +174,7 @@ def export(
         for note in report.notes:
             console.print(f"[yellow]note:[/yellow] {esc(note)}")
         table = Table(
-            "format", "status", "file", "batches", "max abs err", "max rel err", "seconds", header_style="bold"
+            "format", "status", "file", "verified at", "max abs err", "max rel err", "seconds", header_style="bold"
         )
         for r in report:
             table.add_row(

@@ -14,6 +14,9 @@ int        ``v``: decimal string (ints outside int64)
 float      ``v``: ``"nan"``, ``"inf"`` or ``"-inf"``
 bytes      ``v``: base64
 dtype      ``v``: torch dtype name, e.g. ``"bfloat16"``
+qtensor    ``qdtype`` (qint8, quint8, qint32), ``scheme`` (per_tensor: ``scale``, ``zero_point``;
+           per_channel: ``axis`` and tensor nodes ``scales``, ``zero_points``), ``values``: the
+           tensor node of ``int_repr()``
 device     ``v``: device string, e.g. ``"cuda:0"``
 size       ``v``: list of ints (``torch.Size``)
 tensor     ``ref``: tensor name; optional ``param`` (nn.Parameter), ``grad`` (requires_grad),
@@ -212,7 +215,7 @@ class _Encoder:
         if t.layout != torch.strided:
             raise self._unsupported(t, path, f"{t.layout} tensors cannot be stored; make it dense with .to_dense()")
         if t.is_quantized:
-            raise self._unsupported(t, path, "quantized tensors cannot be stored; store .dequantize() or int_repr()")
+            return self.qtensor(t, path)
         if t.device.type == "meta":
             raise self._unsupported(t, path, "meta tensors have no data; materialize the module before saving")
         node: dict[str, Any] = {"t": "tensor"}
@@ -231,6 +234,28 @@ class _Encoder:
             else ("empty", id(t))  # the same empty tensor twice is still one tensor
         )
         self._by_storage.setdefault(key, []).append((node, t, path))
+        return node
+
+    def qtensor(self, t: torch.Tensor, path: tuple[Any, ...]) -> Any:
+        """A quantized tensor as its integer values plus scale and zero point (per tensor or per channel).
+
+        ``quantize_dynamic``'s packed linear weights arrive here too: their state is a tuple
+        ``(qint8 weight, bias)``.
+        """
+        scheme = t.qscheme()
+        node: dict[str, Any] = {"t": "qtensor", "qdtype": str(t.dtype).removeprefix("torch.")}
+        if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            node.update(scheme="per_tensor", scale=float(t.q_scale()), zero_point=int(t.q_zero_point()))
+        elif scheme in (torch.per_channel_affine, torch.per_channel_symmetric):
+            node.update(
+                scheme="per_channel",
+                axis=int(t.q_per_channel_axis()),
+                scales=self.tensor(t.q_per_channel_scales().detach().clone(), (*path, "scales")),
+                zero_points=self.tensor(t.q_per_channel_zero_points().detach().clone(), (*path, "zero_points")),
+            )
+        else:
+            raise self._unsupported(t, path, f"quantized tensors with qscheme {scheme} cannot be stored")
+        node["values"] = self.tensor(t.int_repr(), (*path, "int_repr"))
         return node
 
     def ndarray(self, a: np.ndarray[Any, Any], path: tuple[Any, ...]) -> Any:

@@ -14,6 +14,7 @@ import enum
 import math
 import re
 import sys
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -187,6 +188,39 @@ def _d_tensor(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
     return out
 
 
+_QDTYPES = {"qint8": torch.qint8, "quint8": torch.quint8, "qint32": torch.qint32}
+_QINT = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32}
+
+
+def _d_qtensor(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
+    with warnings.catch_warnings():
+        # torch announces the end of its quantized dtypes; the file holds them, so rebuild them
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        return _qtensor(d, node, depth, where)
+
+
+def _qtensor(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
+    qdtype = _QDTYPES.get(node["qdtype"]) if isinstance(node.get("qdtype"), str) else None
+    values = d.value(node["values"], depth + 1, where)
+    if qdtype is None or not isinstance(values, torch.Tensor) or values.dtype != _QINT[qdtype]:
+        raise ValueError(f"quantized tensor: dtype {node.get('qdtype')!r} does not match its stored values")
+    if node["scheme"] == "per_tensor":
+        scale, zero_point = node["scale"], node["zero_point"]
+        if not isinstance(scale, float) or not isinstance(zero_point, int) or isinstance(zero_point, bool):
+            raise ValueError("quantized tensor: scale must be a float and zero_point an int")
+        return torch._make_per_tensor_quantized_tensor(values, scale, zero_point)
+    if node["scheme"] == "per_channel":
+        scales = d.value(node["scales"], depth + 1, where)
+        zero_points = d.value(node["zero_points"], depth + 1, where)
+        axis = node["axis"]
+        ok = isinstance(scales, torch.Tensor) and isinstance(zero_points, torch.Tensor) and isinstance(axis, int)
+        n = values.shape[axis] if ok and 0 <= axis < values.dim() else -1
+        if n < 0 or scales.numel() != n or zero_points.numel() != n:
+            raise ValueError("quantized tensor: per-channel scales/zero points do not fit the values")
+        return torch._make_per_channel_quantized_tensor(values, scales, zero_points, axis)
+    raise ValueError(f"quantized tensor: unknown scheme {node['scheme']!r}")
+
+
 def _dims(x: Any) -> bool:
     return isinstance(x, list) and len(x) <= 64 and all(type(v) is int and 0 <= v <= MAX_DIM for v in x)
 
@@ -338,6 +372,7 @@ _HANDLERS: dict[str, Callable[[_Decoder, dict[str, Any], int, str], Any]] = {
     "device": _d_device,
     "size": _d_size,
     "tensor": _d_tensor,
+    "qtensor": _d_qtensor,
     "ndarray": _d_ndarray,
     "npscalar": _d_npscalar,
     "dataclass": _d_dataclass,

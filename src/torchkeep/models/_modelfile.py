@@ -32,6 +32,7 @@ from ..io._format import MapLocation
 from ..io._storage import atomic_write
 from ._audit import check_before_save
 from ._entry import choose_entry, decode_arguments, state_from, validated_entry
+from ._examples import EXAMPLES_SECTION, describe_examples
 from ._families import family_entry, family_of
 from ._rebuild import migrate, rebuild
 from ._registry import (
@@ -66,6 +67,7 @@ def save_model(
     *,
     metadata: Mapping[str, str] | None = None,
     strict: bool = False,
+    example_inputs: Any = None,
 ) -> None:
     """Save a registered model as a safetensors file that can rebuild it with :func:`load_model`.
 
@@ -78,6 +80,11 @@ def save_model(
     outside the state dict (the ``register_buffer`` trap) would be lost, so it is a
     ``UserWarning`` naming it, or with ``strict=True`` an :class:`UnsupportedValueError` and
     nothing is written.
+
+    ``example_inputs`` (a tensor, a tuple/list of tensors or a dict name → tensor, as
+    ``tk.export`` takes them) is recorded as shapes, dtypes and value ranges — not the values —
+    so ``torchkeep export``/``serve``/``bench`` need no ``--input-shape`` for this file (see
+    :func:`torchkeep.models._examples.example_inputs_of`).
 
     Raises:
         ModelNotRegisteredError: the model's class (or factory) is not registered.
@@ -127,8 +134,11 @@ def save_model(
     tied = _tied_groups(state)
     if tied:
         entry["tied"] = tied
+    sections: dict[str, Any] = {SECTION: entry}
+    if example_inputs is not None:
+        sections[EXAMPLES_SECTION] = describe_examples(example_inputs)
     with atomic_write(path) as f:
-        _format.write(f, state, sections={SECTION: entry}, metadata=metadata)
+        _format.write(f, state, sections=sections, metadata=metadata)
 
 
 # ------------------------------------------------------------------------------------------
