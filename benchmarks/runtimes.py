@@ -72,8 +72,20 @@ class Encoder(nn.Module):
         return self.head(self.encoder(x).mean(dim=1))
 
 
+class WideMLP(nn.Module):
+    """Wide enough that int8 weights matter: 256 → 1024 → 1024 → 10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 MODELS: dict[str, tuple[type[nn.Module], tuple[int, ...]]] = {
     "MLP 10→32→1": (MLP, (10,)),
+    "Wide MLP 256→1024→1024→10": (WideMLP, (256,)),
     "CNN 3×32×32": (CNN, (3, 32, 32)),
     "Transformer encoder": (Encoder, (32, 128)),
 }
@@ -132,6 +144,42 @@ def export_all(model: nn.Module, sample: tuple[int, ...], directory: Path, aoti:
     return seconds
 
 
+#: targets exported with tk.export (verified) next to the hand-made ones, and the fp32 backend each
+#: reduced-precision one is compared with.
+NEW_TARGETS = ("openvino", "onnx-int8", "onnx-fp16", "torchscript-int8")
+FP32_OF = {"onnxruntime-int8": "onnxruntime", "onnxruntime-fp16": "onnxruntime", "torchscript-int8": "torchscript"}
+
+
+def export_new_targets(model: nn.Module, sample: tuple[int, ...], directory: Path) -> tk.ExportReport:
+    """OpenVINO and the int8/fp16 variants through tk.export, each verified against eager."""
+    return tk.export(
+        model,
+        torch.randn(4, *sample),
+        directory,
+        formats=NEW_TARGETS,
+        continue_on_error=True,
+        verify_batch_sizes=(1, 32),
+    )
+
+
+def precision_table(title: str, report: tk.BenchReport, export: tk.ExportReport) -> list[str]:
+    """Rows: reduced-precision backend, batch, parity error vs eager, p50, speed-up vs its fp32 twin."""
+    rows = {(r.backend, r.batch_size): r for r in report.results if r.error is None}
+    out = []
+    for res in export:
+        backend = res.backend
+        if backend not in FP32_OF:
+            continue
+        for (b, bs), r in sorted(rows.items()):
+            if b != backend:
+                continue
+            base = rows.get((FP32_OF[backend], bs))
+            speed = f"{base.p50_ms / r.p50_ms:.2f}×" if base is not None and r.p50_ms > 0 else "-"
+            err = f"{res.max_abs_error:.2e} abs, {res.max_rel_error:.2e} rel" if res.ok else f"failed ({res.step})"
+            out.append(f"| {title} | {backend} | {bs} | {err} | {r.p50_ms:.3f} | {speed} vs {FP32_OF[backend]} |")
+    return out
+
+
 def markdown(reports: list[tk.BenchReport]) -> str:
     lines = [
         "| model | backend | batch | p50 ms | p90 ms | p99 ms | samples/s | CPU ms | vs eager | peak MiB |",
@@ -155,7 +203,7 @@ def markdown(reports: list[tk.BenchReport]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="MLP only, no AOTInductor, tiny budget (seconds)")
+    ap.add_argument("--quick", action="store_true", help="the two MLPs, no AOTInductor, tiny budget (a minute)")
     ap.add_argument("--no-aoti", action="store_true", help="skip AOTInductor (its compile takes ~20-60 s per model)")
     ap.add_argument("--batch-size", type=int, action="append", help="batch sizes (default 1 and 32)")
     ap.add_argument("--iters", type=int, default=1000, help="timed calls per backend and batch size (count budget)")
@@ -170,7 +218,7 @@ def main() -> None:
     if args.quick:
         args.iters, args.min_time, args.no_aoti = min(args.iters, 100), min(args.min_time, 0.2), True
     batch_sizes = tuple(args.batch_size or (1, 32))
-    models = dict(list(MODELS.items())[:1]) if args.quick else MODELS
+    models = {k: MODELS[k] for k in list(MODELS)[:2]} if args.quick else MODELS
     console = Console()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -178,15 +226,19 @@ def main() -> None:
     if args.from_json:
         reports = [tk.BenchReport.from_json(d) for d in json.loads(Path(args.from_json).read_text())]
         models = {}
+    precision_rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (title, (cls, sample)) in enumerate(models.items()):
             model = cls().eval()
             with console.status(f"exporting {title}…"):
                 seconds = export_all(model, sample, Path(tmp) / f"m{i}", aoti=not args.no_aoti and args.device == "cpu")
+                new = export_new_targets(model, sample, Path(tmp) / f"n{i}") if args.device == "cpu" else None
             console.print(f"{title}: exported in " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+            if new is not None:
+                console.print(new.table())
             with console.status(f"benchmarking {title}…") as status:
                 report = tk.benchmark(
-                    [Path(tmp) / f"m{i}", model],
+                    [Path(tmp) / f"m{i}", *([Path(tmp) / f"n{i}"] if new is not None else []), model],
                     batch_sizes=batch_sizes,
                     warmup=20,
                     max_iters=args.iters,
@@ -198,6 +250,8 @@ def main() -> None:
                 )
             reports.append(report)
             console.print(report.table())
+            if new is not None:
+                precision_rows += precision_table(title, report, new)
     seed = next((r for r in reports if r.title.startswith("MLP")), None)
     if seed is not None and 32 in batch_sizes:
         # The tutorial's own measure: total time of 1000 calls at batch 32.
@@ -217,6 +271,10 @@ def main() -> None:
     if args.plot:
         plot_reports(reports, args.plot)
         console.print(f"plot saved to {args.plot}")
+    if precision_rows:
+        header = "| model | backend | batch | parity error vs eager | p50 ms | speed-up |\n|---|---|---:|---|---:|---|"
+        console.print("reduced precision vs fp32 (same run):")
+        print(header + "\n" + "\n".join(precision_rows))
     if args.markdown:
         print(markdown(reports))
 

@@ -80,7 +80,7 @@ def _links_from(text: str) -> list[str]:
     return [t for t in _LINK.findall(_prose(text)) if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
 
 
-_CODE = re.compile(r"(<!--\s*skip:[^>]*-->\s*\n)?```python\n(.*?)```", re.DOTALL)
+_CODE = re.compile(r"(<!--\s*(?:skip:[^>]*|file:\s*[\w.]+|new-process)\s*-->\s*\n)?```python\n(.*?)```", re.DOTALL)
 
 
 def _translations() -> list[Path]:
@@ -99,8 +99,12 @@ def test_translation_keeps_the_code_of_its_original(page: Path) -> None:
     original = _original(page)
     assert original.is_file(), f"{page.relative_to(ROOT)} translates {original.relative_to(ROOT)}, which does not exist"
 
-    def code(p: Path) -> list[tuple[bool, str]]:
-        return [(bool(m.group(1)), m.group(2)) for m in _CODE.finditer(p.read_text(encoding="utf-8"))]
+    def code(p: Path) -> list[tuple[str, str]]:
+        # A skip reason may be translated; a file name or a new-process marker must match exactly.
+        return [
+            (re.sub(r"^<!--\s*(skip):.*$", r"\1", (m.group(1) or "").strip(), flags=re.DOTALL), m.group(2))
+            for m in _CODE.finditer(p.read_text(encoding="utf-8"))
+        ]
 
     assert code(page) == code(original), (
         f"{page.relative_to(ROOT)}: its python blocks (or skip markers) differ from "

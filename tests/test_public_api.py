@@ -19,3 +19,9 @@ def test_errors_share_one_root_and_builtins() -> None:
     assert issubclass(errors.UnsupportedValueError, TypeError)
     assert issubclass(errors.MissingDependencyError, ImportError)
     assert str(errors.MissingObjectError("no 'ema' in file")) == "no 'ema' in file"
+
+
+def test_file_io_verbs_are_public() -> None:
+    # torch.save/torch.load drop-ins, plus the safetensors-style bytes pair (issue 18, item 19).
+    for name in ("save", "load", "save_bytes", "load_bytes"):
+        assert name in torchkeep.__all__, name

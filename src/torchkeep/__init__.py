@@ -14,7 +14,7 @@ Example:
 from . import distributed, errors
 from ._version import __version__
 from .bench import BenchReport, benchmark
-from .checkpoint._api import consolidate, load, load_checkpoint, save, save_checkpoint
+from .checkpoint._api import consolidate, load, load_bytes, load_checkpoint, save, save_bytes, save_checkpoint
 from .checkpoint._checkpoint import CheckpointInfo, read_info
 from .checkpoint._sampler import ResumableLoader, ResumableSampler
 from .checkpoint._stateful import upgrade_state
@@ -59,7 +59,9 @@ from .runtime import Predictor, TensorSpec, load_predictor
 __all__ = [
     # files and trees
     "load",
+    "load_bytes",
     "save",
+    "save_bytes",
     # training checkpoints
     "CheckpointInfo",
     "consolidate",

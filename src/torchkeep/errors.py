@@ -171,12 +171,17 @@ class RegistryError(TorchkeepError, LookupError):
 
 
 class ModelNotRegisteredError(RegistryError):
-    """The file names a model class or factory that is not registered in this process."""
+    """The file names a model class or factory that is not registered in this process.
 
-    def __init__(self, message: str, *, name: str = "", module: str = "") -> None:
+    ``cli_message``, when set, is the same message with command-line advice (``--import
+    MODULE``) in place of Python advice (``import_module=True``); the CLI prints it.
+    """
+
+    def __init__(self, message: str, *, name: str = "", module: str = "", cli_message: str = "") -> None:
         super().__init__(message)
         self.name = name
         self.module = module
+        self.cli_message = cli_message
 
 
 class MigrationError(RegistryError):

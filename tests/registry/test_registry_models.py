@@ -563,6 +563,7 @@ def test_fast_path_skips_init_maps_the_file_and_trains(tmp_path: Path, monkeypat
     assert path.read_bytes() == before  # the mapping is copy-on-write: the file never changes
 
 
+@pytest.mark.filterwarnings("ignore:.*holds state that its state_dict")  # Trap is saved on purpose
 def test_fallbacks_build_normally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     @tk.register(name="np-buffer")
     class NonPersistent(nn.Module):

@@ -95,9 +95,11 @@ def test_swap_then_refuse_bad_versions(tmp_path: Path, caplog: pytest.LogCapture
             assert 'torchkeep_model_reloads_total{result="ok"} 1' in metrics
             assert 'torchkeep_model_reloads_total{result="refused"} 3' in metrics
 
-    with caplog.at_level("ERROR", logger="torchkeep.serve"):
+    with caplog.at_level("INFO", logger="torchkeep.serve"):
         asyncio.run(go())
     assert "hot reload: refused" in caplog.text
+    # A successful swap is routine (INFO); only refusals are worth a warning or an error.
+    assert [r.levelname for r in caplog.records if "now serving" in r.getMessage()] == ["INFO"]
 
 
 def test_in_flight_batch_finishes_on_old_version(tmp_path: Path) -> None:
@@ -156,8 +158,8 @@ def test_checkpoint_directory_newest_step_wins_over_mtime(tmp_path: Path) -> Non
 
 
 def test_export_directory_backend_from_benchmark(tmp_path: Path) -> None:
-    from torchkeep.io._manifest import write_manifest
-    from torchkeep.serve._loading import fastest_backend
+    from torchkeep.io._manifest import read_manifest, write_manifest
+    from torchkeep.runtime import fastest_backend
 
     arts = {
         "pt2": {"ok": True, "file": "model.pt2", "backend": "pt2"},
@@ -165,13 +167,13 @@ def test_export_directory_backend_from_benchmark(tmp_path: Path) -> None:
         "tensorrt": {"ok": False, "file": None, "backend": "tensorrt"},
     }
     write_manifest(tmp_path, {"artifacts": arts, "benchmark": {"fastest": {"1": "pt2", "32": "onnxruntime"}}})
-    assert fastest_backend(str(tmp_path), 32) == "onnxruntime"
-    assert fastest_backend(str(tmp_path), 1) == "pt2"
-    assert fastest_backend(str(tmp_path), 4) == "pt2"  # nearest measured batch size
+    assert fastest_backend(read_manifest(tmp_path), batch_size=32) == "onnxruntime"
+    assert fastest_backend(read_manifest(tmp_path), batch_size=1) == "pt2"
+    assert fastest_backend(read_manifest(tmp_path), batch_size=4) == "pt2"  # nearest measured batch size
     write_manifest(tmp_path, {"artifacts": arts, "benchmark": {"fastest": {"32": "tensorrt"}}})
-    assert fastest_backend(str(tmp_path), 32) is None  # the failed artifact is never chosen
+    assert fastest_backend(read_manifest(tmp_path), batch_size=32) is None  # the failed artifact is never chosen
     write_manifest(tmp_path, {"artifacts": arts})
-    assert fastest_backend(str(tmp_path), 32) is None  # no benchmark: the runtime's preference order
+    assert fastest_backend(read_manifest(tmp_path), batch_size=32) is None  # no benchmark: the runtime's preference order
     path, version = find_version(str(tmp_path))
     assert path == str(tmp_path) and version.startswith(tmp_path.name + "@")
 

@@ -23,11 +23,9 @@ Results go into the export directory's ``export.json`` (``"benchmark"`` key), wh
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +35,10 @@ import numpy as np
 import torch
 
 from ..errors import PredictorError, TorchkeepError, UsageError
+from ..io._env import environment
 from ..io._manifest import MANIFEST_NAME, read_manifest, write_manifest
-from ..runtime import Predictor, load_predictor
-from ..runtime._inputs import example_inputs
-from ..runtime._loader import export_targets
-from ._report import BenchReport, BenchResult
+from ..runtime import BACKEND_TABLE, Predictor, backend_row, example_inputs, export_targets, load_predictor
+from ._report import BenchReport, BenchResult, fastest_backends
 
 __all__ = ["benchmark"]
 
@@ -129,7 +126,7 @@ def _expand(targets: Target | Sequence[Target], device: str, threads: int | None
                 if not found:
                     raise PredictorError(f"{path}: {MANIFEST_NAME} lists no working artifact to benchmark")
                 for backend, file in found.items():
-                    if backend == "tensorrt" and not device.startswith("cuda"):
+                    if backend_row(backend).cuda_only and not device.startswith("cuda"):
                         continue
                     try:
                         p = load_predictor(path, backend=backend, device=device, threads=threads)
@@ -366,34 +363,14 @@ def _results(runners: list[_Runner], batch_sizes: Sequence[int]) -> list[BenchRe
 
 
 def _environment() -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-    with contextlib.suppress(OSError):
-        env["load_average"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
+    packages = dict.fromkeys(b.package for b in BACKEND_TABLE if b.package)
+    return environment([p for p in packages if p is not None], load=True)
 
 
 def _record(directory: str, report: BenchReport, labels: list[str]) -> None:
     """Write this directory's rows into its export.json (atomically; other keys untouched)."""
     rows = [r for r in report.results if r.target in labels and r.error is None]
-    fastest: dict[str, str] = {}
-    for r in rows:
-        key = str(r.batch_size)
-        best = next((x for x in rows if x.batch_size == r.batch_size and x.backend == fastest.get(key)), None)
-        if best is None or r.p50_ms < best.p50_ms:
-            fastest[key] = r.backend
+    fastest = {str(bs): backend for bs, backend in fastest_backends(rows, report.device).items()}
     manifest = read_manifest(directory)
     manifest["benchmark"] = {
         "created_at": report.created_at,

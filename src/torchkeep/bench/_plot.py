@@ -5,20 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..runtime import BACKEND_TABLE
+
 if TYPE_CHECKING:
     from ._report import BenchReport
 
 __all__ = ["draw"]
 
 # One colour per backend, the same in every chart, so readers learn them once.
-COLORS = {
-    "eager": "#7f7f7f",
-    "pt2": "#1f77b4",
-    "aoti": "#9467bd",
-    "torchscript": "#ff7f0e",
-    "onnxruntime": "#2ca02c",
-    "tensorrt": "#d62728",
-}
+COLORS = {b.name: b.color for b in BACKEND_TABLE}
 
 
 def draw(plt: Any, reports: Sequence[BenchReport]) -> Any:

@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..runtime import rank_backends
 
-__all__ = ["BenchReport", "BenchResult", "plot_reports"]
+__all__ = ["BenchReport", "BenchResult", "fastest_backends", "plot_reports"]
 
 
 @dataclass
@@ -69,12 +70,8 @@ class BenchReport:
     title: str = ""
 
     def fastest(self) -> dict[int, str]:
-        """batch size → the backend with the lowest p50 latency."""
-        best: dict[int, BenchResult] = {}
-        for r in self.results:
-            if r.error is None and (r.batch_size not in best or r.p50_ms < best[r.batch_size].p50_ms):
-                best[r.batch_size] = r
-        return {bs: r.backend for bs, r in sorted(best.items())}
+        """batch size → the backend with the lowest p50 latency (:func:`torchkeep.runtime.rank_backends`)."""
+        return fastest_backends([r for r in self.results if r.error is None], self.device)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict: results plus device, threads, machine and the fastest per batch size."""
@@ -205,3 +202,20 @@ def plot_reports(reports: Sequence[BenchReport], path: str | os.PathLike[str]) -
     finally:
         plt.close(fig)
     return path
+
+
+def fastest_backends(rows: Sequence[BenchResult], device: str) -> dict[int, str]:
+    """batch size → fastest backend among ``rows``, by the runtime's one ranking rule.
+
+    Example:
+        >>> rows = [BenchResult("eager", "eager", 1, p50_ms=2.0), BenchResult("pt2", "pt2", 1, p50_ms=1.0)]
+        >>> fastest_backends(rows, "cpu")
+        {1: 'pt2'}
+    """
+    section = {"device": device, "results": [r.to_json() for r in rows]}
+    out: dict[int, str] = {}
+    for bs in sorted({r.batch_size for r in rows}):
+        ranked = rank_backends(section, device=device, batch_size=bs)
+        if ranked:
+            out[bs] = ranked[0]
+    return out

@@ -11,15 +11,18 @@ deduplicated step.
 
 from __future__ import annotations
 
-from ._restore import StateDiff, compare_state, decode_subtrees, restore_state
+from ._restore import StateDiff, compare_state, restore_state
 from ._state import (
     EXTRA_KEY,
     RNG_KEY,
     SECTION,
     CheckpointInfo,
+    add_save_check,
     check_stateful,
+    checkpoint_section,
     checkpoint_sections,
     collect_state,
+    decode_subtrees,
     environment,
     info_from_section,
     jsonable_metrics,
@@ -36,6 +39,8 @@ __all__ = [
     "SECTION",
     "CheckpointInfo",
     "StateDiff",
+    "add_save_check",
+    "checkpoint_section",
     "check_stateful",
     "checkpoint_sections",
     "collect_state",

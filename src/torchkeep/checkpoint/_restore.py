@@ -16,55 +16,13 @@ from typing import Any
 import torch
 
 from ..errors import CorruptCheckpointError, MissingObjectError, StateMismatchError, TorchkeepError
-from ..io import _codec, _format
 from ..io._dtypes import OPAQUE_DTYPES, dtype_name
-from ..io._format import MapLocation
 from ._state import EXTRA_KEY, RNG_KEY, CheckpointInfo, check_stateful, object_kind, unwrap_model
-from ._state_io import aligned, check_rng_state, set_rng_state
+from ._state_io import check_rng_state, set_rng_state
 
-__all__ = ["StateDiff", "compare_state", "decode_subtrees", "restore_state"]
+__all__ = ["StateDiff", "compare_state", "restore_state"]
 
 logger = logging.getLogger(__name__)
-
-
-def decode_subtrees(
-    reader: _format.Reader, names: list[str], *, map_location: MapLocation, verify: bool
-) -> dict[str, Any]:
-    """Decode (and verify) only the named top-level entries of a checkpoint tree.
-
-    Loading just the model of a checkpoint then neither checks nor moves the optimizer state.
-    Names the file does not hold are simply absent from the result.
-
-    Raises:
-        CorruptCheckpointError: the tree is not a dict of named objects, or a checksum fails.
-
-    Example:
-        >>> import io
-        >>> from torchkeep.checkpoint._state import collect_state, write_checkpoint
-        >>> tree, section = collect_state({"model": torch.nn.Linear(2, 1)}, rng=False)
-        >>> buf = io.BytesIO()
-        >>> _ = write_checkpoint(buf, tree, section)
-        >>> reader = _format.open_file(buf.getvalue())
-        >>> sorted(decode_subtrees(reader, ["model"], map_location=None, verify=True)["model"])
-        ['bias', 'weight']
-    """
-    root = reader.tree
-    items = root.get("items") if isinstance(root, dict) and root.get("t") in ("dict", "odict") else None
-    if not isinstance(items, dict):
-        raise CorruptCheckpointError(
-            f"{reader.path}: a checkpoint's object tree must be a dict of named objects", path=reader.path
-        )
-    selected = {k: v for k, v in items.items() if k in names}
-    if verify:
-        try:
-            refs = _codec.tensor_names(selected)
-        except CorruptCheckpointError as exc:
-            raise CorruptCheckpointError(f"{reader.path}: {exc}", path=reader.path, reason=exc.reason) from None
-        reader.verify([n for n in reader.names if n in refs])
-    tree: dict[str, Any] = _codec.decode(
-        {"t": "dict", "items": selected}, lambda n: aligned(reader.tensor(n, map_location))
-    )
-    return tree
 
 
 def restore_state(

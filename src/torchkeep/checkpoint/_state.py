@@ -3,7 +3,8 @@
 A checkpoint's tree is ``{object name: state_dict, ...}`` plus the reserved ``__extra__`` and
 ``__rng__`` entries; everything a listing needs (epoch, step, metrics, object kinds,
 environment) sits in the ``torchkeep.checkpoint`` header section, readable without touching
-data. Both layouts (one file, sharded directory) share these pieces.
+data. Both layouts (one file, sharded directory) share these pieces, and so does reading the
+info (and selected entries of the tree) back without restoring anything.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -21,8 +21,10 @@ import torch
 
 from ..errors import CorruptCheckpointError, UnsupportedValueError
 from ..io import _codec, _format
+from ..io._env import environment as _environment
+from ..io._format import MapLocation
 from ._sampler import ResumableLoader, ResumableSampler
-from ._state_io import rng_state
+from ._state_io import aligned, rng_state
 
 __all__ = [
     "EXTRA_KEY",
@@ -30,10 +32,14 @@ __all__ = [
     "SECTION",
     "CheckpointInfo",
     "ModelDescriber",
+    "SaveCheck",
     "add_model_describer",
+    "add_save_check",
     "check_stateful",
+    "checkpoint_section",
     "checkpoint_sections",
     "collect_state",
+    "decode_subtrees",
     "environment",
     "info_from_section",
     "jsonable_metrics",
@@ -59,6 +65,27 @@ def add_model_describer(describe: ModelDescriber) -> None:
     """
     if describe not in _MODEL_DESCRIBERS:
         _MODEL_DESCRIBERS.append(describe)
+
+
+#: Checks run on every module before its state is collected: ``check(module, name, strict)``
+#: warns (or with ``strict=True`` raises) about state the module would lose. The model layer
+#: adds its audit here (see :func:`add_save_check`), so this layer never imports it.
+SaveCheck = Callable[[torch.nn.Module, str, bool], None]
+_SAVE_CHECKS: list[SaveCheck] = []
+
+
+def add_save_check(check: SaveCheck) -> None:
+    """Run ``check(module, object_name, strict)`` on every module a checkpoint saves.
+
+    Example:
+        >>> seen = []
+        >>> add_save_check(lambda m, name, strict: seen.append(name))
+        >>> _ = collect_state({"net": torch.nn.Linear(1, 1)}, rng=False); seen[-1]
+        'net'
+        >>> _ = _SAVE_CHECKS.pop()
+    """
+    if check not in _SAVE_CHECKS:
+        _SAVE_CHECKS.append(check)
 
 
 #: The header section that describes a checkpoint; the tree's reserved extra= and RNG entries.
@@ -99,26 +126,13 @@ class CheckpointInfo:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and hardware facts recorded with every checkpoint.
+    """Versions and hardware facts recorded with every checkpoint (see :func:`torchkeep.io._env.environment`).
 
     Example:
         >>> sorted(environment())[:4]
-        ['cuda', 'numpy', 'platform', 'python']
+        ['cpu_count', 'cuda', 'machine', 'numpy']
     """
-    from .._version import __version__
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "torchkeep": __version__,
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
-    if torch.cuda.is_available():
-        env["cudnn"] = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
-        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return env
+    return _environment()
 
 
 def unwrap_model(model: Any) -> Any:
@@ -227,11 +241,13 @@ def collect_state(
     metrics: Mapping[str, Any] | None = None,
     extra: Any = None,
     rng: bool = True,
+    strict: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Snapshot named objects into ``(tree_value, section)`` ready for :func:`write_checkpoint`.
 
     The tree value still references live tensors; copy them (``.clone()``/to host) before
-    mutating the objects if the write happens later.
+    mutating the objects if the write happens later. Every module goes through the save checks
+    first (``strict`` is passed on: warn, or raise).
 
     Example:
         >>> tree, section = collect_state({"model": torch.nn.Linear(2, 1)}, step=3, rng=False)
@@ -240,32 +256,61 @@ def collect_state(
     """
     tree: dict[str, Any] = {}
     kinds: dict[str, str] = {}
-    model_entry = None
+    entries: dict[str, dict[str, Any]] = {}  # object name -> registry entry, for registered modules
     for name, obj in objects.items():
         check_stateful(name, obj)
         if isinstance(obj, torch.nn.Module):
             obj = unwrap_model(obj)
-            if model_entry is None:
-                model_entry = _registry_entry(obj)
+            for check in _SAVE_CHECKS:
+                check(obj, name, strict)
+            entry = _registry_entry(obj)
+            if entry is not None:
+                entries[name] = {**entry, "object": name}
         kinds[name] = object_kind(obj)
         tree[name] = obj.state_dict()
     if extra is not None:
         tree[EXTRA_KEY] = extra
     if rng:
         tree[RNG_KEY] = rng_state()
-    section: dict[str, Any] = {
+    section = checkpoint_section(kinds, epoch=epoch, step=step, metrics=metrics, extra=extra is not None, rng=rng)
+    if entries:
+        # "model" is the first registered module (what tk.load_model rebuilds by default); with
+        # several, "models" holds each, by the keyword it was saved under (load_model(object=...)).
+        section["model"] = next(iter(entries.values()))
+        if len(entries) > 1:
+            section["models"] = entries
+    return tree, section
+
+
+def checkpoint_section(
+    kinds: Mapping[str, str],
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: bool = False,
+    rng: bool = False,
+) -> dict[str, Any]:
+    """The ``checkpoint`` header section for objects of the given kinds (what listings read).
+
+    ``kinds`` maps each object name in the tree to ``module``, ``optimizer``, ``scheduler``, ...;
+    ``extra`` and ``rng`` say whether the tree holds the reserved extra and RNG entries.
+
+    Example:
+        >>> section = checkpoint_section({"model": "module"}, epoch=2)
+        >>> section["epoch"], section["objects"], section["rng"]
+        (2, {'model': 'module'}, False)
+    """
+    return {
         "epoch": epoch,
         "step": step,
         "metrics": jsonable_metrics(metrics),
-        "objects": kinds,
+        "objects": dict(kinds),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
         "env": environment(),
         "rng": rng,
-        "extra": extra is not None,
+        "extra": extra,
     }
-    if model_entry is not None:
-        section["model"] = model_entry
-    return tree, section
 
 
 def _registry_entry(model: torch.nn.Module) -> dict[str, Any] | None:
@@ -368,22 +413,75 @@ def info_from_section(path: str | None, section: Any, size: int | None) -> Check
     )
 
 
-def read_info(path: str | os.PathLike[str] | _format.Reader) -> CheckpointInfo:
-    """Read a checkpoint's info from its header only (no tensor data is read or verified).
+def read_info(path: str | os.PathLike[str] | _format.Reader, *, extra: bool = True) -> CheckpointInfo:
+    """Read a checkpoint's info without restoring anything (and without verifying checksums).
+
+    Epoch, step, metrics, objects and environment come from the header. ``extra`` (what
+    ``save_checkpoint(extra=...)`` stored) is decoded too, unless ``extra=False``: it is part of
+    the object tree, so tensors inside it are read (memory-mapped, not verified); pass
+    ``extra=False`` to read the header alone (listings do).
 
     Example:
         >>> import torch, torchkeep as tk, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "c.safetensors")
-        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(1, 1), step=10)
-        >>> read_info(path).step
-        10
+        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(1, 1), step=10, extra={"lr": 0.1})
+        >>> read_info(path).step, read_info(path).extra
+        (10, {'lr': 0.1})
     """
     reader = path if isinstance(path, _format.Reader) else _format.open_file(path)
     section = reader.section(SECTION)
     if section is None:
+        hint = (
+            "; it was converted from a torch.save file: to restore it with load_checkpoint, convert it again with "
+            "`torchkeep convert SRC DST --as-checkpoint` (maps model_state_dict, optimizer_state_dict, epoch, ...)"
+            if "converted_from" in reader.metadata
+            else ""
+        )
         raise CorruptCheckpointError(
-            f"{reader.path}: not a training checkpoint (no {SECTION} section); load it with tk.load()",
+            f"{reader.path}: not a training checkpoint (no {SECTION} section); load it with tk.load(){hint}",
             path=reader.path,
             reason="not a checkpoint",
         )
-    return info_from_section(reader.path, section, reader.size)
+    info = info_from_section(reader.path, section, reader.size)
+    if extra and isinstance(section, dict) and section.get("extra"):
+        info.extra = decode_subtrees(reader, [EXTRA_KEY], map_location=None, verify=False).get(EXTRA_KEY)
+    return info
+
+
+def decode_subtrees(
+    reader: _format.Reader, names: list[str], *, map_location: MapLocation, verify: bool
+) -> dict[str, Any]:
+    """Decode (and verify) only the named top-level entries of a checkpoint tree.
+
+    Loading just the model of a checkpoint then neither checks nor moves the optimizer state.
+    Names the file does not hold are simply absent from the result.
+
+    Raises:
+        CorruptCheckpointError: the tree is not a dict of named objects, or a checksum fails.
+
+    Example:
+        >>> import io
+        >>> tree, section = collect_state({"model": torch.nn.Linear(2, 1)}, rng=False)
+        >>> buf = io.BytesIO()
+        >>> _ = write_checkpoint(buf, tree, section)
+        >>> reader = _format.open_file(buf.getvalue())
+        >>> sorted(decode_subtrees(reader, ["model"], map_location=None, verify=True)["model"])
+        ['bias', 'weight']
+    """
+    root = reader.tree
+    items = root.get("items") if isinstance(root, dict) and root.get("t") in ("dict", "odict") else None
+    if not isinstance(items, dict):
+        raise CorruptCheckpointError(
+            f"{reader.path}: a checkpoint's object tree must be a dict of named objects", path=reader.path
+        )
+    selected = {k: v for k, v in items.items() if k in names}
+    if verify:
+        try:
+            refs = _codec.tensor_names(selected)
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{reader.path}: {exc}", path=reader.path, reason=exc.reason) from None
+        reader.verify([n for n in reader.names if n in refs])
+    tree: dict[str, Any] = _codec.decode(
+        {"t": "dict", "items": selected}, lambda n: aligned(reader.tensor(n, map_location))
+    )
+    return tree

@@ -14,12 +14,12 @@ from typing import Annotated, Any
 
 import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..checkpoint import _checkpoint
 from ..io import _format
 from ..io._dtypes import OPAQUE_DTYPES
+from ._output import esc, make_console, print_table
 
 __all__ = ["diff_files", "register"]
 
@@ -170,8 +170,8 @@ def diff_files(path_a: str, path_b: str) -> dict[str, Any]:
         report["rng_changed"] = [g for g in gens if not _same_tree((rng_a or {}).get(g), (rng_b or {}).get(g))]
     ca, cb = ra.section(_checkpoint.SECTION), rb.section(_checkpoint.SECTION)
     if ca is not None or cb is not None:
-        info_a = _checkpoint.read_info(ra) if ca is not None else None
-        info_b = _checkpoint.read_info(rb) if cb is not None else None
+        info_a = _checkpoint.read_info(ra, extra=False) if ca is not None else None
+        info_b = _checkpoint.read_info(rb, extra=False) if cb is not None else None
         fields: dict[str, Any] = {}
         for key in ("epoch", "step", "metrics", "objects"):
             va = getattr(info_a, key) if info_a else None
@@ -201,8 +201,8 @@ def _short(v: Any) -> str:
 
 
 def diff(
-    a: Annotated[Path, typer.Argument(help="The first (older) file.")],
-    b: Annotated[Path, typer.Argument(help="The second (newer) file.")],
+    a: Annotated[Path, typer.Argument(help="The first (older) file.", metavar="A")],
+    b: Annotated[Path, typer.Argument(help="The second (newer) file.", metavar="B")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     limit: Annotated[int, typer.Option(help="Show at most this many rows per list (0: all).")] = 50,
     exit_code: Annotated[
@@ -212,7 +212,7 @@ def diff(
     """Show what changed from A to B: tensors added, removed, changed (max abs diff), values, info."""
     report = diff_files(str(a), str(b))
     if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
+        typer.echo(json.dumps(report, indent=2, default=str))  # ASCII JSON: escapes are inert
     else:
         _render(report, limit)
     if exit_code and not report["identical"]:
@@ -220,26 +220,28 @@ def diff(
 
 
 def _render(report: dict[str, Any], limit: int) -> None:
-    console = Console()
+    console = make_console()
 
     def cut(xs: list[Any]) -> list[Any]:
         return xs if limit <= 0 else xs[:limit]
 
-    console.print(f"[bold]{report['a']}[/bold] → [bold]{report['b']}[/bold]")
+    console.print(f"[bold]{esc(report['a'])}[/bold] → [bold]{esc(report['b'])}[/bold]")
     ckpt = report.get("checkpoint") or {}
     for key in ("epoch", "step"):
         if key in ckpt:
-            console.print(f"{key}: {ckpt[key][0]} → {ckpt[key][1]}")
+            console.print(f"{key}: {esc(ckpt[key][0])} → {esc(ckpt[key][1])}")
     if "metrics" in ckpt:
         ma, mb = ckpt["metrics"][0] or {}, ckpt["metrics"][1] or {}
-        parts = [f"{k} {ma.get(k)} → {mb.get(k)}" for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)]
+        parts = [
+            f"{esc(k)} {esc(ma.get(k))} → {esc(mb.get(k))}" for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)
+        ]
         console.print("metrics: " + ", ".join(parts))
     if "objects" in ckpt:
-        console.print(f"objects: {ckpt['objects'][0]} → {ckpt['objects'][1]}")
+        console.print(f"objects: {esc(ckpt['objects'][0])} → {esc(ckpt['objects'][1])}")
     if report.get("rng_changed"):
-        console.print("random generators changed: " + ", ".join(report["rng_changed"]))
+        console.print("random generators changed: " + ", ".join(esc(r) for r in report["rng_changed"]))
     for k, (va, vb) in (ckpt.get("env") or {}).items():
-        console.print(f"env {k}: {va} → {vb}")
+        console.print(f"env {esc(k)}: {esc(va)} → {esc(vb)}")
     t = report["tensors"]
     console.print(
         f"tensors: {len(t['added'])} added, {len(t['removed'])} removed, {len(t['changed'])} changed, "
@@ -248,33 +250,37 @@ def _render(report: dict[str, Any], limit: int) -> None:
     if t["added"] or t["removed"] or t["changed"]:
         table = Table("", "tensor", "dtype", "shape", "max abs diff", box=None, header_style="bold")
         for name in cut(t["added"]):
-            table.add_row("[green]+[/green]", name, "", "", "")
+            table.add_row("[green]+[/green]", esc(name), "", "", "")
         for name in cut(t["removed"]):
-            table.add_row("[red]-[/red]", name, "", "", "")
+            table.add_row("[red]-[/red]", esc(name), "", "", "")
         for e in cut(t["changed"]):
             if e["max_abs_diff"] is None:
                 table.add_row(
                     "[yellow]~[/yellow]",
-                    e["name"],
-                    f"{e['dtype'][0]} → {e['dtype'][1]}",
-                    f"{tuple(e['shape'][0])} → {tuple(e['shape'][1])}",
+                    esc(e["name"]),
+                    f"{esc(e['dtype'][0])} → {esc(e['dtype'][1])}",
+                    f"{esc(tuple(e['shape'][0]))} → {esc(tuple(e['shape'][1]))}",
                     "",
                 )
             else:
                 table.add_row(
-                    "[yellow]~[/yellow]", e["name"], e["dtype"], str(tuple(e["shape"])), f"{e['max_abs_diff']:.6g}"
+                    "[yellow]~[/yellow]",
+                    esc(e["name"]),
+                    esc(e["dtype"]),
+                    esc(tuple(e["shape"])),
+                    f"{e['max_abs_diff']:.6g}",
                 )
-        console.print(table)
+        print_table(console, table)
     v = report["values"]
     if v["added"] or v["removed"] or v["changed"]:
         table = Table("", "value", "A", "B", box=None, header_style="bold")
         for p, val in cut(list(v["added"].items())):
-            table.add_row("[green]+[/green]", p, "", _short(val))
+            table.add_row("[green]+[/green]", esc(p), "", esc(_short(val)))
         for p, val in cut(list(v["removed"].items())):
-            table.add_row("[red]-[/red]", p, _short(val), "")
+            table.add_row("[red]-[/red]", esc(p), esc(_short(val)), "")
         for c in cut(v["changed"]):
-            table.add_row("[yellow]~[/yellow]", c["path"], _short(c["a"]), _short(c["b"]))
-        console.print(table)
+            table.add_row("[yellow]~[/yellow]", esc(c["path"]), esc(_short(c["a"])), esc(_short(c["b"])))
+        print_table(console, table)
     console.print("[green]identical[/green]" if report["identical"] else "[yellow]files differ[/yellow]")
 
 

@@ -9,61 +9,44 @@ the parity numbers.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ._common import ImportModules, import_user_modules
+from ._common import ImportModules, example_inputs, import_user_modules
+from ._output import esc, make_console, print_table
 
-__all__ = ["parse_shape", "register"]
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
+__all__ = ["parse_dynamic", "register"]
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,10"`` (or ``"1x10"``) → ``(1, 10)``.
+def parse_dynamic(values: list[str]) -> Any:
+    """``--dynamic`` values → ``tk.export(dynamic_shapes=...)``'s simple form.
+
+    ``batch,seq`` names the dims of every batched input; ``NAME=batch,seq`` (repeatable) names
+    the dims of input NAME; ``_`` keeps a dim static.
 
     Example:
-        >>> parse_shape("1,3,224,224")
-        (1, 3, 224, 224)
+        >>> parse_dynamic(["batch,seq"])
+        'batch,seq'
+        >>> parse_dynamic(["input_ids=batch,seq", "pixels=batch,_,h,w"])
+        {'input_ids': 'batch,seq', 'pixels': 'batch,_,h,w'}
     """
-    parts = [p.strip() for p in re.split(r"[,x]", text)]
-    shape = tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
-    if not shape or any(d < 1 for d in shape):
-        raise typer.BadParameter(f"{text!r} is not a shape; expected positive ints separated by commas, e.g. 1,10")
-    return shape
-
-
-def _examples(shapes: list[str], dtypes: list[str], int_high: int) -> tuple[torch.Tensor, ...]:
-    parsed = [parse_shape(s) for s in shapes]
-    if len(dtypes) not in (0, 1, len(parsed)):
-        raise typer.BadParameter(f"give one --dtype for all inputs or one per --input-shape ({len(parsed)})")
-    names = dtypes if len(dtypes) == len(parsed) else [dtypes[0] if dtypes else "float32"] * len(parsed)
-    out = []
-    for shape, name in zip(parsed, names, strict=True):
-        if name not in _DTYPES:
-            raise typer.BadParameter(f"--dtype {name!r} is not one of {', '.join(_DTYPES)}")
-        dtype = _DTYPES[name]
-        if dtype.is_floating_point:
-            out.append(torch.randn(shape).to(dtype))
-        elif dtype == torch.bool:
-            out.append(torch.ones(shape, dtype=torch.bool))
-        else:
-            out.append(torch.randint(0, int_high, shape, dtype=dtype))
-    return tuple(out)
+    per_input = [v for v in values if "=" in v]
+    if per_input and len(per_input) != len(values):
+        raise typer.BadParameter("--dynamic: give either one 'batch,seq' for all inputs or NAME=dims per input")
+    if not per_input:
+        if len(values) != 1:
+            raise typer.BadParameter("--dynamic: give one 'batch,seq' list (or NAME=batch,seq per input)")
+        return values[0]
+    out: dict[str, str] = {}
+    for v in per_input:
+        name, _, dims = v.partition("=")
+        if not name or not dims:
+            raise typer.BadParameter(f"--dynamic {v!r}: expected NAME=batch,seq")
+        out[name.strip()] = dims.strip()
+    return out
 
 
 def export(
@@ -71,9 +54,7 @@ def export(
         Path | None,
         typer.Argument(help="A torchkeep model file (tk.save_model) or a checkpoint with a registered model."),
     ] = None,
-    weights: Annotated[
-        Path | None, typer.Option("--weights", help="Alias for MODEL_FILE (the tutorials' flag).")
-    ] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Alias for FILE (the tutorials' flag).")] = None,
     pt2: Annotated[bool, typer.Option("--pt2", help="torch.export program (model.pt2).")] = False,
     onnx: Annotated[bool, typer.Option("--onnx", help="ONNX (model.onnx).")] = False,
     torchscript: Annotated[
@@ -83,6 +64,10 @@ def export(
         bool, typer.Option("--aoti", help="AOTInductor package (model.aoti.pt2); slow to compile.")
     ] = False,
     tensorrt: Annotated[bool, typer.Option("--tensorrt", help="TensorRT engine (model.engine); needs CUDA.")] = False,
+    fmt: Annotated[
+        list[str] | None,
+        typer.Option("--format", "-f", help="Any export format by name (e.g. openvino, onnx-int8); repeatable."),
+    ] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write the artifacts.")] = Path(
         "exported"
     ),
@@ -97,6 +82,13 @@ def export(
     dynamic_batch: Annotated[
         bool, typer.Option("--dynamic-batch/--static", help="Keep dim 0 dynamic (default) or bake the shape in.")
     ] = True,
+    dynamic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dynamic",
+            help="Dynamic dims by name: 'batch,seq' for every input, or NAME=batch,seq per input ('_' = static).",
+        ),
+    ] = None,
     torchscript_method: Annotated[str, typer.Option(help="trace or script.")] = "trace",
     tensorrt_precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
     module: ImportModules = None,
@@ -118,8 +110,6 @@ def export(
     source = model_file or weights
     if source is None:
         raise typer.BadParameter("missing MODEL_FILE (or --weights FILE)")
-    if not input_shape:
-        raise typer.BadParameter("give the example input shape, e.g. --input-shape 1,10 (repeat for several inputs)")
     chosen = [
         name
         for name, on in (
@@ -130,11 +120,24 @@ def export(
             ("tensorrt", tensorrt),
         )
         if on
-    ] or ["pt2", "onnx"]
-    examples = _examples(input_shape, dtype or [], int_high)
+    ]
+    chosen += [f for f in fmt or [] if f not in chosen]
+    chosen = chosen or ["pt2", "onnx"]
+    examples: Any
+    if input_shape:
+        examples = example_inputs(input_shape, dtype or [], int_high)
+    else:
+        from ..models._examples import example_inputs_of
+
+        examples = example_inputs_of(source) if source.is_file() else None
+        if examples is None:
+            raise typer.BadParameter(
+                "give the example input shape, e.g. --input-shape 1,10 (repeat for several inputs), or save the "
+                "model with tk.save_model(model, path, example_inputs=...)"
+            )
     import_user_modules(module)
     model = load_model(source, import_module=import_module)
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     options: dict[str, Any] = {"source_file": str(source), "torchscript_method": torchscript_method}
     options["tensorrt_precision"] = tensorrt_precision
     if opset is not None:
@@ -144,11 +147,11 @@ def export(
 
     def progress(fmt: str, stage: str) -> None:
         if stage == "ok":
-            console.print(f"[green]✓[/green] {fmt}")
+            console.print(f"[green]✓[/green] {esc(fmt)}")
         elif stage == "failed":
-            console.print(f"[red]✗[/red] {fmt}")
+            console.print(f"[red]✗[/red] {esc(fmt)}")
         else:
-            status.update(f"{fmt}: {stages[stage]}...")
+            status.update(f"{esc(fmt)}: {stages[stage]}...")
 
     with status:
         report = tk_export(
@@ -157,6 +160,7 @@ def export(
             output_dir,
             formats=chosen,
             dynamic_batch=dynamic_batch,
+            dynamic_shapes=parse_dynamic(dynamic) if dynamic else None,
             verify=verify,
             rtol=rtol,
             atol=atol,
@@ -165,27 +169,27 @@ def export(
             **options,
         )
     if as_json:
-        typer.echo(json.dumps(report.manifest, indent=2))
+        typer.echo(json.dumps(report.manifest, indent=2))  # ASCII JSON: escapes are inert
     else:
         for note in report.notes:
-            console.print(f"[yellow]note:[/yellow] {note}")
+            console.print(f"[yellow]note:[/yellow] {esc(note)}")
         table = Table(
-            "format", "status", "file", "batches", "max abs err", "max rel err", "seconds", header_style="bold"
+            "format", "status", "file", "verified at", "max abs err", "max rel err", "seconds", header_style="bold"
         )
         for r in report:
             table.add_row(
-                r.format,
-                "[green]ok[/green]" if r.ok else f"[red]failed ({r.step})[/red]",
-                ", ".join(f.name for f in r.files) or "-",
+                esc(r.format),
+                "[green]ok[/green]" if r.ok else f"[red]failed ({esc(r.step)})[/red]",
+                esc(", ".join(f.name for f in r.files) or "-"),
                 ", ".join(str(b) for b in r.parity) or "-",
                 f"{r.max_abs_error:.2e}",
                 f"{r.max_rel_error:.2e}",
                 f"{r.export_seconds + r.verify_seconds:.1f}",
             )
-        console.print(table)
+        print_table(console, table)
         for r in report.failed.values():
-            console.print(f"[red]{r.format}:[/red] {r.error}")
-        console.print(f"wrote {report.manifest_path}")
+            console.print(f"[red]{esc(r.format)}:[/red] {esc(r.error)}")
+        console.print(f"wrote {esc(report.manifest_path)}")
     if not report.ok:
         raise typer.Exit(1)
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..checkpoint import _checkpoint
-from ..errors import TorchkeepError
+from ..errors import TorchkeepError, UsageError
 from ..io import _format
+from ._output import clean, esc, make_console, print_table, progress
 from ._text import human_size
 
 __all__ = ["describe", "preview_tree", "register"]
@@ -89,8 +90,60 @@ def preview_tree(node: Any, reader: _format.Reader, depth: int = 0) -> Any:
     return f"<unknown tag {tag!r}>"
 
 
+def _collapse_state_dicts(node: Any) -> Any:
+    """A dict whose values are all tensors (a state dict) becomes one line: the table lists them."""
+    if isinstance(node, dict):
+        values = list(node.values())
+        if values and all(isinstance(v, str) and v.startswith(("<tensor ", "<parameter ")) for v in values):
+            return f"<{len(values)} tensors: listed below>"
+        return {k: _collapse_state_dicts(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_collapse_state_dicts(v) for v in node]
+    return node
+
+
+def _compact(node: Any, indent: int = 0) -> list[str]:
+    """JSON lines, but a container of scalars that fits on one line stays on one line."""
+    one = json.dumps(node, ensure_ascii=False)
+    if len(one) + indent <= 100 or not isinstance(node, (dict, list)) or not node:
+        return [" " * indent + one]
+    pad = " " * (indent + 2)
+    lines = ["{" if isinstance(node, dict) else "["]
+    items = list(node.items()) if isinstance(node, dict) else [(None, v) for v in node]
+    for i, (k, v) in enumerate(items):
+        sub = _compact(v, indent + 2)
+        head = sub[0].lstrip()
+        prefix = f"{pad}{json.dumps(k, ensure_ascii=False)}: " if k is not None else pad
+        sub[0] = prefix + head
+        if i < len(items) - 1:
+            sub[-1] += ","
+        lines.extend(sub)
+    lines.append(" " * indent + ("}" if isinstance(node, dict) else "]"))
+    lines[0] = " " * indent + lines[0]
+    return lines
+
+
+def _torch_save_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
 def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
-    """A JSON-able description of a file: kind, checkpoint/model info, tensors, metadata."""
+    """A JSON-able description of a file: kind, checkpoint/model info, tensors, metadata.
+
+    Raises:
+        UsageError: ``path`` is a ``torch.save`` file; the message says to convert it first.
+    """
+    if _torch_save_file(path):
+        raise UsageError(
+            f"{path}: this is a torch.save file (zip/pickle), not a torchkeep or safetensors file; "
+            f"torchkeep never unpickles it. Convert it once: torchkeep convert {path} "
+            f"{os.path.splitext(path)[0]}.safetensors"
+        )
     reader = _format.open_file(path)
     out: dict[str, Any] = {
         "path": path,
@@ -99,7 +152,7 @@ def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
     }
     section = reader.section(_checkpoint.SECTION)
     if section is not None:
-        info = _checkpoint.read_info(reader)
+        info = _checkpoint.read_info(reader, extra=False)
         out["checkpoint"] = {
             "epoch": info.epoch,
             "step": info.step,
@@ -112,6 +165,8 @@ def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
     model = reader.section("model")
     if model is not None:
         out["model"] = model
+        if isinstance(model, dict) and "arguments" in model:
+            out["model_arguments"] = preview_tree(model["arguments"], reader)
     tensors = []
     for name in reader.names:
         ti = reader.info(name)
@@ -128,7 +183,11 @@ def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
         )
     out["tensors"] = tensors
     if reader.tree is not None:
-        out["tree"] = preview_tree(reader.tree, reader)
+        tree = preview_tree(reader.tree, reader)
+        if section is not None and isinstance(tree, dict) and _checkpoint.RNG_KEY in tree:
+            rng = tree[_checkpoint.RNG_KEY]
+            tree[_checkpoint.RNG_KEY] = f"<RNG state: {', '.join(rng) if isinstance(rng, dict) else '?'}>"
+        out["tree"] = tree
     out["tensor_bytes"] = sum(t["bytes"] for t in tensors)
     out["metadata"] = {k: v for k, v in reader.metadata.items() if not k.startswith(_format.META_PREFIX)}
     if verify:
@@ -138,88 +197,138 @@ def describe(path: str, *, verify: bool = False) -> dict[str, Any]:
 
 
 def inspect(
-    file: Annotated[Path, typer.Argument(help="A torchkeep or safetensors file.")],
+    file: Annotated[Path, typer.Argument(help="A torchkeep or safetensors file.", metavar="FILE")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Also check every tensor's checksum.")] = False,
-    limit: Annotated[int, typer.Option(help="Show at most this many tensors (0: all).")] = 50,
+    limit: Annotated[int, typer.Option(help="Show at most this many tensors (0: all).", metavar="N")] = 50,
 ) -> None:
-    """Show what a file holds: checkpoint info, model entry, tensors, metadata."""
+    """Show what a file holds: checkpoint info, model entry and arguments, values, tensors, metadata."""
     desc = describe(str(file), verify=verify)
     if as_json:
-        typer.echo(json.dumps(desc, indent=2, default=str))
+        typer.echo(json.dumps(desc, indent=2, default=str))  # ASCII JSON: escapes are inert
         return
-    console = Console()
+    console = make_console()
     console.print(
-        f"[bold]{file}[/bold]  {desc['format']} file, {human_size(desc['size_bytes'])}, {len(desc['tensors'])} tensors"
+        f"[bold]{esc(file)}[/bold]  {desc['format']} file, {human_size(desc['size_bytes'])}, "
+        f"{len(desc['tensors'])} tensors"
     )
     ckpt = desc.get("checkpoint")
     if ckpt:
         console.print(
-            f"[bold]checkpoint[/bold]  epoch={ckpt['epoch']} step={ckpt['step']} created={ckpt['created_at']} "
-            f"rng={'yes' if ckpt['rng'] else 'no'}"
+            f"[bold]checkpoint[/bold]  epoch={esc(ckpt['epoch'])} step={esc(ckpt['step'])} "
+            f"created={esc(ckpt['created_at'])} rng={'yes' if ckpt['rng'] else 'no'}"
         )
         if ckpt["metrics"]:
-            console.print("  metrics: " + ", ".join(f"{k}={v}" for k, v in ckpt["metrics"].items()))
-        console.print("  objects: " + ", ".join(f"{k} ({v})" for k, v in ckpt["objects"].items()))
-        env = ckpt["env"]
+            console.print("  metrics: " + ", ".join(f"{esc(k)}={esc(v)}" for k, v in ckpt["metrics"].items()))
+        console.print("  objects: " + ", ".join(f"{esc(k)} ({esc(v)})" for k, v in ckpt["objects"].items()))
+        env = ckpt["env"] if isinstance(ckpt["env"], dict) else {}
         console.print(
             "  env: "
             + ", ".join(
-                f"{k} {env[k]}"
+                f"{k} {esc(env[k])}"
                 for k in ("python", "torch", "numpy", "torchkeep", "cuda", "cudnn", "platform")
                 if env.get(k)
             )
         )
     if desc.get("model"):
         m = desc["model"]
-        console.print(f"[bold]model[/bold]  {m.get('name')} v{m.get('version')} ({m.get('target')})")
+        get = m.get if isinstance(m, dict) else {}.get
+        console.print(f"[bold]model[/bold]  {esc(get('name'))} v{esc(get('version'))} ({esc(get('target'))})")
+        if "model_arguments" in desc:
+            args = desc["model_arguments"]
+            shown = (
+                ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
+                if isinstance(args, dict)
+                else json.dumps(args, ensure_ascii=False)
+            )
+            console.print(f"  arguments: {esc(shown) or '(none)'}")
     if "tree" in desc:
-        lines = json.dumps(desc["tree"], indent=2, ensure_ascii=False).splitlines()
+        lines = _compact(_collapse_state_dicts(desc["tree"]))
         cut = lines if limit <= 0 else lines[: max(limit, 10)]
-        console.print("[bold]tree[/bold]", highlight=False)
-        console.print("\n".join(cut), markup=False, highlight=False)
+        console.print("[bold]values[/bold]")
+        for line in cut:
+            console.print(clean(line), markup=False, highlight=False)
         if len(cut) < len(lines):
             console.print(f"... {len(lines) - len(cut)} more lines (use --limit 0 or --json)")
     table = Table("tensor", "dtype", "shape", "size", "device", "xxh3", box=None, header_style="bold")
-    shown = desc["tensors"] if limit <= 0 else desc["tensors"][:limit]
-    for t in shown:
+    shown_tensors = desc["tensors"] if limit <= 0 else desc["tensors"][:limit]
+    for t in shown_tensors:
         table.add_row(
-            t["name"], t["dtype"], str(tuple(t["shape"])), human_size(t["bytes"]), t["device"], t["xxh3"] or "-"
+            esc(t["name"]),
+            esc(t["dtype"]),
+            esc(tuple(t["shape"])),
+            human_size(t["bytes"]),
+            esc(t["device"]),
+            esc(t["xxh3"] or "-"),
         )
-    console.print(table)
-    if len(shown) < len(desc["tensors"]):
-        console.print(f"... {len(desc['tensors']) - len(shown)} more (use --limit 0 to show all)")
+    print_table(console, table)
+    if len(shown_tensors) < len(desc["tensors"]):
+        console.print(f"... {len(desc['tensors']) - len(shown_tensors)} more (use --limit 0 to show all)")
     console.print(f"tensor data: {human_size(desc['tensor_bytes'])}")
     if desc["metadata"]:
-        console.print("metadata: " + json.dumps(desc["metadata"]))
+        console.print("metadata: " + clean(json.dumps(desc["metadata"], ensure_ascii=False)), markup=False)
     if verify:
         console.print("[green]all checksums match[/green]")
 
 
 def verify(
-    files: Annotated[list[Path], typer.Argument(help="Files to check.")],
+    files: Annotated[list[Path], typer.Argument(help="Files to check.", metavar="FILE")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    allow_unverified: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unverified",
+            help="Accept tensors that carry no checksum (plain safetensors files from other tools) "
+            "instead of exiting 1.",
+        ),
+    ] = False,
 ) -> None:
-    """Check every tensor's checksum. Exit 1, one line per bad file, if any fails."""
+    """Check every tensor's checksum. Exit 1 if a file is damaged, or holds tensors with no checksum.
+
+    A plain safetensors file from another tool has no checksums, so nothing in it can be verified:
+    that is reported as "unverified" and exits 1 too, unless --allow-unverified is given.
+    """
     results: list[dict[str, Any]] = []
-    for f in files:
+    console = make_console(stderr=True)
+    for f in progress(files, total=len(files), label="verifying", console=console):
         try:
             reader = _format.open_file(f)
             reader.verify()
             checked = sum(reader.info(n).checksum is not None for n in reader.names)
-            results.append({"path": str(f), "ok": True, "tensors": len(reader.names), "checksums": checked})
+            unchecked = len(reader.names) - checked
+            results.append(
+                {
+                    "path": str(f),
+                    "ok": unchecked == 0 or allow_unverified,
+                    "tensors": len(reader.names),
+                    "checksums": checked,
+                    "unverified": unchecked,
+                }
+            )
         except TorchkeepError as exc:
             results.append({"path": str(f), "ok": False, "error": str(exc).splitlines()[0]})
     if as_json:
-        typer.echo(json.dumps(results, indent=2))
+        typer.echo(json.dumps(results, indent=2))  # ASCII JSON: escapes are inert
     else:
         for r in results:
-            if r["ok"]:
-                # A plain safetensors file from another tool has no checksums: say so, not "ok".
-                note = "" if r["checksums"] == r["tensors"] else f", {r['tensors'] - r['checksums']} with no checksums"
-                typer.secho(f"ok   {r['path']} ({r['tensors']} tensors{note})", fg=typer.colors.GREEN)
+            path = clean(r["path"])
+            if "error" in r:
+                typer.secho(f"BAD  {clean(r['error'])}", fg=typer.colors.RED, err=True)
+            elif r["unverified"] == 0:
+                typer.secho(f"ok   {path} ({r['tensors']} tensors)", fg=typer.colors.GREEN)
+            elif r["ok"]:
+                typer.secho(
+                    f"ok   {path} ({r['tensors']} tensors, {r['unverified']} with no checksum: accepted)",
+                    fg=typer.colors.YELLOW,
+                )
             else:
-                typer.secho(f"BAD  {r['error']}", fg=typer.colors.RED, err=True)
+                typer.secho(
+                    f"UNVERIFIED  {path}: {r['unverified']} of {r['tensors']} tensors carry no checksum "
+                    "(a plain safetensors file?); nothing proves they are intact. Re-save it with "
+                    "tk.save to add checksums, or pass --allow-unverified to accept it",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -9,9 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ._common import ImportModules, import_user_modules
+from ._output import esc, make_console
 from ._text import human_size
 
 __all__ = ["register"]
@@ -61,22 +62,29 @@ def audit(
             )
         )
     else:
-        console = Console()
+        console = make_console()
         if not findings:
-            console.print(f"[green]ok[/green]  {file}: {type(model).__name__} keeps all its state in its state_dict")
+            console.print(
+                f"[green]ok[/green]  {esc(file)}: {esc(type(model).__name__)} keeps all its state in its state_dict"
+            )
         for f in findings:
             color = "red" if f.severity == "error" else "yellow"
-            console.print(f"[{color}]{f.severity}[/{color}] [bold]{f.path}[/bold] ({f.kind}): {f.detail}")
-            console.print(f"    fix: {f.fix}")
+            console.print(
+                f"[{color}]{f.severity}[/{color}] [bold]{esc(f.path)}[/bold] ({esc(f.kind)}): {esc(f.detail)}"
+            )
+            console.print(f"    fix: {esc(f.fix)}")
     if errors:
         raise typer.Exit(1)
 
 
 def convert(
     src: Annotated[
-        Path, typer.Argument(help="A torch.save file (.pt/.pth/.bin/.ckpt), .safetensors file, or a model directory.")
+        Path,
+        typer.Argument(
+            help="A torch.save file (.pt/.pth/.bin/.ckpt), .safetensors file, or a model directory.", metavar="SRC"
+        ),
     ],
-    dst: Annotated[Path, typer.Argument(help="The torchkeep file to write.")],
+    dst: Annotated[Path, typer.Argument(help="The torchkeep file to write.", metavar="DST")],
     trust_pickle: Annotated[
         bool,
         typer.Option("--trust-pickle", help="Allow full unpickling (runs code named by SRC; trusted files only)."),
@@ -85,24 +93,41 @@ def convert(
         bool, typer.Option("--drop-unsupported", help="Leave out values torchkeep cannot store (they are listed).")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+    as_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--as-checkpoint",
+            help="Write a training checkpoint (tk.load_checkpoint) from a tutorial-style dict: "
+            "model_state_dict, optimizer_state_dict, scheduler_state_dict, epoch, step; the rest goes to extra.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Convert a legacy checkpoint or weights file/directory to a torchkeep file (no pickle unless asked)."""
     from ..convert import convert as run_convert
 
-    report = run_convert(src, dst, trust_pickle=trust_pickle, drop_unsupported=drop_unsupported, overwrite=force)
+    err = make_console(stderr=True)
+    with err.status(f"converting {esc(src)}…") if err.is_terminal and not as_json else contextlib.nullcontext():
+        report = run_convert(
+            src,
+            dst,
+            trust_pickle=trust_pickle,
+            drop_unsupported=drop_unsupported,
+            overwrite=force,
+            as_checkpoint=as_checkpoint,
+        )
     if as_json:
-        typer.echo(json.dumps(dataclasses.asdict(report), indent=2))
+        typer.echo(json.dumps(dataclasses.asdict(report), indent=2))  # ASCII JSON: escapes are inert
         return
-    console = Console()
+    console = make_console()
     console.print(
-        f"[green]converted[/green] {report.src} ({report.kind}) -> {report.dst}: "
+        f"[green]converted[/green] {esc(report.src)} ({esc(report.kind)}) -> {esc(report.dst)}: "
         f"{report.tensors} tensors, {human_size(report.tensor_bytes)}"
     )
     for note in report.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {esc(note)}")
     for dropped in report.dropped:
-        console.print(f"  [yellow]dropped[/yellow] {dropped}")
+        console.print(f"  [yellow]dropped[/yellow] {esc(dropped)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from ._common import ImportModules
+from ._output import esc, make_console
 
 if TYPE_CHECKING:
     from ..serve import ServeOptions
@@ -119,8 +119,24 @@ def serve(
             str(target), options, host=host, port=port, workers=workers, replicas=replicas, address=ray_address
         )
         return
-    Console(stderr=True).print(f"[bold]torchkeep serve[/bold] {target} on http://{host}:{port} (workers={workers})")
-    run(str(target), host=host, port=port, workers=workers, options=options, log_level=log_level, access_log=access_log)
+    console = make_console(stderr=True)
+    url = f"http://{host}:{port}"
+    if workers != 1:  # each worker process loads the model itself; their errors appear in the log
+        console.print(f"[bold]torchkeep serve[/bold] {esc(target)}: starting {workers} workers on {url}")
+
+    def ready() -> None:  # called once the model loaded: a bad target fails before any banner
+        console.print(f"[bold]torchkeep serve[/bold] {esc(target)} loaded; serving on {url} (Ctrl+C stops)")
+
+    run(
+        str(target),
+        host=host,
+        port=port,
+        workers=workers,
+        options=options,
+        log_level=log_level,
+        access_log=access_log,
+        on_ready=ready if workers == 1 else None,
+    )
 
 
 def _serve_on_ray(
@@ -130,8 +146,8 @@ def _serve_on_ray(
 
     if workers != 1:
         raise typer.BadParameter(f"--workers {workers} with --ray: use --replicas N (Ray runs the processes)")
-    Console(stderr=True).print(
-        f"[bold]torchkeep serve[/bold] {target} on Ray Serve: http://{host}:{port} "
+    make_console(stderr=True).print(
+        f"[bold]torchkeep serve[/bold] {esc(target)} on Ray Serve: http://{host}:{port} "
         f"(replicas={replicas}, cluster={address or 'local'})"
     )
     run(target, options=options, ray_options=RayOptions(num_replicas=replicas), address=address, host=host, port=port)

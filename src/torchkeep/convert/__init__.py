@@ -7,6 +7,7 @@ Example:
 """
 
 from . import _sources as _sources  # importing it registers the built-in source kinds
+from ._as_checkpoint import CHECKPOINT_OBJECT_KEYS, checkpoint_tree
 from ._convert import (
     ConvertOptions,
     ConvertReport,
@@ -17,12 +18,16 @@ from ._convert import (
     source_kind,
     source_kinds,
 )
+from ._sources import SAFE_GLOBALS
 
 __all__ = [
+    "CHECKPOINT_OBJECT_KEYS",
+    "SAFE_GLOBALS",
     "ConvertOptions",
     "ConvertReport",
     "Source",
     "SourceKind",
+    "checkpoint_tree",
     "convert",
     "detect_kind",
     "source_kind",

@@ -45,9 +45,16 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, UnsupportedValueError
+from ..checkpoint import _checkpoint
+from ..errors import (
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    UnsupportedValueError,
+)
 from ..io import _codec, _decode, _format
 from ..io._storage import atomic_write
+from ._as_checkpoint import checkpoint_tree
 
 __all__ = [
     "ConvertOptions",
@@ -300,6 +307,8 @@ class _Sanitizer:
             return self.value(obj.state_dict(), path)
         if isinstance(obj, argparse.Namespace):
             return self.value(dict(vars(obj)), path)
+        if isinstance(obj, str) and type(obj) is not str:  # TorchVersion and other str subclasses
+            return str(obj)
         if isinstance(obj, Mapping):
             out: dict[Any, Any] = OrderedDict() if type(obj) is OrderedDict else {}
             for k, v in obj.items():
@@ -342,11 +351,14 @@ def convert(
     trust_pickle: bool = False,
     drop_unsupported: bool = False,
     overwrite: bool = False,
+    as_checkpoint: bool = False,
 ) -> ConvertReport:
     """Convert a legacy checkpoint or weights file/directory into one torchkeep file at ``dst``.
 
     See the module docstring for the source kinds. No pickle runs unless ``trust_pickle=True``.
-    The write is atomic; ``src`` is never modified.
+    The write is atomic; ``src`` is never modified. With ``as_checkpoint=True`` a tutorial-style
+    dict (``model_state_dict``, ``optimizer_state_dict``, ``epoch``, ...) becomes a training
+    checkpoint that :func:`torchkeep.load_checkpoint` restores (see :func:`checkpoint_tree`).
 
     Raises:
         CheckpointNotFoundError: ``src`` does not exist.
@@ -378,9 +390,17 @@ def convert(
     tree = sanitizer.run(source.tree)
     if tree is _Sanitizer._DROP:
         tree = None
-    enc = _codec.encode(tree)
+    notes: list[str] = []
+    metadata = {**source.metadata, "converted_from": kind.name}
+    if as_checkpoint:
+        tree, section, notes = checkpoint_tree(tree, str(src_path))
+        enc = _codec.encode(tree)
+        sections = {_checkpoint.SECTION: section}
+    else:
+        enc = _codec.encode(tree)
+        sections = None
     with atomic_write(dst_path) as f:
-        _format.write(f, enc.tensors, tree=enc.tree, metadata={**source.metadata, "converted_from": kind.name})
+        _format.write(f, enc.tensors, tree=enc.tree, metadata=metadata, sections=sections)
     count, nbytes = _tensor_stats(enc)
     report = ConvertReport(
         src=str(src_path),
@@ -388,7 +408,7 @@ def convert(
         kind=kind.name,
         tensors=count,
         tensor_bytes=nbytes,
-        notes=source.notes + sanitizer.notes,
+        notes=source.notes + sanitizer.notes + notes,
         dropped=sanitizer.dropped,
         trusted_pickle=source.trusted_pickle,
     )

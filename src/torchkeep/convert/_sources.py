@@ -22,7 +22,7 @@ from ..errors import CheckpointNotFoundError, CorruptCheckpointError, Unsupporte
 from ..io import _format
 from ._convert import ConvertOptions, Source, source_kind
 
-__all__: list[str] = []
+__all__ = ["SAFE_GLOBALS"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +123,19 @@ def _torch_file(path: Path) -> Path | None:
 _GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
+#: Globals the safe loader may build beyond PyTorch's own list: each is a plain value type with
+#: no side effects. ``TorchVersion`` is what ``torch.__version__`` is, and tutorials save it.
+SAFE_GLOBALS: tuple[Any, ...] = (torch.torch_version.TorchVersion,)
+
+
 def _torch_load(path: Path, *, weights_only: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) format
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) format
 
 
 def _sharded_dir(path: Path) -> bool:

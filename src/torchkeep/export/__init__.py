@@ -1,4 +1,5 @@
-"""Export for deployment, verified: ``pt2``, ``onnx``, ``torchscript``, ``aoti``, ``tensorrt``.
+"""Export for deployment, verified: ``pt2``, ``onnx``, ``torchscript``, ``aoti``, ``tensorrt``,
+``openvino``, ``onnx-int8``, ``onnx-fp16``, ``torchscript-int8``, ``executorch``.
 
 The public entry point is :func:`torchkeep.export` (``tk.export(model, example_inputs,
 output_dir, formats=...)``). This package holds the machinery: one module per format behind the
@@ -17,16 +18,22 @@ for its other members::
 
 Example:
     >>> from torchkeep.export import EXPORTERS
-    >>> list(EXPORTERS)
+    >>> list(EXPORTERS)[:5]
     ['pt2', 'onnx', 'torchscript', 'aoti', 'tensorrt']
 """
 
-from ._base import Exporter, ExportExamples, ExportOptions, ExportReport, FormatResult
-from ._export import EXPORTERS, export, get_exporter
-from ._parity import DEFAULT_TOLERANCES
+from ._examples import ExportExamples
+from ._export import export
+from ._options import ExportOptions
+from ._parity import DEFAULT_TOLERANCES, FORMAT_TOLERANCES, PRECISION_TOLERANCES
+from ._prepare import EXPORTERS, get_exporter
+from ._protocol import Exporter
+from ._report import ExportReport, FormatResult
 
 __all__ = [
     "DEFAULT_TOLERANCES",
+    "FORMAT_TOLERANCES",
+    "PRECISION_TOLERANCES",
     "EXPORTERS",
     "ExportExamples",
     "ExportOptions",

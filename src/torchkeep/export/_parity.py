@@ -1,11 +1,13 @@
 """The shared parity check: every artifact against eager PyTorch, through the users' loading code.
 
-For each batch size (1, 3 and 17 when the batch is dynamic) fresh random inputs are drawn,
-shaped and typed like the examples:
+At each verification point (batch 1, 3 and 17 when the batch is dynamic; with other dynamic
+dimensions, sizes such as 3, 17 and 64 of each, see :mod:`torchkeep.export._dims`) fresh random
+inputs are drawn, shaped and typed like the examples:
 
 * floating inputs: normal with the example's mean and standard deviation;
 * integer inputs: uniform over the example's ``[min, max]`` (token ids stay valid ids);
-* bool inputs: rows of the example, resampled (a mask keeps a realistic pattern);
+* bool inputs: entries of the example, resampled along each dynamic dimension (a mask keeps a
+  realistic pattern);
 * inputs without a batch dimension: the example itself.
 
 The reference is the eager model in float64 where it runs in float64 (else in its own dtype;
@@ -18,8 +20,12 @@ works the way it will be used.
 Per output: ``max_abs = max |a - r|`` and ``max_rel = max |a - r| / max(|r|, atol)`` (bounded near
 zero). An output fails when any element has ``|a - r| > atol + rtol * |r|`` (``torch.allclose``
 semantics; NaN matches NaN), or when its shape differs (a batch size baked into the artifact).
-Tolerances depend on the eager output's dtype (:data:`DEFAULT_TOLERANCES`); ``rtol``/``atol``
-given to :func:`torchkeep.export` override them for every output.
+Tolerances depend on the eager output's dtype (:data:`DEFAULT_TOLERANCES`); an artifact that
+computes in reduced precision (fp16, int8) is held to :data:`PRECISION_TOLERANCES` instead,
+whose ``atol`` is relative to the output's largest reference value (quantization error scales
+with the values), and a few formats have their own (:data:`FORMAT_TOLERANCES`). The export
+option ``tolerances={"int8": (rtol, atol)}`` replaces a default; ``rtol``/``atol`` given to
+:func:`torchkeep.export` override them all for every output.
 """
 
 from __future__ import annotations
@@ -27,22 +33,27 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ExportParityError, PredictorError
-from ._base import ExportExamples
+from ._dims import Point
+from ._examples import ExportExamples
 
 __all__ = [
     "DEFAULT_TOLERANCES",
+    "FORMAT_TOLERANCES",
+    "PRECISION_TOLERANCES",
     "EagerReference",
+    "Tolerance",
     "ParityResult",
-    "batch_sizes",
     "check_parity",
     "load_runner",
+    "point_label",
     "sample_inputs",
     "tolerance_for",
 ]
@@ -61,9 +72,53 @@ DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.bfloat16: (2e-2, 1e-2),
 }
 
+#: (rtol, atol as a fraction of the output's largest |reference|) for reduced-precision artifacts.
+PRECISION_TOLERANCES: dict[str, tuple[float, float]] = {
+    "fp16": (1e-2, 1e-2),
+    "int8": (5e-2, 5e-2),
+}
+
+#: (rtol, atol) for fp32 formats whose kernels approximate (OpenVINO's CPU activations).
+FORMAT_TOLERANCES: dict[str, tuple[float, float]] = {"openvino": (1e-3, 1e-4)}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A tolerance that replaces the per-dtype default for floating outputs.
+
+    Attributes:
+        rtol: relative tolerance.
+        atol: absolute tolerance, or with ``scaled`` a fraction of the output's largest |reference|.
+        scaled: ``atol`` scales with the output (reduced precision).
+        label: where it came from (``"int8"``, ``"openvino"``), recorded in ``export.json``.
+    """
+
+    rtol: float
+    atol: float
+    scaled: bool = False
+    label: str = ""
+
+    @classmethod
+    def choose(
+        cls, fmt: str, precision: str, overrides: Mapping[str, tuple[float, float]] | None = None
+    ) -> Tolerance | None:
+        """The tolerance for format ``fmt`` computing in ``precision`` (None: by dtype)."""
+        user = overrides or {}
+        if precision in PRECISION_TOLERANCES:
+            r, a = user.get(precision, PRECISION_TOLERANCES[precision])
+            return cls(r, a, scaled=True, label=precision)
+        if fmt in user or fmt in FORMAT_TOLERANCES:
+            r, a = user.get(fmt, FORMAT_TOLERANCES.get(fmt, (0.0, 0.0)))
+            return cls(r, a, label=fmt)
+        if precision in user:
+            r, a = user[precision]
+            return cls(r, a, label=precision)
+        return None
+
+
 _DOUBLE_REFERENCE_MAX_BYTES = 2 << 30
 
-ParityResult = dict[int, dict[str, dict[str, float]]]
+ParityResult = dict[int | str, dict[str, dict[str, float]]]
 
 
 def tolerance_for(dtype: torch.dtype, rtol: float | None, atol: float | None) -> tuple[float, float]:
@@ -72,14 +127,22 @@ def tolerance_for(dtype: torch.dtype, rtol: float | None, atol: float | None) ->
     return (default[0] if rtol is None else rtol, default[1] if atol is None else atol)
 
 
-def sample_inputs(examples: ExportExamples, batch: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Fresh inputs at ``batch``, shaped and typed like the user's examples (see module doc)."""
+def _as_point(examples: ExportExamples, point: int | Point) -> Point:
+    if isinstance(point, int):
+        batch = examples.dims.batch_name
+        return {batch: point} if batch is not None else {}
+    return point
+
+
+def sample_inputs(examples: ExportExamples, point: int | Point, generator: torch.Generator) -> list[torch.Tensor]:
+    """Fresh inputs at ``point`` (dim name → size; an int is the batch size), like the user's examples."""
+    sizes = _as_point(examples, point)
     out = []
-    for t, batched in zip(examples.user_inputs, examples.batched, strict=True):
-        if not batched:
+    for t, batched, dims in zip(examples.user_inputs, examples.batched, examples.dims.per_input, strict=True):
+        if not batched and not dims:
             out.append(t.clone())
             continue
-        shape = (batch, *t.shape[1:])
+        shape = tuple(sizes.get(dims[d], n) if d in dims else n for d, n in enumerate(t.shape))
         if t.dtype.is_floating_point or t.dtype.is_complex:
             ref = t.double()
             mean = float(ref.mean()) if ref.numel() else 0.0
@@ -90,12 +153,25 @@ def sample_inputs(examples: ExportExamples, batch: int, generator: torch.Generat
                 mean = 0.0
             out.append((torch.randn(shape, generator=generator, dtype=torch.float64) * std + mean).to(t.dtype))
         elif t.dtype == torch.bool:
-            rows = torch.randint(0, t.shape[0], (batch,), generator=generator)
-            out.append(t[rows].clone())
+            picked = t
+            for d in sorted({0, *dims} if batched else dims):
+                rows = torch.randint(0, t.shape[d], (shape[d],), generator=generator)
+                picked = picked.index_select(d, rows)
+            out.append(picked.clone())
         else:
             lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
             out.append(torch.randint(lo, hi + 1, shape, generator=generator, dtype=torch.int64).to(t.dtype))
     return out
+
+
+def point_label(examples: ExportExamples, point: Point) -> int | str:
+    """How a point is keyed in the report: the batch size alone, or ``"batch=3,seq=17"``."""
+    names = list(point)
+    if not names:
+        return examples.example_batch
+    if names == [examples.dims.batch_name]:
+        return point[names[0]]
+    return ",".join(f"{n}={v}" for n, v in point.items())
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
@@ -147,13 +223,14 @@ def load_runner(path: Path, backend: str, device: str) -> Runner:
 
 
 def _compare(
-    fmt: str, name: str, got: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float, batch: int
+    fmt: str, name: str, got: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float, batch: int | str
 ) -> dict[str, float]:
+    at = f"batch {batch}" if isinstance(batch, int) else batch
     if tuple(got.shape) != tuple(ref.shape):
         raise ExportParityError(
-            f"{fmt}: output '{name}' has shape {tuple(got.shape)} at batch {batch}, eager gives "
-            f"{tuple(ref.shape)}; the artifact has a baked-in shape. Export with a batch >= 2 example or "
-            "dynamic_batch=False.",
+            f"{fmt}: output '{name}' has shape {tuple(got.shape)} at {at}, eager gives "
+            f"{tuple(ref.shape)}; the artifact has a baked-in shape. Export with an example of size >= 2 in each "
+            "dynamic dimension, or keep the dimension static (dynamic_batch=False / dynamic_shapes).",
             format=fmt,
             output=name,
             max_abs_error=float("inf"),
@@ -177,7 +254,7 @@ def _compare(
         ok = bool((diff <= atol + rtol * r.abs().nan_to_num(nan=0.0)).all())
     if not ok:
         raise ExportParityError(
-            f"{fmt}: output '{name}' differs from eager PyTorch at batch {batch}: max abs error "
+            f"{fmt}: output '{name}' differs from eager PyTorch at {at}: max abs error "
             f"{result['max_abs']:.3g}, max rel error {result['max_rel']:.3g} (allowed rtol={rtol:g}, atol={atol:g}). "
             "Check for ops the format does not support exactly, or loosen rtol/atol if the difference is expected "
             "(e.g. fp16).",
@@ -189,31 +266,27 @@ def _compare(
     return result
 
 
-def batch_sizes(examples: ExportExamples, requested: Sequence[int] | None) -> list[int]:
-    """Batch sizes to verify: the requested ones, else 1, 3, 17 (dynamic) or the example's batch."""
-    if not examples.dynamic_batch:
-        return [examples.example_batch]
-    return list(requested) if requested else [1, 3, 17]
-
-
 def check_parity(
     fmt: str,
     runner: Runner,
     reference: EagerReference,
     examples: ExportExamples,
     *,
-    sizes: Sequence[int],
+    points: Sequence[Point],
     rtol: float | None,
     atol: float | None,
     seed: int,
     device: str = "cpu",
     tolerance_dtype: torch.dtype | None = None,
+    special: Tolerance | None = None,
 ) -> tuple[ParityResult, dict[str, dict[str, float]]]:
-    """Run ``runner`` and eager on the same fresh inputs at each batch size and compare every output.
+    """Run ``runner`` and eager on the same fresh inputs at each point and compare every output.
 
-    Returns ``(parity, tolerance)``: batch → output → ``{"max_abs", "max_rel"}``, and the
+    Returns ``(parity, tolerance)``: point label (:func:`point_label`) → output →
+    ``{"max_abs", "max_rel"}``, and the
     tolerance used per output (chosen by the eager output's dtype, or by ``tolerance_dtype``
-    for an artifact that computes in a narrower type, e.g. an fp16 TensorRT engine).
+    for an artifact that computes in a narrower type, e.g. an fp16 TensorRT engine; or
+    ``special`` for a reduced-precision artifact, see :class:`Tolerance`).
 
     Raises:
         ExportParityError: an output differs beyond tolerance (names format, output and error).
@@ -224,10 +297,14 @@ def check_parity(
     for name, dtype in zip(examples.output_names, examples.output_dtypes(), strict=True):
         use = tolerance_dtype if tolerance_dtype is not None and dtype.is_floating_point else dtype
         r, a = tolerance_for(use, rtol, atol)
+        if special is not None and dtype.is_floating_point:
+            r = special.rtol if rtol is None else rtol
+            a = special.atol if atol is None else atol
         tolerance[name] = {"rtol": r, "atol": a}
     parity: ParityResult = {}
-    for batch in sizes:
-        inputs = sample_inputs(examples, batch, generator)
+    for point in points:
+        batch = point_label(examples, point)
+        inputs = sample_inputs(examples, point, generator)
         expected = reference(inputs)
         moved = [t.to(device) for t in inputs] if device != "cpu" else inputs
         try:
@@ -237,7 +314,7 @@ def check_parity(
             raise
         except Exception as exc:
             raise ExportParityError(
-                f"{fmt}: the artifact failed to run at batch {batch}: {exc}",
+                f"{fmt}: the artifact failed to run at {batch if isinstance(batch, str) else f'batch {batch}'}: {exc}",
                 format=fmt,
                 output="",
             ) from exc
@@ -250,6 +327,9 @@ def check_parity(
         per: dict[str, dict[str, float]] = {}
         for name, g, e in zip(examples.output_names, got, expected, strict=True):
             tol = tolerance[name]
-            per[name] = _compare(fmt, name, g.cpu(), e, tol["rtol"], tol["atol"], batch)
+            allowed = tol["atol"]
+            if special is not None and special.scaled and atol is None and e.is_floating_point() and e.numel():
+                allowed *= max(float(e.double().abs().max()), 1e-12)
+            per[name] = _compare(fmt, name, g.cpu(), e, tol["rtol"], allowed, batch)
         parity[batch] = per
     return parity, tolerance

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from ..errors import ExportError
-from ._base import ExportExamples, ExportOptions, summarize_error
+from ._examples import ExportExamples
+from ._messages import summarize_error
+from ._options import ExportOptions
 
 __all__ = ["Pt2Exporter"]
 

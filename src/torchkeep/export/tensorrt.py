@@ -37,7 +37,9 @@ from typing import Any
 import torch
 
 from ..errors import ExportError, missing_dependency
-from ._base import ExportExamples, ExportOptions, summarize_error
+from ._examples import ExportExamples
+from ._messages import summarize_error
+from ._options import ExportOptions
 from .onnx import write_onnx
 
 __all__ = ["ENGINE_METADATA_SUFFIX", "TensorRTExporter", "engine_metadata_path"]

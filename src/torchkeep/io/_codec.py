@@ -14,6 +14,9 @@ int        ``v``: decimal string (ints outside int64)
 float      ``v``: ``"nan"``, ``"inf"`` or ``"-inf"``
 bytes      ``v``: base64
 dtype      ``v``: torch dtype name, e.g. ``"bfloat16"``
+qtensor    ``qdtype`` (qint8, quint8, qint32), ``scheme`` (per_tensor: ``scale``, ``zero_point``;
+           per_channel: ``axis`` and tensor nodes ``scales``, ``zero_points``), ``values``: the
+           tensor node of ``int_repr()``
 device     ``v``: device string, e.g. ``"cuda:0"``
 size       ``v``: list of ints (``torch.Size``)
 tensor     ``ref``: tensor name; optional ``param`` (nn.Parameter), ``grad`` (requires_grad),
@@ -22,14 +25,19 @@ ndarray    ``ref``: tensor name holding the array's data
 npscalar   ``dtype``: numpy dtype string, ``v``: base64 of its bytes
 dataclass  ``cls``: ``module:qualname``, ``fields``: object of nodes
 enum       ``cls``: ``module:qualname``, ``v``: node
+hfconfig   a ``transformers`` config (``PretrainedConfig``): ``cls``: ``transformers:ClassName``
+           (or ``module:qualname`` for a config class of your own), ``config``: its ``to_dict()``
 =========  ==========================================================================
 
 Tensors are named by their path in the tree (``model/net.0.weight``), so a file's tensor list reads
 like the state dict it came from. A tensor that shares storage with another one (tied weights, a
 transposed view) is stored once and comes back as a view of the same tensor.
 
-Decoding never imports anything: ``dataclass`` and ``enum`` nodes resolve only classes whose
-module is already imported, and only if they are dataclasses / Enum subclasses.
+Decoding never imports a module named by a file: ``dataclass`` and ``enum`` nodes resolve only
+classes whose module is already imported, and only if they are dataclasses / Enum subclasses. An
+``hfconfig`` node resolves its class name only among ``transformers``' own exports (which may load
+that transformers submodule), when ``transformers`` is already imported, and only if it is a
+``PretrainedConfig``; it is rebuilt with ``from_dict``, like ``from_pretrained`` does.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import base64
 import dataclasses
 import enum
 import math
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -134,6 +143,8 @@ class _Encoder:
             if type(obj) is bytearray:
                 raise self._unsupported(obj, path, "bytearray is not supported; convert it with bytes(...)")
             return {"t": "bytes", "v": base64.b64encode(obj).decode("ascii")}
+        if is_hf_config(obj):
+            return self.hf_config(obj, path)
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             return self.dataclass(obj, path)
         if type(obj) in _MAPPING_TAGS:
@@ -172,6 +183,17 @@ class _Encoder:
             values = [self.value(v, (*path, k)) for k, v in obj.items()]
             return {"t": tag, "keys": keys, "values": values}
 
+    def hf_config(self, obj: Any, path: tuple[Any, ...]) -> Any:
+        cls = type(obj)
+        transformers = sys.modules.get("transformers")
+        exported = transformers is not None and vars(transformers).get(cls.__name__, None) is cls
+        if not exported and transformers is not None and cls.__module__.startswith("transformers."):
+            exported = cls.__name__ in dir(transformers)  # exported lazily: not yet in vars()
+        ref = f"transformers:{cls.__name__}" if exported else _qualified(cls)
+        with self._guard(obj, path):
+            config = self.value(obj.to_dict(), (*path, "to_dict()"))
+        return {"t": "hfconfig", "cls": ref, "config": config}
+
     def dataclass(self, obj: Any, path: tuple[Any, ...]) -> Any:
         with self._guard(obj, path):
             # Every field, init=False ones too: decoding sets fields directly and never runs __init__.
@@ -193,7 +215,7 @@ class _Encoder:
         if t.layout != torch.strided:
             raise self._unsupported(t, path, f"{t.layout} tensors cannot be stored; make it dense with .to_dense()")
         if t.is_quantized:
-            raise self._unsupported(t, path, "quantized tensors cannot be stored; store .dequantize() or int_repr()")
+            return self.qtensor(t, path)
         if t.device.type == "meta":
             raise self._unsupported(t, path, "meta tensors have no data; materialize the module before saving")
         node: dict[str, Any] = {"t": "tensor"}
@@ -212,6 +234,28 @@ class _Encoder:
             else ("empty", id(t))  # the same empty tensor twice is still one tensor
         )
         self._by_storage.setdefault(key, []).append((node, t, path))
+        return node
+
+    def qtensor(self, t: torch.Tensor, path: tuple[Any, ...]) -> Any:
+        """A quantized tensor as its integer values plus scale and zero point (per tensor or per channel).
+
+        ``quantize_dynamic``'s packed linear weights arrive here too: their state is a tuple
+        ``(qint8 weight, bias)``.
+        """
+        scheme = t.qscheme()
+        node: dict[str, Any] = {"t": "qtensor", "qdtype": str(t.dtype).removeprefix("torch.")}
+        if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            node.update(scheme="per_tensor", scale=float(t.q_scale()), zero_point=int(t.q_zero_point()))
+        elif scheme in (torch.per_channel_affine, torch.per_channel_symmetric):
+            node.update(
+                scheme="per_channel",
+                axis=int(t.q_per_channel_axis()),
+                scales=self.tensor(t.q_per_channel_scales().detach().clone(), (*path, "scales")),
+                zero_points=self.tensor(t.q_per_channel_zero_points().detach().clone(), (*path, "zero_points")),
+            )
+        else:
+            raise self._unsupported(t, path, f"quantized tensors with qscheme {scheme} cannot be stored")
+        node["values"] = self.tensor(t.int_repr(), (*path, "int_repr"))
         return node
 
     def ndarray(self, a: np.ndarray[Any, Any], path: tuple[Any, ...]) -> Any:
@@ -329,6 +373,19 @@ def _element_span(t: torch.Tensor) -> tuple[int, int]:
         return start, start
     last = start + sum((int(n) - 1) * int(s) for n, s in zip(t.shape, t.stride(), strict=True))
     return start, last + 1
+
+
+def is_hf_config(obj: Any) -> bool:
+    """Whether ``obj`` is a ``transformers`` config (without importing transformers).
+
+    Example:
+        >>> is_hf_config({"hidden_size": 8})
+        False
+    """
+    return not isinstance(obj, type) and any(
+        c.__name__ in ("PretrainedConfig", "PreTrainedConfig") and c.__module__ == "transformers.configuration_utils"
+        for c in type(obj).__mro__
+    )
 
 
 def _qualified(cls: type) -> str:

@@ -14,6 +14,7 @@ import enum
 import math
 import re
 import sys
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -196,6 +197,39 @@ def _d_tensor(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
     return out
 
 
+_QDTYPES = {"qint8": torch.qint8, "quint8": torch.quint8, "qint32": torch.qint32}
+_QINT = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32}
+
+
+def _d_qtensor(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
+    with warnings.catch_warnings():
+        # torch announces the end of its quantized dtypes; the file holds them, so rebuild them
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        return _qtensor(d, node, depth, where)
+
+
+def _qtensor(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
+    qdtype = _QDTYPES.get(node["qdtype"]) if isinstance(node.get("qdtype"), str) else None
+    values = d.value(node["values"], depth + 1, where)
+    if qdtype is None or not isinstance(values, torch.Tensor) or values.dtype != _QINT[qdtype]:
+        raise ValueError(f"quantized tensor: dtype {node.get('qdtype')!r} does not match its stored values")
+    if node["scheme"] == "per_tensor":
+        scale, zero_point = node["scale"], node["zero_point"]
+        if not isinstance(scale, float) or not isinstance(zero_point, int) or isinstance(zero_point, bool):
+            raise ValueError("quantized tensor: scale must be a float and zero_point an int")
+        return torch._make_per_tensor_quantized_tensor(values, scale, zero_point)
+    if node["scheme"] == "per_channel":
+        scales = d.value(node["scales"], depth + 1, where)
+        zero_points = d.value(node["zero_points"], depth + 1, where)
+        axis = node["axis"]
+        ok = isinstance(scales, torch.Tensor) and isinstance(zero_points, torch.Tensor) and isinstance(axis, int)
+        n = values.shape[axis] if ok and 0 <= axis < values.dim() else -1
+        if n < 0 or scales.numel() != n or zero_points.numel() != n:
+            raise ValueError("quantized tensor: per-channel scales/zero points do not fit the values")
+        return torch._make_per_channel_quantized_tensor(values, scales, zero_points, axis)
+    raise ValueError(f"quantized tensor: unknown scheme {node['scheme']!r}")
+
+
 def _dims(x: Any) -> bool:
     return isinstance(x, list) and len(x) <= 64 and all(type(v) is int and 0 <= v <= MAX_DIM for v in x)
 
@@ -290,6 +324,43 @@ def _d_dataclass(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> A
     return obj
 
 
+_HF_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def _d_hfconfig(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
+    ref = node["cls"]
+    if not isinstance(ref, str):
+        raise TypeError("cls must be a string")
+    transformers = sys.modules.get("transformers")
+    if transformers is None:
+        raise CorruptCheckpointError(
+            f"the file holds a transformers config ({ref}), and transformers is not imported in this process; "
+            "import transformers (or the module that registers your model) before loading",
+            reason="class not loaded",
+        )
+    module_name, _, name = ref.partition(":")
+    if module_name == "transformers":
+        # Only transformers' own exported names (dir() lists the lazily importable ones too).
+        if not _HF_NAME.fullmatch(name) or name not in dir(transformers):
+            raise ValueError(f"transformers exports no config class {name!r}")
+        try:
+            cls = getattr(transformers, name)
+        except Exception as exc:  # transformers' lazy import of that submodule failed
+            raise ValueError(f"transformers.{name} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    else:
+        cls = _resolve_class(ref, "transformers config")
+    base = getattr(transformers, "PretrainedConfig", None)
+    if not isinstance(cls, type) or base is None or not issubclass(cls, base):
+        raise ValueError(f"{ref} is not a transformers PretrainedConfig")
+    config = d.value(node["config"], depth + 1, f"{where}.config")
+    if not isinstance(config, dict):
+        raise TypeError("config must be an object")
+    try:
+        return cls.from_dict(config)  # type: ignore[attr-defined]
+    except Exception as exc:  # the config class refused the saved values
+        raise ValueError(f"{ref}.from_dict refused the saved config ({type(exc).__name__}: {exc})") from exc
+
+
 def _d_enum(d: _Decoder, node: dict[str, Any], depth: int, where: str) -> Any:
     cls = _resolve_class(node["cls"], "enum")
     if not issubclass(cls, enum.Enum):
@@ -315,10 +386,12 @@ _HANDLERS: dict[str, Callable[[_Decoder, dict[str, Any], int, str], Any]] = {
     "device": _d_device,
     "size": _d_size,
     "tensor": _d_tensor,
+    "qtensor": _d_qtensor,
     "ndarray": _d_ndarray,
     "npscalar": _d_npscalar,
     "dataclass": _d_dataclass,
     "enum": _d_enum,
+    "hfconfig": _d_hfconfig,
 }
 
 

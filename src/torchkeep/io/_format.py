@@ -121,12 +121,22 @@ def _loads(raw: bytes | str, path: str | None, what: str) -> Any:
 def _sniff(head: bytes) -> str:
     if head.startswith(b"PK\x03\x04"):
         return (
-            " It looks like a torch.save() zip/pickle file. torchkeep never unpickles; convert it once "
-            "with `torchkeep convert SRC DST` (add --trust-pickle only for files you trust)."
+            "this is a torch.save() file (a zip archive holding a pickle), not a torchkeep or safetensors "
+            "file. torchkeep never unpickles; convert it once with `torchkeep convert SRC DST` (it looks like "
+            "a torch.save() zip/pickle file; add --trust-pickle only for files you trust)"
         )
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return " It looks like a pickle file. torchkeep never unpickles; convert it with `torchkeep convert`."
+        return (
+            "this is a pickle file (it looks like a pickle file: legacy torch.save), not a torchkeep or "
+            "safetensors file. torchkeep never unpickles; convert it with `torchkeep convert SRC DST`"
+        )
     return ""
+
+
+def _not_safetensors(path: str | None, head: bytes, detail: str) -> CorruptCheckpointError:
+    """A header that does not parse; what the file really is comes first when it can be told."""
+    what = _sniff(head)
+    return _bad(path, f"{what}. (Details: {detail}.)" if what else f"{detail}.")
 
 
 class Reader:
@@ -146,21 +156,22 @@ class Reader:
         path, size, buf = self.path, self.size, self._buf
         head = bytes(buf[: min(size, 8)])
         if size < 8:
-            raise _bad(path, f"file is {size} bytes, too short for a header (8-byte length + JSON).{_sniff(head)}")
+            raise _not_safetensors(path, head, f"file is {size} bytes, too short for a header (8-byte length + JSON)")
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER_BYTES or n > size - 8 or n < 2:
-            raise _bad(
+            raise _not_safetensors(
                 path,
+                head,
                 f"header length field says {n} bytes but the file has {size - 8} bytes after it "
-                f"(limit {MAX_HEADER_BYTES}); the file is truncated or not a safetensors file.{_sniff(head)}",
+                f"(limit {MAX_HEADER_BYTES}); the file is truncated or not a safetensors file",
             )
         try:
             text = bytes(buf[8 : 8 + n]).decode("utf-8")  # safetensors headers are UTF-8, nothing else
         except UnicodeDecodeError as exc:
-            raise _bad(path, f"header is not UTF-8 text ({exc.reason} at byte {exc.start}).{_sniff(head)}") from None
+            raise _not_safetensors(path, head, f"header is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         header = _loads(text, path, "header")
         if not isinstance(header, dict):
-            raise _bad(path, f"header is not a JSON object.{_sniff(head)}")
+            raise _not_safetensors(path, head, "header is not a JSON object")
         meta = header.pop("__metadata__", {})
         if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise _bad(path, "__metadata__ must map strings to strings")

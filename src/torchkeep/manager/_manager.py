@@ -445,8 +445,10 @@ class CheckpointManager:
                         vanished = True
                         break
                     skipped.append(entry.path)
-                    message = f"skipping checkpoint {entry.path} (step {entry.step}): {exc}; trying the next one"
-                    logger.warning(message)
+                    # One report, as a warning the caller can filter or turn into an error (a log line
+                    # as well would print it twice); the error already names the file, so say it once.
+                    reason = str(exc).removeprefix(f"{entry.path}: ")
+                    message = f"skipping checkpoint {entry.path} (step {entry.step}): {reason}; trying the next one"
                     warnings.warn(message, UserWarning, stacklevel=2)
             if not vanished:
                 break

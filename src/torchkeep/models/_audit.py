@@ -30,13 +30,25 @@ import dataclasses
 import inspect
 import logging
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Finding", "audit", "eval_mode", "holds_unsaved_tensors"]
+from ..checkpoint._state import add_save_check
+from ..errors import UnsupportedValueError
+
+__all__ = [
+    "MAIN_WARNING",
+    "SAVE_WARNING",
+    "Finding",
+    "audit",
+    "check_before_save",
+    "eval_mode",
+    "holds_unsaved_tensors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +298,87 @@ def holds_unsaved_tensors(model: nn.Module) -> bool:
     return bool(walker.findings)
 
 
+def _attribute_findings(model: nn.Module) -> list[Finding]:
+    walker = _Walker(model)
+    for prefix, module in model.named_modules():
+        derived = _derived_attributes(module)
+        for attr, value in vars(module).items():
+            if attr in _MODULE_INTERNALS or attr in derived:
+                continue
+            walker.attribute(f"{prefix}.{attr}" if prefix else attr, value)
+    return walker.findings
+
+
+#: What the save-time audit warning says (a filter can match it: ``-W "ignore:holds state"``).
+SAVE_WARNING = "holds state that its state_dict, and so the saved file, does not"
+
+
+#: What the save-time warning about classes defined in a script says.
+MAIN_WARNING = "is registered from __main__"
+
+
+def _warn_if_main(model: nn.Module, stacklevel: int) -> None:
+    from ._registry import model_entry
+
+    entry = model_entry(model)
+    if entry is None or not str(entry.get("target", "")).startswith("__main__:"):
+        return
+    target = str(entry["target"])
+    cls = target.split(":", 1)[1]
+    warnings.warn(
+        f"{cls} ({entry.get('name')!r}) {MAIN_WARNING} (the script being run): the file records where the "
+        f"class lives, and no other process can import a script's __main__, so tk.load_model works only "
+        f"in this process. Move {cls} into a module (e.g. models.py), use `from models import {cls}`, "
+        "and load elsewhere after `import models` (CLI: --import models)",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def check_before_save(model: nn.Module, name: str, strict: bool, *, stacklevel: int = 4) -> None:
+    """Warn (``strict=True``: raise) when a model about to be saved holds state its file would lose.
+
+    Only the attribute checks of :func:`audit` run here (cheap: no rebuild); ``tk.audit`` also
+    checks non-persistent buffers. Called by ``save_model``, ``save_checkpoint`` and the manager.
+    A class registered from ``__main__`` (a script) is a warning too: no other process can import
+    it, so the file would load only where it was written. ``stacklevel`` points the warning at
+    the caller's line.
+
+    Raises:
+        UnsupportedValueError: with ``strict=True``, the model holds such state (each is listed).
+
+    Example:
+        >>> import torch, warnings
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.embed = torch.randn(2)  # should be register_buffer("embed", ...)
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     check_before_save(Net(), "model", strict=False)
+        >>> "model.embed" in str(w[0].message)
+        True
+    """
+    _warn_if_main(model, stacklevel)
+    try:
+        findings = _attribute_findings(model)
+    except Exception as exc:  # a tensor kind the walk cannot inspect (sparse...): never block the save
+        logger.debug("save-time audit of %s skipped: %s", type(model).__qualname__, exc)
+        return
+    errors = [f for f in findings if f.severity == "error"]
+    if not errors:
+        return
+    listed = "; ".join(f"{name}.{f.path}: {f.detail} Fix: {f.fix}" for f in errors)
+    message = f"{name}= ({type(model).__qualname__}) {SAVE_WARNING}: {listed}"
+    if strict:
+        raise UnsupportedValueError(message + " (strict=True: nothing was written)", path=name)
+    warnings.warn(message + " (pass strict=True to make this an error)", UserWarning, stacklevel=stacklevel)
+
+
+# Checkpoints (the layer below) audit every module they save through this hook.
+add_save_check(check_before_save)
+
+
 def audit(model: nn.Module) -> list[Finding]:
     """List the tensors and modules that ``state_dict()`` (and so every saved file) would lose.
 
@@ -311,15 +404,9 @@ def audit(model: nn.Module) -> list[Finding]:
 
     require_module(model, "audit")
     model = unwrap_model(model)
-    walker = _Walker(model)
-    for prefix, module in model.named_modules():
-        derived = _derived_attributes(module)
-        for attr, value in vars(module).items():
-            if attr in _MODULE_INTERNALS or attr in derived:
-                continue
-            walker.attribute(f"{prefix}.{attr}" if prefix else attr, value)
-    _non_persistent(model, walker.findings)
-    return walker.findings
+    findings = _attribute_findings(model)
+    _non_persistent(model, findings)
+    return findings
 
 
 # ------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import torch
 
 from ..checkpoint._restore import compare_state
 from ..errors import (
-    CorruptCheckpointError,
     MissingObjectError,
     ModelNotRegisteredError,
     StateMismatchError,
@@ -33,6 +32,9 @@ from ..io import _codec, _format
 from ..io._format import MapLocation
 from ..io._storage import atomic_write
 from ._adopt import adopt_state
+from ._audit import check_before_save
+from ._entry import choose_entry, decode_arguments, state_from, validated_entry
+from ._examples import EXAMPLES_SECTION, describe_examples
 from ._families import family_entry, family_of
 from ._rebuild import migrate, rebuild
 from ._registry import (
@@ -62,7 +64,12 @@ def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
 
 
 def save_model(
-    model: torch.nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    strict: bool = False,
+    example_inputs: Any = None,
 ) -> None:
     """Save a registered model as a safetensors file that can rebuild it with :func:`load_model`.
 
@@ -70,6 +77,16 @@ def save_model(
     state dict; tied weights are written once per key), and the header holds the registry name,
     version, location and arguments. Wrapped models (DataParallel, DDP, ``torch.compile``) are
     saved unwrapped. The write is atomic.
+
+    The model is audited first (:func:`torchkeep.audit`'s attribute checks): a tensor kept
+    outside the state dict (the ``register_buffer`` trap) would be lost, so it is a
+    ``UserWarning`` naming it, or with ``strict=True`` an :class:`UnsupportedValueError` and
+    nothing is written.
+
+    ``example_inputs`` (a tensor, a tuple/list of tensors or a dict name → tensor, as
+    ``tk.export`` takes them) is recorded as shapes, dtypes and value ranges — not the values —
+    so ``torchkeep export``/``serve``/``bench`` need no ``--input-shape`` for this file (see
+    :func:`torchkeep.models._examples.example_inputs_of`).
 
     Raises:
         ModelNotRegisteredError: the model's class (or factory) is not registered.
@@ -115,11 +132,15 @@ def save_model(
                 value_type=type(value).__qualname__,
             )
     _codec.encode(dict(state))  # the codec's checks: dense, non-meta, plain tensors (names the key)
+    check_before_save(model, "model", strict, stacklevel=3)  # after the checks above: they are errors always
     tied = _tied_groups(state)
     if tied:
         entry["tied"] = tied
+    sections: dict[str, Any] = {SECTION: entry}
+    if example_inputs is not None:
+        sections[EXAMPLES_SECTION] = describe_examples(example_inputs)
     with atomic_write(path) as f:
-        _format.write(f, state, sections={SECTION: entry}, metadata=metadata)
+        _format.write(f, state, sections=sections, metadata=metadata)
 
 
 # ------------------------------------------------------------------------------------------
@@ -129,11 +150,12 @@ def save_model(
 def _import_for(entry: Mapping[str, Any], path: str) -> None:
     module = str(entry.get("target", "")).split(":", 1)[0]
     if module == "__main__" or not MODULE_RE.match(module):
+        where = f"{path}: the model {entry.get('name')!r} was registered in {module!r}, which cannot be imported"
         raise ModelNotRegisteredError(
-            f"{path}: the model {entry.get('name')!r} was registered in {module!r}, which cannot be imported; "
-            "define and register it in an importable module, or register it in this process before loading",
+            f"{where}; define and register it in an importable module, or register it in this process before loading",
             name=str(entry.get("name")),
             module=module,
+            cli_message=f"{where}; move the class into a module (e.g. models.py) and pass --import models",
         )
     try:
         importlib.import_module(module)
@@ -143,6 +165,8 @@ def _import_for(entry: Mapping[str, Any], path: str) -> None:
             "sys.path, or import the module that registers the model yourself",
             name=str(entry.get("name")),
             module=module,
+            cli_message=f"{path}: could not import {module!r} ({exc}); run from the directory that holds it, "
+            f"or pass --import MODULE naming the module that registers {entry.get('name')!r}",
         ) from exc
 
 
@@ -161,30 +185,24 @@ def _resolve(entry: Mapping[str, Any], path: str, import_module: bool) -> Regist
             name=name,
             module=module,
         )
-    raise ModelNotRegisteredError(
+    facts = (
         f"{path}: the file holds model {name!r} (version {entry.get('version')}, built by {entry.get('target')}), "
-        f"which is not registered in this process. `import {module}` before loading, or pass "
+        "which is not registered in this process."
+    )
+    if module == "__main__":
+        cli_advice = (
+            " It was registered in a script (__main__), which no other process can import: move the class "
+            "into a module (e.g. models.py), save again, and pass --import models"
+        )
+    else:
+        cli_advice = f" Pass --import {module} (the module that registers it; run from the directory that holds it)"
+    raise ModelNotRegisteredError(
+        f"{facts} `import {module}` before loading, or pass "
         "import_module=True to let torchkeep import it (that runs the module's code)",
         name=name,
         module=module,
+        cli_message=facts + cli_advice,
     )
-
-
-def _validated_entry(raw: Any, path: str) -> dict[str, Any]:
-    if (
-        not isinstance(raw, dict)
-        or not isinstance(raw.get("name"), str)
-        or type(raw.get("version")) is not int
-        or raw["version"] < 1
-        or not isinstance(raw.get("target"), str)
-        or "arguments" not in raw
-    ):
-        raise CorruptCheckpointError(
-            f"{path}: the model section is malformed (expected name, version, target, arguments)",
-            path=path,
-            reason="bad model section",
-        )
-    return raw
 
 
 def _import_argument_classes(tree: Any) -> None:
@@ -204,53 +222,6 @@ def _import_argument_classes(tree: Any) -> None:
                     except ImportError:
                         logger.debug("could not import %s for an argument class", module)
             stack.extend(node.values())
-
-
-def _decode_arguments(entry: Mapping[str, Any], path: str) -> dict[str, Any]:
-    def no_tensors(name: str) -> torch.Tensor:
-        raise CorruptCheckpointError(f"{path}: model arguments refer to tensor {name!r}", path=path)
-
-    try:
-        config = _codec.decode(entry["arguments"], no_tensors)
-    except CorruptCheckpointError as exc:
-        raise CorruptCheckpointError(
-            f"{path}: cannot decode the arguments of model {entry['name']!r}: {exc}",
-            path=path,
-            reason=exc.reason,
-        ) from None
-    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
-        raise CorruptCheckpointError(f"{path}: model arguments are not a dict of names", path=path)
-    return config
-
-
-def _pick_checkpoint_object(reader: _format.Reader) -> str:
-    section = reader.section("checkpoint") or {}
-    objects = section.get("objects") if isinstance(section, dict) else None
-    modules = [k for k, v in objects.items() if v == "module"] if isinstance(objects, dict) else []
-    if "model" in modules or not modules:
-        return "model"
-    return str(modules[0])
-
-
-def _state_from(reader: _format.Reader, path: str, map_location: MapLocation, verify: bool) -> dict[str, torch.Tensor]:
-    if reader.tree is None:  # a save_model file: tensors are the state dict
-        if verify:
-            reader.verify()
-        return {name: reader.tensor(name, map_location) for name in reader.names}
-    # a training checkpoint: decode only the model's subtree
-    name = _pick_checkpoint_object(reader)
-    items = reader.tree.get("items") if isinstance(reader.tree, dict) else None
-    if not isinstance(items, dict) or name not in items:
-        raise MissingObjectError(
-            f"{path}: the checkpoint has a model entry but no {name!r} state", name=name, available=list(items or {})
-        )
-    node = items[name]
-    if verify:
-        reader.verify(sorted(_codec.tensor_names(node)))
-    state = _codec.decode(node, lambda n: reader.tensor(n, map_location))
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CorruptCheckpointError(f"{path}: the {name!r} state is not a dict of tensors", path=path)
-    return dict(state)
 
 
 def _load_state(
@@ -284,8 +255,14 @@ def load_model(
     strict: bool = True,
     import_module: bool = False,
     verify: bool = True,
+    object: str | None = None,
 ) -> torch.nn.Module:
     """Rebuild a model saved by :func:`save_model` (or held in a training checkpoint), in eval mode.
+
+    A training checkpoint may hold several registered models (``save_checkpoint(generator=g,
+    discriminator=d)``): ``object="generator"`` picks one by the keyword it was saved under; with
+    more than one and no ``object``, it is an error (rebuilding "the first" silently could hand
+    back the wrong network).
 
     The class or factory is found by its registry name in this process; nothing named by the
     file is imported unless ``import_module=True`` (which imports the recorded module, and the
@@ -298,7 +275,8 @@ def load_model(
         ModelNotRegisteredError: the name is not registered; the message names the module to import.
         MigrationError: the file is newer than the code, or a migration step is missing.
         StateMismatchError: with ``strict=True``, keys or shapes differ (listed).
-        MissingObjectError: the file holds no model entry (a plain state dict).
+        MissingObjectError: the file holds no model entry (a plain state dict), or no ``object``.
+        UsageError: the checkpoint holds several registered models and ``object`` is not given.
         CorruptCheckpointError: the file or its model section is damaged.
 
     Example:
@@ -321,15 +299,17 @@ def load_model(
             "model); build the model yourself and call model.load_state_dict(tk.load(path))",
             name=SECTION,
         )
-    entry = _validated_entry(raw, src)
+    chosen, object_name = choose_entry(reader, raw, src, object)
+    entry = validated_entry(chosen, src)
     if isinstance(entry.get("family"), str):
         family = family_of(entry["family"], src)
-        return family.build(entry, _state_from(reader, src, map_location, verify), src, strict).eval()
+        state = state_from(reader, src, map_location, verify, object_name)
+        return family.build(entry, state, src, strict).eval()
     reg = _resolve(entry, src, import_module)
     if import_module:
         _import_argument_classes(entry["arguments"])
-    config = _decode_arguments(entry, src)
-    state = _state_from(reader, src, map_location, verify)
+    config = decode_arguments(entry, src)
+    state = state_from(reader, src, map_location, verify, object_name)
     config, state = migrate(reg, entry["version"], config, state, src)
     model = _build_on_meta(reg, config, state, src, strict=strict)
     if model is not None:

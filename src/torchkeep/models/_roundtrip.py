@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelNotRegisteredError
-from ._audit import Finding, audit, eval_mode
+from ._audit import MAIN_WARNING, SAVE_WARNING, Finding, audit, eval_mode
 
 __all__ = ["RoundtripResult", "verify_roundtrip"]
 
@@ -141,7 +142,10 @@ def verify_roundtrip(
         path = os.path.join(tmp, "model.safetensors")
         with torch.random.fork_rng(devices=[]):
             if build is None:
-                save_model(model, path)
+                with warnings.catch_warnings():  # the findings are reported in the result instead
+                    warnings.filterwarnings("ignore", message=f".*{SAVE_WARNING}", category=UserWarning)
+                    warnings.filterwarnings("ignore", message=f".*{MAIN_WARNING}", category=UserWarning)
+                    save_model(model, path)
                 fresh = load_model(path, map_location=device)
             else:
                 _api.save(model.state_dict(), path)

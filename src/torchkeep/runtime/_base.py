@@ -15,7 +15,7 @@ Calling convention (shared by all backends):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["Predictor", "TensorSpec"]
@@ -24,6 +24,10 @@ __all__ = ["Predictor", "TensorSpec"]
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, shape (None for a dynamic dim) and dtype (torch name, e.g. ``"float32"``) of a tensor.
+
+    ``dims`` names the dynamic dimensions (``("batch", "seq", None)``; None for a static one)
+    when the export knew them: inputs that share a name must agree on that size. It takes no
+    part in equality, so specs from an artifact and from ``export.json`` compare alike.
 
     Example:
         >>> spec = TensorSpec("x", (None, 10), "float32")
@@ -34,15 +38,24 @@ class TensorSpec:
     name: str
     shape: tuple[int | None, ...]
     dtype: str
+    dims: tuple[str | None, ...] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (``export.json`` and ``/v1/metadata`` use this form)."""
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.dims is not None:
+            out["dims"] = list(self.dims)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TensorSpec:
         """Inverse of :meth:`to_json`."""
-        return cls(str(data["name"]), tuple(None if d is None else int(d) for d in data["shape"]), str(data["dtype"]))
+        shape = tuple(None if d is None else int(d) for d in data["shape"])
+        raw = data.get("dims")
+        dims = None
+        if isinstance(raw, list) and len(raw) == len(shape):
+            dims = tuple(str(d) if isinstance(d, str) and d else None for d in raw)
+        return cls(str(data["name"]), shape, str(data["dtype"]), dims)
 
 
 @runtime_checkable

@@ -82,7 +82,11 @@ class BasePredictor:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Check the inputs against :attr:`inputs`, run the model, return outputs of the inputs' kind."""
         bound = bind_inputs(self.inputs, args, kwargs)
-        if self.threads is not None and self.backend != "onnxruntime" and torch.get_num_threads() != self.threads:
+        if (
+            self.threads is not None
+            and not self.backend.startswith("onnxruntime")
+            and torch.get_num_threads() != self.threads
+        ):
             # torch's thread pool is per process; ONNX Runtime sets its own per session.
             torch.set_num_threads(self.threads)
         with torch.inference_mode():

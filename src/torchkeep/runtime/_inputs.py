@@ -16,6 +16,7 @@ import torch
 
 from ..errors import PredictorInputError
 from ..io._codec import DTYPES_BY_NAME
+from ..io._dtypes import dtype_name
 from ._base import TensorSpec
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "InputKind",
     "bind_inputs",
     "convert_outputs",
-    "dtype_name",
     "example_inputs",
     "format_spec",
     "structure_outputs",
@@ -61,15 +61,12 @@ def torch_dtype(name: str) -> torch.dtype:
         ) from None
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` → ``"float32"`` (the spelling TensorSpec uses)."""
-    return str(dtype).removeprefix("torch.")
-
-
 def format_spec(spec: TensorSpec) -> str:
     """``x: float32[batch, 10]`` — how error messages and tables show a spec."""
+    names = spec.dims or (None,) * len(spec.shape)
     dims = ", ".join(
-        "batch" if d is None and i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(spec.shape)
+        str(d) if d is not None else (n or ("batch" if i == 0 else "?"))
+        for i, (d, n) in enumerate(zip(spec.shape, names, strict=False))
     )
     return f"{spec.name}: {spec.dtype}[{dims}]"
 
@@ -147,6 +144,24 @@ def _check(tensor: torch.Tensor, spec: TensorSpec) -> None:
             raise PredictorInputError(f"input '{spec.name}' has size {have} in dimension {i}, {expected}; {got}")
 
 
+def _check_shared_dims(specs: Sequence[TensorSpec], tensors: Sequence[torch.Tensor]) -> None:
+    # A named dynamic dimension is one size across inputs (input_ids and attention_mask share
+    # "seq"); the artifact would fail on a mismatch with a far less readable message.
+    seen: dict[str, tuple[int, str]] = {}
+    for spec, tensor in zip(specs, tensors, strict=True):
+        for i, name in enumerate(spec.dims or ()):
+            if name is None or i >= tensor.dim():
+                continue
+            size = int(tensor.shape[i])
+            if name in seen and seen[name][0] != size:
+                first, where = seen[name]
+                raise PredictorInputError(
+                    f"input '{spec.name}' has {name}={size} in dimension {i}, but {where} has {name}={first}; "
+                    f"inputs that share the dynamic dimension '{name}' must agree on its size"
+                )
+            seen.setdefault(name, (size, f"input '{spec.name}'"))
+
+
 def bind_inputs(specs: Sequence[TensorSpec], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Bound:
     """Match call arguments to ``specs``, convert them to tensors and check them.
 
@@ -206,6 +221,8 @@ def bind_inputs(specs: Sequence[TensorSpec], args: tuple[Any, ...], kwargs: Mapp
         if spec is not None:
             _check(tensor, spec)
         tensors.append(tensor)
+    if specs:
+        _check_shared_dims(specs, tensors)
     device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
     return Bound(tensors=tensors, names=names, kind=kind, device=device)
 
@@ -234,20 +251,36 @@ def convert_outputs(value: Any, kind: InputKind, device: torch.device) -> Any:
     return value
 
 
-def example_inputs(specs: Sequence[TensorSpec], batch_size: int = 1, *, seed: int = 0) -> list[torch.Tensor]:
-    """Random tensors that fit ``specs`` (dynamic dims take ``batch_size``), for warm-up and benchmarks.
+#: the size a dynamic dimension other than the batch gets in made-up inputs (a short sequence).
+DEFAULT_DYNAMIC_SIZE = 16
 
-    Integer inputs get small non-negative values (valid token ids); bool inputs are all True
-    (a valid attention mask).
+
+def example_inputs(
+    specs: Sequence[TensorSpec],
+    batch_size: int = 1,
+    *,
+    seed: int = 0,
+    sizes: Mapping[str, int] | None = None,
+) -> list[torch.Tensor]:
+    """Random tensors that fit ``specs``, for warm-up and benchmarks.
+
+    A dynamic dim 0 takes ``batch_size``; another dynamic dim takes ``sizes[its name]``, else
+    :data:`DEFAULT_DYNAMIC_SIZE`. Integer inputs get small non-negative values (valid token
+    ids); bool inputs are all True (a valid attention mask).
 
     Example:
-        >>> [tuple(t.shape) for t in example_inputs([TensorSpec("x", (None, 3), "float32")], 4)]
-        [(4, 3)]
+        >>> spec = TensorSpec("ids", (None, None), "int64", ("batch", "seq"))
+        >>> [tuple(t.shape) for t in example_inputs([spec], 4, sizes={"seq": 7})]
+        [(4, 7)]
     """
     gen = torch.Generator().manual_seed(seed)
     out = []
     for spec in specs:
-        shape = [batch_size if d is None else d for d in spec.shape]
+        names = spec.dims or (None,) * len(spec.shape)
+        shape = [
+            d if d is not None else batch_size if i == 0 else (sizes or {}).get(names[i] or "", DEFAULT_DYNAMIC_SIZE)
+            for i, d in enumerate(spec.shape)
+        ]
         dtype = torch_dtype(spec.dtype)
         if dtype == torch.bool:
             out.append(torch.ones(shape, dtype=dtype))

@@ -17,8 +17,8 @@ from the artifact.
 
 from __future__ import annotations
 
+import importlib
 import logging
-import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -28,6 +28,7 @@ import torch
 
 from ..errors import CheckpointNotFoundError, MissingDependencyError, PredictorError, TorchkeepError, UsageError
 from ..io._manifest import MANIFEST_NAME, read_manifest
+from ._backends import BACKEND_TABLE, backend_row, fixed_order, format_backend, rank_backends
 from ._base import Predictor, TensorSpec
 from ._common import BasePredictor, normalize_device
 
@@ -41,10 +42,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "pt2", "aoti", "torchscript", "onnxruntime", "tensorrt")
-_FORMAT_BACKEND = {"onnx": "onnxruntime", "engine": "tensorrt"}
-_CPU_ORDER = ("onnxruntime", "aoti", "pt2", "torchscript", "eager")
-_CUDA_ORDER = ("tensorrt", "aoti", "onnxruntime", "pt2", "torchscript", "eager")
+BACKENDS = tuple(b.name for b in BACKEND_TABLE)
+# Every file-name ending the table knows, longest first (".aoti.pt2" before ".pt2").
+_PATTERNS = sorted(((p, b.name) for b in BACKEND_TABLE for p in b.patterns), key=lambda pb: -len(pb[0]))
 
 
 def backend_for_file(path: str) -> str:
@@ -58,34 +58,31 @@ def backend_for_file(path: str) -> str:
         'onnxruntime'
     """
     name = os.path.basename(path).lower()
-    if name.endswith(".aoti.pt2"):
-        return "aoti"
-    if name.endswith(".pt2"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                if any("aotinductor/" in n for n in zf.namelist()):
-                    return "aoti"
-        except (OSError, zipfile.BadZipFile):
-            pass
-        return "pt2"
-    if name.endswith(".onnx"):
-        return "onnxruntime"
-    if name.endswith((".pt", ".jit", ".ts", ".torchscript")):
-        return "torchscript"
-    if name.endswith((".engine", ".plan", ".trt")):
-        return "tensorrt"
-    if name.endswith(".safetensors"):
-        return "eager"
+    for pattern, backend in _PATTERNS:
+        if name.endswith(pattern):
+            if backend == "pt2" and _holds_compiled_code(path):
+                return "aoti"
+            return backend
+    known = ", ".join(dict.fromkeys(p for p, _ in reversed(_PATTERNS)))
     raise UsageError(
-        f"{path}: cannot tell the backend from the file name; expected .pt2, .aoti.pt2, .onnx, .torchscript.pt/.pt, "
-        f".engine/.plan or .safetensors, or pass backend= (one of {', '.join(BACKENDS)})",
+        f"{path}: cannot tell the backend from the file name; expected one of {known}, "
+        f"or pass backend= (one of {', '.join(BACKENDS)})",
         argument="backend",
     )
 
 
+def _holds_compiled_code(path: str) -> bool:
+    # An AOTInductor package may be named plain .pt2; its archive holds compiled code.
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("aotinductor/" in n for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _artifact_backend(fmt: str, entry: dict[str, Any]) -> str:
     backend = entry.get("backend")
-    return str(backend) if isinstance(backend, str) and backend else _FORMAT_BACKEND.get(fmt, fmt)
+    return str(backend) if isinstance(backend, str) and backend else format_backend(fmt)
 
 
 def _safe_join(directory: str, name: Any) -> str | None:
@@ -114,40 +111,13 @@ def export_targets(directory: str) -> dict[str, str]:
 
 
 def backend_order(manifest: dict[str, Any], device: str, batch_size: int | None = None) -> list[str]:
-    """Backends to try for an export directory, best first: measured when a benchmark ran here."""
-    fixed = list(_CUDA_ORDER if device.startswith("cuda") else _CPU_ORDER)
-    bench = manifest.get("benchmark")
-    if not isinstance(bench, dict) or str(bench.get("device", "cpu")).split(":")[0] != device.split(":")[0]:
-        return fixed
-    raw = bench.get("results")
-    # export.json is hostile input: keep only well-formed rows.
-    results = [
-        r
-        for r in (raw if isinstance(raw, list) else [])
-        if isinstance(r, dict)
-        and isinstance(r.get("p50_ms"), int | float)
-        and r["p50_ms"] >= 0
-        and isinstance(r.get("batch_size"), int)
-        and isinstance(r.get("backend"), str)
-    ]
-    if batch_size is not None:
-        measured = sorted((r for r in results if r.get("batch_size") == batch_size), key=lambda r: float(r["p50_ms"]))
-        if measured:
-            ranked_here = list(dict.fromkeys(str(r.get("backend")) for r in measured))
-            return [*ranked_here, *[b for b in fixed if b not in ranked_here]]
-        fastest = bench.get("fastest", {}).get(str(batch_size)) if isinstance(bench.get("fastest"), dict) else None
-        if isinstance(fastest, str):
-            return [fastest, *[b for b in fixed if b != fastest]]
-    # No batch size asked (or none recorded for it): rank by the geometric mean of each backend's
-    # latency relative to the best one at each batch size; backends that missed a batch size last.
-    best: dict[Any, float] = {}
-    for r in results:
-        best[r.get("batch_size")] = min(best.get(r.get("batch_size"), math.inf), float(r["p50_ms"]))
-    score: dict[str, list[float]] = {}
-    for r in results:
-        if best[r.get("batch_size")] > 0:
-            score.setdefault(str(r.get("backend")), []).append(math.log(float(r["p50_ms"]) / best[r.get("batch_size")]))
-    ranked = sorted(score, key=lambda b: (len(best) - len(score[b]), sum(score[b]) / len(score[b])))
+    """Backends to try for an export directory, best first: measured when a benchmark ran here.
+
+    The measured ones come first (:func:`~torchkeep.runtime.rank_backends`), then the rest in
+    the table's fixed preference order for ``device``.
+    """
+    fixed = fixed_order(device)
+    ranked = [b for b in rank_backends(manifest.get("benchmark"), device=device, batch_size=batch_size) if b in fixed]
     return [*ranked, *[b for b in fixed if b not in ranked]]
 
 
@@ -184,36 +154,18 @@ def _sibling_manifest(path: str) -> dict[str, Any]:
 
 
 def _load_backend(backend: str, source: Any, device: str, options: dict[str, Any]) -> BasePredictor:
-    if backend == "eager":
-        from . import eager
-
-        return eager.load(source, device=device, **options)
-    if "example_inputs" in options:
+    row = backend_row(backend)
+    if backend != "eager" and "example_inputs" in options:
         raise UsageError(
             f"example_inputs= applies to the eager backend only (specs of {backend} come from the artifact)",
             argument="example_inputs",
         )
-    if backend == "pt2":
-        from . import pt2
-
-        return pt2.load(source, device=device, **options)
-    if backend == "aoti":
-        from . import aoti
-
-        return aoti.load(source, device=device, **options)
-    if backend == "torchscript":
-        from . import torchscript
-
-        return torchscript.load(source, device=device, **options)
-    if backend == "onnxruntime":
-        from . import onnxruntime
-
-        return onnxruntime.load(source, device=device, **options)
-    if backend == "tensorrt":
-        from . import tensorrt
-
-        return tensorrt.load(source, device=device, **options)
-    raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}", argument="backend")
+    if row.predictor != "onnxruntime":
+        options = {k: v for k, v in options.items() if k != "providers"}
+    module = importlib.import_module(f".{row.predictor}", __package__)
+    predictor: BasePredictor = module.load(source, device=device, **options)
+    predictor.backend = row.name  # variants (onnxruntime-int8) share a predictor module
+    return predictor
 
 
 def load_predictor(
@@ -259,15 +211,12 @@ def load_predictor(
     if warmup < 0:
         raise UsageError(f"warmup={warmup}: expected a number of calls >= 0", argument="warmup")
     if backend is not None and backend not in BACKENDS:
-        alias = _FORMAT_BACKEND.get(backend)
-        if alias is None:
-            raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}", argument="backend")
-        backend = alias
+        backend = backend_row(backend).name
     options: dict[str, Any] = {"threads": threads}
     if example_inputs is not None:
         options["example_inputs"] = example_inputs
     if providers is not None:
-        if backend not in (None, "onnxruntime"):
+        if backend is not None and backend_row(backend).predictor != "onnxruntime":
             raise UsageError(f"providers= applies to the onnxruntime backend, not {backend!r}", argument="providers")
         options["providers"] = providers
     predictor: BasePredictor
@@ -287,8 +236,6 @@ def load_predictor(
         else:
             chosen = backend or backend_for_file(path)
             options.update(_manifest_kwargs(_sibling_manifest(path)))
-            if chosen != "onnxruntime":
-                options.pop("providers", None)
             predictor = _load_backend(chosen, path, device, options)
     if warmup:
         predictor.warmup(batch_size or 1, warmup)
@@ -311,7 +258,7 @@ def _load_directory(
     else:
         order = [b for b in backend_order(manifest, device, batch_size) if b in targets]
         if not device.startswith("cuda"):
-            order = [b for b in order if b != "tensorrt"]
+            order = [b for b in order if not backend_row(b).cuda_only]
         if not order:
             raise PredictorError(
                 f"{directory}: no artifact that runs on {device} ({MANIFEST_NAME} lists: {', '.join(targets) or 'none'}); "
@@ -320,11 +267,8 @@ def _load_directory(
     errors: list[str] = []
     first: TorchkeepError | None = None
     for name in order:
-        opts = dict(options)
-        if name != "onnxruntime":
-            opts.pop("providers", None)
         try:
-            return _load_backend(name, targets[name], device, opts)
+            return _load_backend(name, targets[name], device, dict(options))
         except (MissingDependencyError, TorchkeepError) as exc:
             if backend is not None:
                 raise

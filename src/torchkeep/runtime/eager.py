@@ -1,7 +1,8 @@
 """Eager PyTorch: a torchkeep model file (rebuilt by ``tk.load_model``) or an in-memory module.
 
 Specs: from export.json when loaded through an export directory, from ``example_inputs`` when
-given, else unknown (inputs are then converted but not checked).
+given, from the example inputs recorded by ``tk.save_model(..., example_inputs=...)``, else
+unknown (inputs are then converted but not checked).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 import torch
 
 from ..errors import PredictorError
+from ..io._dtypes import dtype_name
 from ._base import TensorSpec
 from ._common import BasePredictor
-from ._inputs import Bound, dtype_name
+from ._inputs import Bound
 
 __all__ = ["EagerPredictor", "load", "output_specs", "specs_from_examples"]
 
@@ -68,6 +70,7 @@ def load(
 ) -> EagerPredictor:
     """An eager predictor for a torchkeep model file (``tk.save_model``) or a module."""
     path: str | None = None
+    named: list[str] | None = None
     if isinstance(source, torch.nn.Module):
         module = source
     else:
@@ -77,12 +80,25 @@ def load(
         module = load_model(path, map_location=device)
         if not isinstance(module, torch.nn.Module):  # pragma: no cover - load_model's contract
             raise PredictorError(f"{path}: tk.load_model returned {type(module).__name__}, expected an nn.Module")
+        if example_inputs is None and not kwargs.get("inputs"):
+            from ..models._examples import example_inputs_of
+
+            recorded = example_inputs_of(path)
+            if isinstance(recorded, dict):
+                named, example_inputs = list(recorded), list(recorded.values())
+            elif recorded is not None:
+                example_inputs = list(recorded)
     if example_inputs is not None:
         examples = list(example_inputs)
         if not kwargs.get("inputs"):
-            kwargs["inputs"] = specs_from_examples(examples)
+            specs = specs_from_examples(examples)
+            if named is not None:
+                specs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(named, specs, strict=True)]
+                kwargs["input_structure"] = "dict"
+            kwargs["inputs"] = specs
         if not kwargs.get("outputs"):
             with torch.inference_mode():
-                out = module.eval()(*examples)
+                module.eval()
+                out = module(**dict(zip(named, examples, strict=True))) if named else module(*examples)
             kwargs["outputs"], kwargs["output_structure"] = output_specs(out)
     return EagerPredictor(module, device=device, path=path, **kwargs)

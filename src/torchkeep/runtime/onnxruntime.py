@@ -126,6 +126,9 @@ def load(
         raise CheckpointNotFoundError(f"{path}: no such ONNX file", path=path)
     ort = _import_ort()
     options = ort.SessionOptions()
+    # ORT warns on stderr when an output's size differs from a static size in the graph's shape
+    # annotations (an exporter's guess for a dynamic sequence); the parity check is the real test.
+    options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
     chosen = list(providers) if providers is not None else providers_for(device, ort.get_available_providers())

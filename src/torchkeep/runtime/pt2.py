@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from ..errors import PredictorError
+from ..io._dtypes import dtype_name
 from ._base import TensorSpec
 from ._common import BasePredictor, fill_missing
-from ._inputs import Bound, dtype_name
+from ._inputs import Bound
 
 __all__ = ["PT2Predictor", "load", "program_specs"]
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import PredictorError, ServeError, TorchkeepError, UsageError
 from ..io._manifest import MANIFEST_NAME, read_manifest
+from ..runtime import fastest_backend
 from ..runtime._base import Predictor, TensorSpec
 from ._batching import ModelSlot, run_predictor
 from ._inputs import NUMPY_DTYPES
@@ -24,7 +25,6 @@ from ._inputs import NUMPY_DTYPES
 __all__ = [
     "check_compatible",
     "example_tensors",
-    "fastest_backend",
     "find_version",
     "import_modules",
     "load_kwargs",
@@ -118,27 +118,6 @@ def find_version(target: str) -> tuple[str, str]:
     return find_version(path)
 
 
-def fastest_backend(export_dir: str, max_batch_size: int) -> str | None:
-    """The backend ``export.json``'s benchmark found fastest at the batch size nearest ``max_batch_size``.
-
-    None when nothing was measured: the runtime then picks by its fixed preference order
-    (on CPU: onnxruntime, aoti, pt2, torchscript, eager), skipping artifacts that failed.
-    """
-    manifest = read_manifest(export_dir)
-    fastest = (manifest.get("benchmark") or {}).get("fastest") or {}
-    ok = {str(a.get("backend")) for a in manifest.get("artifacts", {}).values() if isinstance(a, dict) and a.get("ok")}
-    sizes = []
-    for key, backend in fastest.items():
-        try:
-            sizes.append((abs(int(key) - max_batch_size), -int(key), str(backend)))
-        except (TypeError, ValueError):
-            continue
-    for _, _, backend in sorted(sizes):
-        if not ok or backend in ok or backend == "eager":
-            return backend
-    return None
-
-
 def import_modules(names: Sequence[str]) -> None:
     """Import the user's modules that register model classes (``--import``), from the working directory too.
 
@@ -227,7 +206,7 @@ def load_slot(
     path, version = find_version(target)
     chosen = backend
     if chosen is None and os.path.isdir(path):
-        chosen = fastest_backend(path, max_batch_size)
+        chosen = fastest_backend(read_manifest(path), device=device, batch_size=max_batch_size)
     examples = example_tensors(input_shapes, input_dtypes) if input_shapes else None
     try:
         predictor = _load_predictor(path, chosen, device, threads=threads, batch_size=max_batch_size, examples=examples)

@@ -98,5 +98,5 @@ class Watcher:
         self._set_slot(slot)
         if self._metrics is not None:
             self._metrics.observe_reload(True)
-        logger.warning("hot reload: now serving %s (was %s)", slot.version, current.version)
+        logger.info("hot reload: now serving %s (was %s)", slot.version, current.version)
         return True

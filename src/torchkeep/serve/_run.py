@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ServeError, missing_dependency
@@ -49,6 +50,7 @@ def serve(
     options: ServeOptions | None = None,
     log_level: str = "warning",
     access_log: bool = False,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve ``target`` over HTTP until interrupted (what ``torchkeep serve`` runs).
 
@@ -60,6 +62,8 @@ def serve(
         options: batching, limits and reload settings.
         log_level: uvicorn log level.
         access_log: log one line per request (costs throughput; off by default).
+        on_ready: with one worker, called once the model has loaded, before the server starts
+            (the CLI prints its banner there, so a target that fails to load prints none).
 
     Example:
         >>> serve("model.safetensors", port=8000)  # doctest: +SKIP
@@ -83,7 +87,10 @@ def serve(
         "timeout_graceful_shutdown": 10,
     }
     if workers == 1:
-        uvicorn.run(create_app(target, options=opts), **common)
+        app = create_app(target, options=opts)
+        if on_ready is not None:
+            on_ready()
+        uvicorn.run(app, **common)
         return
     os.environ[ENV_TARGET] = os.path.abspath(target)
     os.environ[ENV_OPTIONS] = opts.to_json()

@@ -48,6 +48,8 @@ class SaveRequest:
     metrics: Mapping[str, Any] | None = None
     extra: Any = None
     rng: bool = True
+    #: ``strict=True``: a module that would lose state (see ``add_save_check``) is an error, not a warning.
+    strict: bool = False
     annotations: Mapping[str, Any] = field(default_factory=dict)
     verify: bool = False
 

@@ -65,6 +65,7 @@ class SingleFileLayout:
             metrics=request.metrics,
             extra=request.extra,
             rng=request.rng,
+            strict=request.strict,
         )
         section.update(request.annotations)
         ready: Callable[[], None] | None = None
@@ -114,7 +115,7 @@ class SingleFileLayout:
         """Restore ``objects`` from the file (checking only the tensors they need)."""
         with local_copy(storage, name) as local:
             reader = _format.open_file(local)
-            info = _checkpoint.read_info(reader)
+            info = _checkpoint.read_info(reader, extra=False)  # restore_state fills extra from the verified tree
             wanted = [*objects, _checkpoint.EXTRA_KEY] + ([_checkpoint.RNG_KEY] if rng else [])
             tree = _checkpoint.decode_subtrees(reader, wanted, map_location=map_location, verify=verify)
         _checkpoint.restore_state(tree, objects, info, strict=strict, rng=rng)
@@ -144,7 +145,7 @@ class SingleFileLayout:
             with storage.local_path(name) as p:
                 reader = _format.open_file(p, mmap=False)
         try:
-            info = _checkpoint.read_info(reader)
+            info = _checkpoint.read_info(reader, extra=False)  # the header alone: object stores fetch only it
             section = reader.section(_checkpoint.SECTION)
             blobs = frozenset(e.blob for e in reader.external.values())
             info.size_bytes = reader.size + reader.external_bytes

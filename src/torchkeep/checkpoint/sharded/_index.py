@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 from ...errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
-from ...io._dtypes import LOGICAL_DTYPES
+from ...io._dtypes import LOGICAL_DTYPES, dtype_name
 from .. import _state
 
 __all__ = [
@@ -87,10 +87,6 @@ class Index:
         return os.path.join(self.path, self.files[rank])
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def build_index(
     metadata: Metadata, refs: dict[MetadataIndex, ItemRef], world_size: int, checkpoint: dict[str, Any]
 ) -> bytes:
@@ -100,7 +96,7 @@ def build_index(
         if isinstance(md, TensorStorageMetadata):
             entries[fqn] = {
                 "kind": "tensor",
-                "dtype": _dtype_name(md.properties.dtype),
+                "dtype": dtype_name(md.properties.dtype),
                 "size": list(md.size),
                 "requires_grad": bool(md.properties.requires_grad),
                 "chunks": [[list(c.offsets), list(c.sizes)] for c in md.chunks],
