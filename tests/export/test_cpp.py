@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -15,8 +16,14 @@ from torch import nn
 import torchkeep as tk
 
 ROOT = Path(__file__).resolve().parents[2]
-# The build is cached across runs (it takes a minute or two: LibTorch's headers are large).
-BUILD = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torchkeep" / f"cpp-{torch.__version__}"
+# The build is cached across runs (it takes a minute or two: LibTorch's headers are large). CMake
+# refuses a build directory made for another source directory, so the key names the checkout too.
+_SOURCE_KEY = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+BUILD = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    / "torchkeep"
+    / f"cpp-{torch.__version__}-{_SOURCE_KEY}"
+)
 
 
 def _tools() -> None:
