@@ -11,6 +11,7 @@ deduplicated step.
 
 from __future__ import annotations
 
+from ._info import decode_subtrees, info_from_section, read_info
 from ._restore import StateDiff, compare_state, restore_state
 from ._state import (
     EXTRA_KEY,
@@ -22,12 +23,9 @@ from ._state import (
     checkpoint_section,
     checkpoint_sections,
     collect_state,
-    decode_subtrees,
     environment,
-    info_from_section,
     jsonable_metrics,
     object_kind,
-    read_info,
     unwrap_model,
     write_checkpoint,
 )

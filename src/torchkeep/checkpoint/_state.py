@@ -3,15 +3,14 @@
 A checkpoint's tree is ``{object name: state_dict, ...}`` plus the reserved ``__extra__`` and
 ``__rng__`` entries; everything a listing needs (epoch, step, metrics, object kinds,
 environment) sits in the ``torchkeep.checkpoint`` header section, readable without touching
-data. Both layouts (one file, sharded directory) share these pieces, and so does reading the
-info (and selected entries of the tree) back without restoring anything.
+data. Every layout (one file, sharded directory, deduplicated step) shares these pieces; reading
+the info back is :mod:`._info`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -19,15 +18,16 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ..errors import CorruptCheckpointError, UnsupportedValueError
+from ..errors import UnsupportedValueError
 from ..io import _codec, _format
 from ..io._env import environment as _environment
-from ..io._format import MapLocation
 from ._sampler import ResumableLoader, ResumableSampler
-from ._state_io import aligned, rng_state
+from ._state_io import rng_state
 
 __all__ = [
     "EXTRA_KEY",
+    "INT64_MAX",
+    "INT64_MIN",
     "RNG_KEY",
     "SECTION",
     "CheckpointInfo",
@@ -39,12 +39,9 @@ __all__ = [
     "checkpoint_section",
     "checkpoint_sections",
     "collect_state",
-    "decode_subtrees",
     "environment",
-    "info_from_section",
     "jsonable_metrics",
     "object_kind",
-    "read_info",
     "unwrap_model",
     "write_checkpoint",
 ]
@@ -92,7 +89,7 @@ def add_save_check(check: SaveCheck) -> None:
 SECTION = "checkpoint"
 EXTRA_KEY = "__extra__"
 RNG_KEY = "__rng__"
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -224,7 +221,7 @@ def jsonable_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
             )
         if isinstance(v, float) and not math.isfinite(v):
             v = str(v)  # JSON has no nan/inf; listing shows them as text
-        if isinstance(v, int) and not isinstance(v, bool) and not _INT64_MIN <= v <= _INT64_MAX:
+        if isinstance(v, int) and not isinstance(v, bool) and not INT64_MIN <= v <= INT64_MAX:
             raise UnsupportedValueError(
                 f"metrics[{k!r}]: an int of {v.bit_length()} bits does not fit in a 64-bit int (JSON readers lose it); "
                 "pass float(value), or put exact big numbers in extra="
@@ -330,7 +327,7 @@ def write_checkpoint(dest: IO[bytes], tree: Mapping[str, Any], section: Mapping[
         >>> tree, section = collect_state({"model": torch.nn.Linear(2, 1)}, epoch=1)
         >>> buf = io.BytesIO()
         >>> size = write_checkpoint(buf, tree, section)
-        >>> read_info(_format.open_file(buf.getvalue())).epoch
+        >>> _format.open_file(buf.getvalue()).section(SECTION)["epoch"]
         1
     """
     enc = _codec.encode(dict(tree))
@@ -348,140 +345,3 @@ def checkpoint_sections(section: Mapping[str, Any]) -> dict[str, Any]:
     if section.get("model") is not None:
         sections["model"] = section["model"]
     return sections
-
-
-def _is_int(v: Any) -> bool:
-    return type(v) is int and _INT64_MIN <= v <= _INT64_MAX
-
-
-#: Each field of the checkpoint section, what it may hold, and how to say so.
-_SECTION_FIELDS: dict[str, tuple[Any, str]] = {
-    "epoch": (lambda v: v is None or _is_int(v), "an int or null"),
-    "step": (lambda v: v is None or _is_int(v), "an int or null"),
-    "metrics": (
-        lambda v: (
-            isinstance(v, dict)
-            and all(x is None or isinstance(x, (str, bool, float)) or _is_int(x) for x in v.values())
-        ),
-        "an object of numbers (64-bit ints, floats), strings, booleans or nulls",
-    ),
-    "objects": (
-        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-        "an object of object names to kinds",
-    ),
-    "env": (lambda v: isinstance(v, dict), "an object"),
-    "created_at": (lambda v: v is None or isinstance(v, str), "a string or null"),
-    "model": (lambda v: v is None or isinstance(v, dict), "an object or null"),
-    "rng": (lambda v: isinstance(v, bool), "true or false"),
-    "extra": (lambda v: isinstance(v, bool), "true or false"),
-}
-
-
-def info_from_section(path: str | None, section: Any, size: int | None) -> CheckpointInfo:
-    """Build a :class:`CheckpointInfo` from a checkpoint's header section (hostile input).
-
-    Every field is checked first.
-
-    Raises:
-        CorruptCheckpointError: the section is not a JSON object, or a field holds the wrong type.
-
-    Example:
-        >>> info_from_section("c.safetensors", {"epoch": 2, "objects": {"model": "module"}}, 10).epoch
-        2
-    """
-    if not isinstance(section, dict):
-        raise CorruptCheckpointError(f"{path}: checkpoint section is not an object", path=path)
-    for key, (valid, expected) in _SECTION_FIELDS.items():
-        if key in section and not valid(section[key]):
-            raise CorruptCheckpointError(
-                f"{path}: the checkpoint section's {key!r} is {str(section[key])[:60]!r}, expected {expected}; "
-                "the header is damaged or was not written by torchkeep",
-                path=path,
-                reason=f"bad {key} field",
-            )
-    return CheckpointInfo(
-        path=path,
-        epoch=section.get("epoch"),
-        step=section.get("step"),
-        metrics=dict(section.get("metrics") or {}),
-        created_at=section.get("created_at"),
-        env=dict(section.get("env") or {}),
-        model=section.get("model"),
-        size_bytes=size,
-        objects=dict(section.get("objects") or {}),
-        rng=bool(section.get("rng")),
-    )
-
-
-def read_info(path: str | os.PathLike[str] | _format.Reader, *, extra: bool = True) -> CheckpointInfo:
-    """Read a checkpoint's info without restoring anything (and without verifying checksums).
-
-    Epoch, step, metrics, objects and environment come from the header. ``extra`` (what
-    ``save_checkpoint(extra=...)`` stored) is decoded too, unless ``extra=False``: it is part of
-    the object tree, so tensors inside it are read (memory-mapped, not verified); pass
-    ``extra=False`` to read the header alone (listings do).
-
-    Example:
-        >>> import torch, torchkeep as tk, tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "c.safetensors")
-        >>> _ = tk.save_checkpoint(path, model=torch.nn.Linear(1, 1), step=10, extra={"lr": 0.1})
-        >>> read_info(path).step, read_info(path).extra
-        (10, {'lr': 0.1})
-    """
-    reader = path if isinstance(path, _format.Reader) else _format.open_file(path)
-    section = reader.section(SECTION)
-    if section is None:
-        hint = (
-            "; it was converted from a torch.save file: to restore it with load_checkpoint, convert it again with "
-            "`torchkeep convert SRC DST --as-checkpoint` (maps model_state_dict, optimizer_state_dict, epoch, ...)"
-            if "converted_from" in reader.metadata
-            else ""
-        )
-        raise CorruptCheckpointError(
-            f"{reader.path}: not a training checkpoint (no {SECTION} section); load it with tk.load(){hint}",
-            path=reader.path,
-            reason="not a checkpoint",
-        )
-    info = info_from_section(reader.path, section, reader.size)
-    if extra and isinstance(section, dict) and section.get("extra"):
-        info.extra = decode_subtrees(reader, [EXTRA_KEY], map_location=None, verify=False).get(EXTRA_KEY)
-    return info
-
-
-def decode_subtrees(
-    reader: _format.Reader, names: list[str], *, map_location: MapLocation, verify: bool
-) -> dict[str, Any]:
-    """Decode (and verify) only the named top-level entries of a checkpoint tree.
-
-    Loading just the model of a checkpoint then neither checks nor moves the optimizer state.
-    Names the file does not hold are simply absent from the result.
-
-    Raises:
-        CorruptCheckpointError: the tree is not a dict of named objects, or a checksum fails.
-
-    Example:
-        >>> import io
-        >>> tree, section = collect_state({"model": torch.nn.Linear(2, 1)}, rng=False)
-        >>> buf = io.BytesIO()
-        >>> _ = write_checkpoint(buf, tree, section)
-        >>> reader = _format.open_file(buf.getvalue())
-        >>> sorted(decode_subtrees(reader, ["model"], map_location=None, verify=True)["model"])
-        ['bias', 'weight']
-    """
-    root = reader.tree
-    items = root.get("items") if isinstance(root, dict) and root.get("t") in ("dict", "odict") else None
-    if not isinstance(items, dict):
-        raise CorruptCheckpointError(
-            f"{reader.path}: a checkpoint's object tree must be a dict of named objects", path=reader.path
-        )
-    selected = {k: v for k, v in items.items() if k in names}
-    if verify:
-        try:
-            refs = _codec.tensor_names(selected)
-        except CorruptCheckpointError as exc:
-            raise CorruptCheckpointError(f"{reader.path}: {exc}", path=reader.path, reason=exc.reason) from None
-        reader.verify([n for n in reader.names if n in refs])
-    tree: dict[str, Any] = _codec.decode(
-        {"t": "dict", "items": selected}, lambda n: aligned(reader.tensor(n, map_location))
-    )
-    return tree

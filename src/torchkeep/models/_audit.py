@@ -29,7 +29,9 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -317,7 +319,20 @@ SAVE_WARNING = "holds state that its state_dict, and so the saved file, does not
 MAIN_WARNING = "is registered from __main__"
 
 
-def _warn_if_main(model: nn.Module, stacklevel: int) -> None:
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside torchkeep: saves reach the audit at different depths."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def _warn_if_main(model: nn.Module) -> None:
     from ._registry import model_entry
 
     entry = model_entry(model)
@@ -331,18 +346,18 @@ def _warn_if_main(model: nn.Module, stacklevel: int) -> None:
         f"in this process. Move {cls} into a module (e.g. models.py), use `from models import {cls}`, "
         "and load elsewhere after `import models` (CLI: --import models)",
         UserWarning,
-        stacklevel=stacklevel + 1,
+        stacklevel=_caller_stacklevel(),
     )
 
 
-def check_before_save(model: nn.Module, name: str, strict: bool, *, stacklevel: int = 4) -> None:
+def check_before_save(model: nn.Module, name: str, strict: bool) -> None:
     """Warn (``strict=True``: raise) when a model about to be saved holds state its file would lose.
 
     Only the attribute checks of :func:`audit` run here (cheap: no rebuild); ``tk.audit`` also
     checks non-persistent buffers. Called by ``save_model``, ``save_checkpoint`` and the manager.
     A class registered from ``__main__`` (a script) is a warning too: no other process can import
-    it, so the file would load only where it was written. ``stacklevel`` points the warning at
-    the caller's line.
+    it, so the file would load only where it was written. Warnings point at the first line outside
+    torchkeep (the user's save call).
 
     Raises:
         UnsupportedValueError: with ``strict=True``, the model holds such state (each is listed).
@@ -359,7 +374,7 @@ def check_before_save(model: nn.Module, name: str, strict: bool, *, stacklevel: 
         >>> "model.embed" in str(w[0].message)
         True
     """
-    _warn_if_main(model, stacklevel)
+    _warn_if_main(model)
     try:
         findings = _attribute_findings(model)
     except Exception as exc:  # a tensor kind the walk cannot inspect (sparse...): never block the save
@@ -372,7 +387,7 @@ def check_before_save(model: nn.Module, name: str, strict: bool, *, stacklevel: 
     message = f"{name}= ({type(model).__qualname__}) {SAVE_WARNING}: {listed}"
     if strict:
         raise UnsupportedValueError(message + " (strict=True: nothing was written)", path=name)
-    warnings.warn(message + " (pass strict=True to make this an error)", UserWarning, stacklevel=stacklevel)
+    warnings.warn(message + " (pass strict=True to make this an error)", UserWarning, stacklevel=_caller_stacklevel())
 
 
 # Checkpoints (the layer below) audit every module they save through this hook.

@@ -132,7 +132,7 @@ def save_model(
                 value_type=type(value).__qualname__,
             )
     _codec.encode(dict(state))  # the codec's checks: dense, non-meta, plain tensors (names the key)
-    check_before_save(model, "model", strict, stacklevel=3)  # after the checks above: they are errors always
+    check_before_save(model, "model", strict)  # after the checks above: they are errors always
     tied = _tied_groups(state)
     if tied:
         entry["tied"] = tied

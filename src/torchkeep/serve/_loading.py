@@ -40,7 +40,7 @@ _MODEL_SUFFIXES = (".safetensors", ".pt2", ".onnx", ".pt", ".ts", ".engine", ".p
 
 def _checkpoint_step(path: str) -> int | None:
     try:
-        from ..checkpoint._state import read_info
+        from ..checkpoint._info import read_info
 
         step = read_info(path).step
     except (TorchkeepError, OSError):

@@ -44,6 +44,7 @@ from ...errors import (
 from ...io import _codec
 from ...io._format import MapLocation
 from .. import _restore, _state
+from .._info import info_from_section
 from .._state import CheckpointInfo
 from .._state_io import check_rng_state
 from ._dcp import RANK_KEY, LoadPlanner_, Opaque, SavePlanner_, ShardReader, ShardWriter
@@ -160,7 +161,7 @@ def _prepare_save(
 
 
 def _info(path: str, section: dict[str, Any], size: int | None, extra: Any) -> CheckpointInfo:
-    info = _state.info_from_section(path, section, size)
+    info = info_from_section(path, section, size)
     info.extra = extra
     return info
 
@@ -312,7 +313,7 @@ def load_checkpoint(
         3
     """
     index = read_index(path)
-    info = _state.info_from_section(index.path, index.checkpoint, None)
+    info = info_from_section(index.path, index.checkpoint, None)
     info.size_bytes = sum(os.path.getsize(index.shard_path(r)) for r in range(index.world_size))
     available = sorted(info.objects)
     for name in objects:

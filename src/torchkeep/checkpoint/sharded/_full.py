@@ -13,7 +13,7 @@ from ...errors import CheckpointWriteError, CorruptCheckpointError, DistributedC
 from ...io import _format
 from ...io._format import MapLocation
 from ...io._storage import atomic_write
-from .. import _state
+from .. import _info, _state
 from .._state import CheckpointInfo
 from ._api import rank_tree
 from ._dcp import ShardReader, decode_bytes
@@ -162,6 +162,6 @@ def consolidate(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Che
         if isinstance(exc, CheckpointWriteError):
             raise
         raise CheckpointWriteError(f"could not write {dst}: {exc}", path=os.fspath(dst)) from exc
-    info = _state.info_from_section(os.fspath(dst), section, size)
+    info = _info.info_from_section(os.fspath(dst), section, size)
     info.extra = tree.get(_state.EXTRA_KEY)
     return info

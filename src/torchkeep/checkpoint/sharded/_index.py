@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.metadata import (
 
 from ...errors import CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
 from ...io._dtypes import LOGICAL_DTYPES, dtype_name
-from .. import _state
+from .. import _info
 
 __all__ = [
     "INDEX_NAME",
@@ -207,7 +207,7 @@ def read_index(directory: str | os.PathLike[str]) -> Index:
     checkpoint = doc.get("checkpoint")
     if not isinstance(checkpoint, dict):
         raise _bad(path, "checkpoint section is not an object")
-    _state.info_from_section(path, checkpoint, None)  # the same field checks as a single file's header
+    _info.info_from_section(path, checkpoint, None)  # the same field checks as a single file's header
     dcp = doc.get("dcp")
     if not isinstance(dcp, dict):
         raise _bad(path, "dcp section is not an object")

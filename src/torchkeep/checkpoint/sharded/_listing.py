@@ -16,7 +16,8 @@ from typing import Any
 
 from ...io._format import open_file
 from ...io._storage import is_temporary, temporary_name
-from .._state import CheckpointInfo, info_from_section
+from .._info import info_from_section
+from .._state import CheckpointInfo
 
 __all__ = ["SUFFIX", "delete", "list_names", "read_header", "sweep", "verify"]
 
