@@ -152,6 +152,7 @@ def test_a_large_request_does_not_starve_small_ones() -> None:
 
     async def go() -> None:
         async with running(seed_predictor(), max_batch_size=4, max_wait_ms=0, max_body_bytes=8_000_000) as c:
+            core: ServingCore = c.app.state.server.core  # type: ignore[attr-defined]
             done: list[str] = []
             x = np.random.default_rng(0).standard_normal((2000, 10)).astype(np.float32)
 
@@ -161,14 +162,17 @@ def test_a_large_request_does_not_starve_small_ones() -> None:
                 done.append("big")
 
             async def small() -> None:
-                await asyncio.sleep(0.05)  # the big request is being served by now
+                # Sent once the big request is being served (its chunks hold a queue place), not
+                # after a fixed sleep: on a fast machine all 500 chunks can finish in 50 ms.
+                async with asyncio.timeout(10):
+                    while core.depth == 0:
+                        await asyncio.sleep(0)
                 r = await c.post("/predict", json={"values": x[0].tolist()})
                 assert r.status_code == 200
                 done.append("small")
 
             await asyncio.gather(big(), small())
             assert done == ["small", "big"]
-            core: ServingCore = c.app.state.server.core  # type: ignore[attr-defined]
             assert core.depth == 0
 
     asyncio.run(go())
