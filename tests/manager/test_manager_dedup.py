@@ -188,6 +188,27 @@ def test_a_copied_step_file_protects_its_blobs(tmp_path: Path) -> None:
     assert tk.load(tmp_path / "best.safetensors")["model"]["weight"].shape == (128, 128)
 
 
+def test_a_torchkeep_file_of_any_name_protects_its_blobs_and_other_files_are_ignored(tmp_path: Path) -> None:
+    import shutil
+
+    model = torch.nn.Linear(128, 128)
+    with tk.CheckpointManager(tmp_path, keep_last=1, dedup=True, model=model) as mgr:
+        first = mgr.save(step=1)
+        shutil.copyfile(first.path, tmp_path / "epoch=0-step=1.ckpt")  # a plugin's name, not a step's
+        (tmp_path / "notes.txt").write_text("not a checkpoint")
+        (tmp_path / "old.pt").write_bytes(b"PK\x03\x04" + bytes(64))  # a torch.save zip
+        saved = model.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        mgr.save(step=2)  # retention deletes step 1; the .ckpt copy still needs its weight blob
+        assert mgr.collect_garbage() == []
+    assert len(os.listdir(blob_dir(tmp_path))) == 2
+    assert torch.equal(tk.load(tmp_path / "epoch=0-step=1.ckpt")["model"]["weight"], saved)
+    os.remove(tmp_path / "epoch=0-step=1.ckpt")
+    assert [n.split("/")[0] for n in tk.manager.collect_garbage(tmp_path)] == ["blobs"]
+    assert len(os.listdir(blob_dir(tmp_path))) == 1
+
+
 def test_async_dedup_saves(tmp_path: Path) -> None:
     model = torch.nn.Linear(256, 256)
     with tk.CheckpointManager(tmp_path, keep_last=2, dedup=True, async_save=True, model=model) as mgr:

@@ -126,10 +126,18 @@ class DedupLayout(SingleFileLayout):
         return removed + [f"{BLOB_DIR}/{n}" for n in doomed]
 
     def referenced(self, storage: Storage) -> set[str] | None:
-        """Blobs referred to by any ``.safetensors`` file in ``storage``; None when that cannot be known."""
+        """Blobs referred to by any torchkeep file in ``storage``; None when that cannot be known.
+
+        In a local directory every file is read, not only ``.safetensors`` steps: a framework
+        plugin names its files itself (Lightning's ``epoch=1-step=8.ckpt``), and a blob one of them
+        needs must survive ``torchkeep gc``. Files that are not torchkeep files (logs, configs, the
+        lock) refer to nothing. On an object store only steps count (plugins write deduplicated
+        files to local directories only), so a sweep never downloads a stranger's large object.
+        """
         referenced: set[str] = set()
+        every_file = isinstance(storage, LocalStorage)
         for name in storage.list():
-            if not name.endswith(FILE_SUFFIX):
+            if not every_file and not name.endswith(FILE_SUFFIX):
                 continue
             try:
                 referenced |= self.read_header_blobs(storage, name)
@@ -139,7 +147,8 @@ class DedupLayout(SingleFileLayout):
                 logger.warning("not removing any blob: %s (its references are unknown to this torchkeep)", exc)
                 return None
             except CorruptCheckpointError as exc:
-                logger.warning("%s refers to no blob that can be kept for it: %s", name, exc)
+                if name.endswith(FILE_SUFFIX):
+                    logger.warning("%s refers to no blob that can be kept for it: %s", name, exc)
         return referenced
 
     def read_header_blobs(self, storage: Storage, name: str) -> set[str]:
