@@ -152,6 +152,7 @@ PUBLIC = {
     "torchkeep.manager": [
         "CheckpointEntry",
         "CheckpointManager",
+        "DirectoryLock",
         "FILE_KINDS",
         "KeepAny",
         "KeepBestK",

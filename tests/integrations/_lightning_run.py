@@ -1,7 +1,8 @@
 """A tiny Lightning run under TorchkeepCheckpointIO, as its own process (the tests SIGKILL it).
 
-python _lightning_run.py DIR OUT --epochs N [--kill-at-step S] [--resume] [--package pytorch_lightning]
-Writes the final weights and optimizer state to OUT (a torchkeep file) when training ends.
+python _lightning_run.py DIR OUT --epochs N [--kill-at-step S] [--resume] [--package pytorch_lightning] [--dedup]
+``--dedup`` writes through ``TorchkeepCheckpointIO(dedup=True)`` and widens the net so that its
+weights and Adam moments are blobs (at least 64 KiB each). Writes the final weights and optimizer state to OUT (a torchkeep file) when training ends.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ parser.add_argument("--epochs", type=int, default=4)
 parser.add_argument("--kill-at-step", type=int, default=None)
 parser.add_argument("--resume", action="store_true")
 parser.add_argument("--package", default="lightning")
+parser.add_argument("--dedup", action="store_true")
 args = parser.parse_args()
 
 if args.package == "lightning":
@@ -40,10 +42,13 @@ else:
 
 
 class Net(L.LightningModule):
-    def __init__(self, hidden: int = 8, lr: float = 0.05) -> None:
+    def __init__(self, hidden: int = 8, lr: float = 0.05, wide: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+        middle = [torch.nn.Linear(hidden, hidden), torch.nn.Tanh()] if wide else []
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, hidden), torch.nn.Tanh(), *middle, torch.nn.Linear(hidden, 1)
+        )
 
     def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         x, y = batch
@@ -70,7 +75,7 @@ data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=g), torch.ran
 loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=False)
 
 L.seed_everything(0, verbose=False)
-model = Net()
+model = Net(hidden=128, wide=True) if args.dedup else Net()
 callbacks: list[Callback] = [
     ModelCheckpoint(dirpath=args.dir, save_top_k=2, monitor="train_loss", save_last=True),
     ModelCheckpoint(dirpath=os.path.join(args.dir, "steps"), every_n_train_steps=3, save_top_k=-1),
@@ -79,7 +84,7 @@ if args.kill_at_step is not None:
     callbacks.append(KillAt(args.kill_at_step))
 trainer = L.Trainer(
     max_epochs=args.epochs,
-    plugins=[TorchkeepCheckpointIO()],
+    plugins=[TorchkeepCheckpointIO(dedup=args.dedup)],
     callbacks=callbacks,
     logger=False,
     enable_progress_bar=False,

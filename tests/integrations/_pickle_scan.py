@@ -13,6 +13,8 @@ from pathlib import Path
 
 import safetensors
 
+from torchkeep.io._external import BLOB_DIR, content_hash, is_blob_name
+
 
 def _is_safetensors(path: Path) -> bool:
     head = path.read_bytes()[:9]
@@ -35,8 +37,14 @@ def _parses_as_pickle(data: bytes) -> bool:
 
 
 def classify(path: Path) -> str:
-    """'safetensors', 'json', 'text', or 'PICKLE/BINARY: why' for one file."""
+    """'safetensors', 'blob', 'json', 'text', or 'PICKLE/BINARY: why' for one file.
+
+    A 'blob' is one tensor's raw bytes in a deduplicated directory's ``blobs/``, named by their
+    xxh3-128 (checked here): loaders read it as a dtype and a shape, nothing in it is executable.
+    """
     data = path.read_bytes()
+    if path.parent.name == BLOB_DIR and is_blob_name(path.name):
+        return "blob" if content_hash(data) == path.name else "PICKLE/BINARY: a blob whose bytes do not match its name"
     if data[:2] == b"PK":
         return "PICKLE/BINARY: a zip (torch.save) file"
     if data[:1] == b"\x80":

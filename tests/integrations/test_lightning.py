@@ -215,6 +215,124 @@ def test_pytorch_lightning_package(tmp_path: Path) -> None:
     assert isinstance(PLTiny.load_from_checkpoint(tmp_path / "last.ckpt"), PLTiny)
 
 
+class FineTune(L.LightningModule):
+    """A frozen backbone (two 256×256 layers: blobs) and a trainable 256×256 head with Adam."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential(
+            torch.nn.Linear(3, 256), torch.nn.Tanh(), torch.nn.Linear(256, 256), torch.nn.Tanh()
+        )
+        self.backbone.requires_grad_(False)
+        self.head = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Tanh(), torch.nn.Linear(256, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.head(self.backbone(x)), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.head.parameters(), lr=0.01)
+
+
+def _refs(path: Path) -> set[str]:
+    """The blobs one torchkeep file refers to."""
+    from torchkeep.checkpoint.layouts import DedupLayout
+    from torchkeep.io._storage import LocalStorage
+
+    return DedupLayout().read_header_blobs(LocalStorage(str(path.parent), create=False), path.name)
+
+
+def _blobs_of(directory: Path) -> tuple[set[str], set[str]]:
+    """(blobs the torchkeep files in ``directory`` refer to, blobs on disk)."""
+    referenced: set[str] = set().union(*(_refs(p) for p in directory.glob("*.ckpt")))
+    return referenced, {p.name for p in (directory / "blobs").iterdir()}
+
+
+def _assert_blobs_are_exactly_the_referenced_ones(directory: Path) -> None:
+    referenced, on_disk = _blobs_of(directory)
+    assert referenced and referenced == on_disk, (sorted(referenced - on_disk), sorted(on_disk - referenced))
+
+
+def _dedup_trainer(epochs: int, root: Path, io: Any) -> Any:
+    return _trainer(
+        epochs,
+        [ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_top_k=2, monitor="step", mode="max", save_last=True)],
+        plugins=[io],
+    )
+
+
+def test_dedup_writes_the_frozen_backbone_once_and_sweeps_what_retention_drops(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FineTune()
+    _dedup_trainer(3, tmp_path, TorchkeepCheckpointIO(dedup=True)).fit(model, _loader())
+    names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert names == ["epoch=2-step=10.ckpt", "epoch=2-step=12.ckpt", "last.ckpt"]  # 6 saves, top-2 + last kept
+    assert not (tmp_path / ".torchkeep.lock").exists()  # released at teardown
+    _assert_blobs_are_exactly_the_referenced_ones(tmp_path)  # what the 4 removed saves alone used is gone
+    # the frozen 256×256 weight is one blob shared by every file; the head and Adam's moments change
+    refs = {n: _refs(tmp_path / n) for n in names}
+    assert len(set.intersection(*refs.values())) == 1  # the 3×256 layer and the biases stay inline
+    assert refs["last.ckpt"] == refs["epoch=2-step=12.ckpt"] != refs["epoch=2-step=10.ckpt"]
+    # every file stays one loadable torchkeep file, bit-exact
+    loaded = FineTune.load_from_checkpoint(tmp_path / "last.ckpt")
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert subprocess.run(
+        [sys.executable, "-m", "torchkeep", "verify", str(tmp_path / "epoch=2-step=10.ckpt")], capture_output=True
+    ).returncode == 0
+    # `torchkeep gc` reads the .ckpt files too: it removes nothing that one of them needs
+    assert tk.manager.collect_garbage(tmp_path) == []
+    _assert_blobs_are_exactly_the_referenced_ones(tmp_path)
+    # on disk: one full checkpoint plus small deltas, where plain files would be 3 full ones
+    stored = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    full = tk.consolidate(tmp_path / "last.ckpt", tmp_path.parent / "full.safetensors")
+    assert full is not None
+    assert stored < 2.0 * (tmp_path.parent / "full.safetensors").stat().st_size
+
+
+def test_dedup_resume_is_exact_and_a_missing_blob_is_named(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    straight = FineTune()
+    _trainer(3, []).fit(straight, _loader())
+
+    torch.manual_seed(0)
+    first = FineTune()
+    _dedup_trainer(2, tmp_path, TorchkeepCheckpointIO(dedup=True)).fit(first, _loader())
+    resumed = FineTune()
+    trainer = _dedup_trainer(3, tmp_path, TorchkeepCheckpointIO(dedup=True))
+    trainer.fit(resumed, _loader(), ckpt_path="last")
+    assert trainer.global_step == 12
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    blob = tmp_path / "blobs" / sorted(_refs(tmp_path / "last.ckpt"))[0]
+    blob.unlink()
+    survivors = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(tk.CorruptCheckpointError, match=blob.name):
+        TorchkeepCheckpointIO().load_checkpoint(tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == survivors  # nothing else deleted
+
+
+def test_dedup_refuses_a_remote_dirpath_and_a_second_writer(tmp_path: Path) -> None:
+    state = {"state_dict": {"w": torch.ones(256, 256)}, "global_step": 1}
+    with pytest.raises(tk.UsageError, match="local directories only"):
+        TorchkeepCheckpointIO(dedup=True).save_checkpoint(state, "memory://bucket/run/last.ckpt")
+    first, second = TorchkeepCheckpointIO(dedup=True), TorchkeepCheckpointIO(dedup=True)
+    first.save_checkpoint(state, tmp_path / "a.ckpt")
+    with pytest.raises(tk.CheckpointLockedError):
+        second.save_checkpoint(state, tmp_path / "b.ckpt")
+    assert not (tmp_path / "b.ckpt").exists()
+    first.teardown()
+    second.save_checkpoint(state, tmp_path / "b.ckpt")
+    second.remove_checkpoint(tmp_path / "a.ckpt")
+    assert len(list((tmp_path / "blobs").iterdir())) == 1  # still needed by b.ckpt
+    second.remove_checkpoint(tmp_path / "b.ckpt")
+    assert list((tmp_path / "blobs").iterdir()) == []
+    second.teardown()
+
+
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent.parent / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
@@ -223,13 +341,17 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_sigkill_midway_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
-    straight = _run(str(tmp_path / "a"), str(tmp_path / "a.out"), "--epochs", "4")
+@pytest.mark.parametrize("dedup", [False, True], ids=["plain", "dedup"])
+def test_sigkill_midway_then_resume_is_bitwise_equal(tmp_path: Path, dedup: bool) -> None:
+    flags = ["--dedup"] if dedup else []
+    straight = _run(str(tmp_path / "a"), str(tmp_path / "a.out"), "--epochs", "4", *flags)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = _run(str(tmp_path / "b"), str(tmp_path / "b.out"), "--epochs", "4", "--kill-at-step", "10")
+    killed = _run(str(tmp_path / "b"), str(tmp_path / "b.out"), "--epochs", "4", "--kill-at-step", "10", *flags)
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL in epoch 3, after epoch 2's checkpoint
     assert not (tmp_path / "b.out").exists()
-    resumed = _run(str(tmp_path / "b"), str(tmp_path / "b.out"), "--epochs", "4", "--resume")
+    if dedup:  # the dead run's lock is free again (flock dies with its process), its blobs shared
+        assert (tmp_path / "b" / "blobs").is_dir()
+    resumed = _run(str(tmp_path / "b"), str(tmp_path / "b.out"), "--epochs", "4", "--resume", *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     a, b = tk.load(tmp_path / "a.out"), tk.load(tmp_path / "b.out")
@@ -239,8 +361,12 @@ def test_sigkill_midway_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
     for index, state in a["optimizer"]["state"].items():
         for key, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
+    if dedup:
+        for run in ("a", "b"):
+            _assert_blobs_are_exactly_the_referenced_ones(tmp_path / run)
+            _assert_blobs_are_exactly_the_referenced_ones(tmp_path / run / "steps")
     kinds = scan(tmp_path / "a", tmp_path / "b")
-    assert set(kinds.values()) == {"safetensors"} and "last.ckpt" in kinds
+    assert set(kinds.values()) == ({"safetensors", "blob"} if dedup else {"safetensors"}) and "last.ckpt" in kinds
 
 
 @pytest.mark.parametrize(

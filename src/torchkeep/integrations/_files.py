@@ -16,7 +16,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .. import load, load_checkpoint, read_info, save_checkpoint
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedValueError, missing_dependency
+from ..checkpoint.layouts import DedupLayout, SaveRequest, local_target, sweep_all
+from ..errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsupportedValueError,
+    UsageError,
+    missing_dependency,
+)
+from ..io._storage import LocalStorage
 
 __all__ = [
     "is_remote",
@@ -24,6 +32,7 @@ __all__ = [
     "load_tree",
     "remove",
     "save_tree",
+    "sweep_blobs",
 ]
 
 EXTRA_PATH = "['__extra__']"
@@ -100,15 +109,20 @@ def save_tree(
     epoch: int | None = None,
     step: int | None = None,
     rng: bool = False,
+    dedup: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``tree`` as the ``extra`` of a torchkeep training checkpoint at ``path`` (local or remote).
 
     ``what`` names the tree in errors (``checkpoint['hyper_parameters']['fn']: cannot store a
-    function``). With ``rng=True`` the process's RNG state is stored too.
+    function``). With ``rng=True`` the process's RNG state is stored too. With ``dedup=True``
+    (local paths only) every large tensor goes to ``blobs/`` beside the file, stored once for
+    all the files of that directory (the ``dedup`` layout); the caller holds the directory's
+    lock and runs :func:`sweep_blobs` after deleting files.
 
     Raises:
         UnsupportedValueError: a value cannot be stored; the message names its key in ``what``.
+        UsageError: ``dedup=True`` with a remote path.
         CheckpointWriteError: the write failed; an earlier file at ``path`` is unchanged.
 
     Example:
@@ -118,11 +132,23 @@ def save_tree(
         >>> load_tree(p)["epoch"]
         1
     """
+    if dedup and is_remote(path):
+        raise UsageError(
+            f"{os.fspath(path)}: deduplicated checkpoints are written to local directories only (their blobs "
+            "are shared by the files beside them). Use a local dirpath, or dedup=False for object stores; "
+            "tk.CheckpointManager(dedup=True) deduplicates on S3 too.",
+            argument="dedup",
+        )
     try:
         if not is_remote(path):
-            local = _local(path)
-            os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-            save_checkpoint(local, epoch=epoch, step=step, extra=tree, rng=rng)
+            local = os.path.abspath(_local(path))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            if dedup:
+                storage, name = local_target(local)
+                request = SaveRequest({}, epoch=epoch, step=step, extra=tree, rng=rng)
+                DedupLayout().begin_save(storage, name, request).commit()
+            else:
+                save_checkpoint(local, epoch=epoch, step=step, extra=tree, rng=rng)
             return
         url = os.fspath(path)
         fs = _filesystem(url, storage_options)
@@ -218,3 +244,19 @@ def remove(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | No
         return
     with contextlib.suppress(FileNotFoundError):
         os.remove(_local(path))
+
+
+def sweep_blobs(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove the blobs no file in local ``directory`` refers to (and temporaries of killed writes).
+
+    The caller holds the directory's write lock (a concurrent save's new blobs are not referred
+    to yet). Returns the names removed.
+
+    Example:
+        >>> import torch, tempfile, os
+        >>> d = tempfile.mkdtemp(); p = os.path.join(d, "a.ckpt")
+        >>> save_tree(p, {"w": torch.zeros(256, 256)}, what="state", dedup=True)
+        >>> remove(p); [n.split("/")[0] for n in sweep_blobs(d)]
+        ['blobs']
+    """
+    return sweep_all(LocalStorage(os.fspath(directory), create=False))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..manager import DirectoryLock
 from . import _files
 
 __all__ = ["TorchkeepIO", "patch_load_from_checkpoint"]
@@ -32,20 +34,52 @@ def _map_location(map_location: Any) -> Any:
 class TorchkeepIO:
     """Save Lightning's checkpoint dict as one torchkeep file; load it back without unpickling.
 
+    Every load checks every tensor's checksum (a damaged file raises
+    :class:`~torchkeep.CorruptCheckpointError` naming it).
+
     Args:
         storage_options: fsspec options for remote paths (``endpoint_url``, ``key``, ...); merged
             with the per-call ``storage_options`` of ``trainer.save_checkpoint``.
-        verify: check every tensor's checksum on load (a damaged file raises
-            :class:`~torchkeep.CorruptCheckpointError` naming it).
+        dedup: store each distinct large tensor once per directory, in ``blobs/`` beside the
+            ``.ckpt`` files, so a fine-tune with a frozen backbone writes the backbone once and then
+            only what changed. Each ``.ckpt`` stays one loadable torchkeep file (``torchkeep
+            consolidate`` makes a standalone copy). The plugin then holds the directory's write lock
+            from its first save until the run ends (``teardown``) and removes the blobs no
+            checkpoint needs whenever ``ModelCheckpoint`` deletes one. Local directories only.
 
     Example:
-        >>> io = TorchkeepIO()
-        >>> io.storage_options
-        {}
+        >>> io = TorchkeepIO(dedup=True)
+        >>> io.storage_options, io.dedup
+        ({}, True)
     """
 
-    def __init__(self, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, *, storage_options: Mapping[str, Any] | None = None, dedup: bool = False) -> None:
         self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.dedup = bool(dedup)
+        self._locks: dict[str, DirectoryLock] = {}
+        # Lightning's AsyncCheckpointIO saves in a thread while ModelCheckpoint removes in the main
+        # one: a sweep between a save's blob writes and its commit would delete the new blobs.
+        self._mutex = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Strategies that spawn processes pickle the Trainer and its plugins: locks stay behind.
+        state = dict(self.__dict__)
+        state["_locks"], state["_mutex"] = {}, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._mutex = threading.Lock()
+
+    def _hold(self, path: Any) -> str:
+        """Take (once) the write lock of the directory that holds ``path``; returns the directory."""
+        directory: str = os.path.dirname(os.path.abspath(os.fspath(path)))
+        if directory not in self._locks:
+            os.makedirs(directory, exist_ok=True)
+            lock = DirectoryLock(directory)
+            lock.acquire()  # CheckpointLockedError names the other writer
+            self._locks[directory] = lock
+        return directory
 
     def _options(self, extra: Any) -> dict[str, Any]:
         if extra is not None and not isinstance(extra, Mapping):
@@ -73,14 +107,19 @@ class TorchkeepIO:
             0
         """
         epoch, step = checkpoint.get("epoch"), checkpoint.get("global_step")
-        _files.save_tree(
-            path,
-            checkpoint,
-            what="checkpoint",
-            epoch=epoch if isinstance(epoch, int) else None,
-            step=step if isinstance(step, int) else None,
-            storage_options=self._options(storage_options),
-        )
+        options = self._options(storage_options)
+        with self._mutex:
+            if self.dedup and not _files.is_remote(path):
+                self._hold(path)
+            _files.save_tree(
+                path,
+                checkpoint,
+                what="checkpoint",
+                epoch=epoch if isinstance(epoch, int) else None,
+                step=step if isinstance(step, int) else None,
+                dedup=self.dedup,
+                storage_options=options,
+            )
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         """Load a checkpoint dict written by :meth:`save_checkpoint` or by ``torchkeep convert``.
@@ -120,6 +159,8 @@ class TorchkeepIO:
     def remove_checkpoint(self, path: Any) -> None:
         """Delete one checkpoint file (ModelCheckpoint's top-k retention calls this).
 
+        With ``dedup=True`` the blobs that no file left in the directory refers to go too.
+
         Example:
             >>> import tempfile, os
             >>> p = os.path.join(tempfile.mkdtemp(), "a.ckpt")
@@ -127,11 +168,23 @@ class TorchkeepIO:
             >>> os.path.exists(p)
             False
         """
-        _files.remove(path, self.storage_options)
-        logger.debug("removed checkpoint %s", path)
+        with self._mutex:
+            _files.remove(path, self.storage_options)
+            logger.debug("removed checkpoint %s", path)
+            if self.dedup and not _files.is_remote(path):
+                removed = _files.sweep_blobs(self._hold(path))
+                logger.debug("removed %d unreferenced blob(s) beside %s", len(removed), path)
 
     def teardown(self) -> None:
-        """Nothing to release (Lightning calls this at the end of a run)."""
+        """Give up the directory locks a ``dedup=True`` plugin holds (Lightning calls this at the end of a run).
+
+        Example:
+            >>> TorchkeepIO(dedup=True).teardown()
+        """
+        with self._mutex:
+            locks, self._locks = self._locks, {}
+        for lock in locks.values():
+            lock.release()
 
 
 def patch_load_from_checkpoint(saving_module: str) -> None:

@@ -37,6 +37,9 @@ class TorchkeepCheckpointIO(TorchkeepIO, CheckpointIO):  # type: ignore[misc]
 
     Args:
         storage_options: fsspec options for a remote ``dirpath`` (``endpoint_url``, ``key``, ...).
+        dedup: store each distinct large tensor once per local ``dirpath`` (``blobs/``), so a
+            fine-tune writes the frozen weights once and then only what changed; the blobs no
+            checkpoint needs are removed when ``ModelCheckpoint`` deletes one.
 
     Example:
         >>> import torch, tempfile, os
@@ -47,8 +50,8 @@ class TorchkeepCheckpointIO(TorchkeepIO, CheckpointIO):  # type: ignore[misc]
         3
     """
 
-    def __init__(self, *, storage_options: dict[str, Any] | None = None) -> None:
-        TorchkeepIO.__init__(self, storage_options=storage_options)
+    def __init__(self, *, storage_options: dict[str, Any] | None = None, dedup: bool = False) -> None:
+        TorchkeepIO.__init__(self, storage_options=storage_options, dedup=dedup)
 
 
 patch_load_from_checkpoint("lightning.pytorch.core.saving")

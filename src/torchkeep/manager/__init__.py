@@ -11,6 +11,7 @@ Example:
 
 from ._gc import collect_garbage
 from ._listing import FILE_KINDS, CheckpointEntry, checkpoint_name, list_checkpoints, parse_name
+from ._lock import DirectoryLock
 from ._manager import CheckpointManager
 from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, KeepNewerThan, Policy, Record
 
@@ -18,6 +19,7 @@ __all__ = [
     "FILE_KINDS",
     "CheckpointEntry",
     "CheckpointManager",
+    "DirectoryLock",
     "KeepAny",
     "KeepBestK",
     "KeepEveryNSteps",
