@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -55,10 +54,9 @@ def test_shared_references_do_not_expand_exponentially(tmp_path: Path) -> None:
         node = [node, node]
     src = tmp_path / "dag.pt"
     torch.save({"x": node}, src)
-    start = time.monotonic()
+    # refused from the counts: walking 2**40 paths would never end (pytest-timeout fails the test)
     with pytest.raises(tk.UnsupportedValueError, match="shares containers") as info:
         conv.convert(src, tmp_path / "out.safetensors")
-    assert time.monotonic() - start < 60  # refused from the counts, not after walking 2**40 nodes
     assert "limit" in str(info.value)
 
 
