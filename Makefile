@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_BOOTSTRAP ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast test-docker lint bench clean
+.PHONY: venv demo test test-fast test-docker test-executorch lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,14 @@ test-fast: venv
 # scripts/docker-smoke.sh under pytest: builds the CPU image, runs it, checks it like a user would.
 test-docker: venv
 	$(PY) -m pytest -m docker tests/test_docker_smoke.py $(PYTEST_ARGS)
+
+# ExecuTorch 1.5.1 runs with torch 2.13.0 only when installed without its dependency pins
+# (docs/guide/export.md), so it lives in a side directory on PYTHONPATH, outside the dev venv.
+EXECUTORCH_DIR ?= .executorch
+test-executorch: venv
+	$(PIP) install --quiet --no-deps --upgrade --target $(EXECUTORCH_DIR) executorch==1.5.1 torchao==0.18.0 ruamel.yaml tabulate
+	PYTHONPATH=$(EXECUTORCH_DIR) $(PY) -c "import executorch.exir, executorch.runtime"
+	PYTHONPATH=$(EXECUTORCH_DIR) $(PY) -m pytest -m "not docker" tests/export/test_targets.py -k executorch $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks examples
