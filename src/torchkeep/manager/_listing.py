@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +29,19 @@ from ..checkpoint.layouts import (
     parse_name,
     storage_path,
 )
-from ..errors import CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError, FormatVersionError
+from ..errors import (
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    FormatVersionError,
+    UsageError,
+)
 from ..io._storage import LocalStorage, Storage
 from ._policies import KeepBestK, Record
 
 __all__ = [
     "best_first",
+    "check_step",
     "CheckpointEntry",
     "checkpoint_name",
     "list_checkpoints",
@@ -259,3 +267,23 @@ def list_checkpoints(
         for e in entries:
             verify_entry(storage, e)
     return entries
+
+
+def check_step(step: Any) -> int:
+    """``step`` as an int (numpy and 0-d integer tensors too), or :class:`UsageError`.
+
+    Example:
+        >>> check_step(12)
+        12
+    """
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        value = operator.index(step)
+    except TypeError:
+        value = -1
+    if value < 0:
+        raise UsageError(
+            f"step must be a non-negative int (e.g. the optimizer step or batch count), got {step!r}", argument="step"
+        )
+    return value

@@ -25,10 +25,8 @@ blobs) is the business of its layout (:mod:`torchkeep.checkpoint.layouts`); the 
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -36,9 +34,7 @@ from typing import Any
 from ..checkpoint._checkpoint import CheckpointInfo, check_stateful, jsonable_metrics
 from ..checkpoint.layouts import PendingSave, SaveRequest, layout_for_kind, layout_for_save, sweep_all
 from ..errors import (
-    CheckpointNotFoundError,
     CheckpointWriteError,
-    CorruptCheckpointError,
     TorchkeepError,
     UsageError,
 )
@@ -49,14 +45,15 @@ from ._listing import (
     MANAGER_KEY,
     CheckpointEntry,
     best_first,
-    list_names,
+    check_step,
     open_storage,
     parse_name,
     scan,
     storage_path,
 )
 from ._lock import DirectoryLock
-from ._policies import KeepAny, KeepBestK, KeepEveryNSteps, KeepLastN, Policy, metric_value
+from ._policies import KeepAny, Policy, combined_policy, metric_value
+from ._restore import restore_step
 
 __all__ = ["CheckpointManager"]
 
@@ -125,24 +122,16 @@ class CheckpointManager:
                 f"mode must be 'min' or 'max' (min: lower is better, e.g. a loss; max: e.g. accuracy), got {mode!r}",
                 argument="mode",
             )
-        if keep_best is not None and not monitor:
-            raise UsageError(
-                "keep_best needs monitor=, the name of the metric that defines 'best' (e.g. 'val_loss')",
-                argument="monitor",
-            )
+        self.policy: KeepAny | None = combined_policy(
+            keep_last=keep_last,
+            keep_best=keep_best,
+            monitor=monitor,
+            mode=mode,
+            keep_every=keep_every,
+            retention=retention,
+        )
         for name, obj in objects.items():
             check_stateful(name, obj)
-        policies: list[Policy] = []
-        if keep_last is not None:
-            policies.append(KeepLastN(keep_last))
-        if keep_best is not None:
-            policies.append(KeepBestK(keep_best, str(monitor), mode))
-        if keep_every is not None:
-            policies.append(KeepEveryNSteps(keep_every))
-        if retention is not None:
-            extra = [retention] if isinstance(retention, Policy) else list(retention)
-            policies.extend(KeepAny(*extra).policies)
-        self.policy: KeepAny | None = KeepAny(*policies) if policies else None
         self.monitor = monitor
         self.mode = mode
         self.async_save = bool(async_save)
@@ -190,11 +179,8 @@ class CheckpointManager:
     @property
     def best(self) -> CheckpointInfo | None:
         """The checkpoint with the best ``monitor`` metric (None without ``monitor`` or without values)."""
-        entries = self._best_first(self.entries)
+        entries = best_first(self.entries, self.monitor, self.mode)
         return entries[0].info if entries else None
-
-    def _best_first(self, entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
-        return best_first(entries, self.monitor, self.mode)
 
     # -- saving -------------------------------------------------------------------------------
     def save(
@@ -230,7 +216,7 @@ class CheckpointManager:
                 f"{self.directory} was opened with read_only=True; open it without read_only to save",
                 path=self.directory,
             )
-        step = _check_step(step)
+        step = check_step(step)
         if metrics is not None and not isinstance(metrics, Mapping):
             raise UsageError(
                 f"metrics must be a dict of name -> number (e.g. {{'val_loss': 0.31}}), got {type(metrics).__name__}",
@@ -405,83 +391,17 @@ class CheckpointManager:
         """
         self._check_open()
         self.wait()
-        if not isinstance(which, (str, bool)) and hasattr(which, "__index__"):
-            which = operator.index(which)  # numpy ints too
-        if isinstance(which, int) and not isinstance(which, bool):
-            entries = self.entries
-            matches = [e for e in entries if e.step == which]
-            if not matches:
-                steps = [e.step for e in entries]
-                raise CheckpointNotFoundError(
-                    f"{self.directory} has no checkpoint for step {which}; it has steps {steps}",
-                    path=self.directory,
-                )
-            return self._load(matches[-1], map_location, strict)
-        if which not in ("latest", "best"):
-            raise UsageError(f"which must be 'latest', 'best' or a step number, got {which!r}", argument="which")
-        if which == "best" and not self.monitor:
-            raise UsageError(
-                "restore('best') needs the manager to be created with monitor= (the metric that defines "
-                "'best'), e.g. CheckpointManager(dir, monitor='val_loss', ...); or restore 'latest' or a step",
-                argument="which",
-            )
-        skipped: list[str] = []
-        # Another process may delete steps while this one reads (a trainer's retention, seen by a
-        # read-only manager): a candidate that vanished is no failure, the listing is read again.
-        for _ in range(_RESCANS):
-            entries = self.entries
-            if not entries:
-                return None
-            candidates = self._candidates(str(which), entries)
-            vanished = False
-            for entry in candidates:
-                if entry.path in skipped:
-                    continue
-                try:
-                    return self._load(entry, map_location, strict)
-                except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
-                    if entry.name not in list_names(self._storage):
-                        logger.debug("%s vanished while it was being restored (%s); listing again", entry.path, exc)
-                        vanished = True
-                        break
-                    skipped.append(entry.path)
-                    # One report, as a warning the caller can filter or turn into an error (a log line
-                    # as well would print it twice); the error already names the file, so say it once.
-                    reason = str(exc).removeprefix(f"{entry.path}: ")
-                    message = f"skipping checkpoint {entry.path} (step {entry.step}): {reason}; trying the next one"
-                    warnings.warn(message, UserWarning, stacklevel=2)
-            if not vanished:
-                break
-        if not skipped:
-            return None
-        raise CorruptCheckpointError(
-            f"every checkpoint in {self.directory} failed verification: {skipped}. "
-            "Run `torchkeep ls --verify` on the directory to see what is wrong.",
-            path=self.directory,
-            reason="no readable checkpoint",
+        return restore_step(
+            self._storage,
+            self._objects,
+            which,
+            directory=self.directory,
+            list_entries=lambda: self.entries,
+            monitor=self.monitor,
+            mode=self.mode,
+            map_location=map_location,
+            strict=strict,
         )
-
-    def _candidates(self, which: str, entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
-        """Newest first ("latest") or best first ("best"), readable headers only for "best"."""
-        if which == "latest":
-            return entries[::-1]
-        candidates = self._best_first(entries)
-        if not candidates:
-            raise CheckpointNotFoundError(
-                f"no checkpoint in {self.directory} records the metric {self.monitor!r}; "
-                "pass it in save(metrics=...) or restore 'latest'",
-                path=self.directory,
-            )
-        return candidates
-
-    def _load(self, entry: CheckpointEntry, map_location: _format.MapLocation, strict: bool) -> CheckpointInfo:
-        if entry.error is not None:
-            raise CorruptCheckpointError(entry.error, path=entry.path, reason="unreadable header")
-        info = layout_for_kind(entry.kind).load(
-            self._storage, entry.name, self._objects, map_location=map_location, strict=strict
-        )
-        info.path = entry.path
-        return info
 
     # -- lifecycle ----------------------------------------------------------------------------
     def wait(self) -> None:
@@ -521,25 +441,6 @@ class CheckpointManager:
     def __repr__(self) -> str:
         mode = "async" if self.async_save else "sync"
         return f"CheckpointManager({self.directory!r}, {mode}, objects={sorted(self._objects)})"
-
-
-#: How often restore() reads the listing again when the steps it tried were deleted meanwhile.
-_RESCANS = 20
-
-
-def _check_step(step: Any) -> int:
-    """``step`` as an int (numpy and 0-d integer tensors too), or :class:`UsageError`."""
-    try:
-        if isinstance(step, bool):
-            raise TypeError
-        value = operator.index(step)
-    except TypeError:
-        value = -1
-    if value < 0:
-        raise UsageError(
-            f"step must be a non-negative int (e.g. the optimizer step or batch count), got {step!r}", argument="step"
-        )
-    return value
 
 
 def _rank() -> int:

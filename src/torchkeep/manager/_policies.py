@@ -28,6 +28,7 @@ from ..errors import UsageError
 
 __all__ = [
     "KeepAny",
+    "combined_policy",
     "KeepBestK",
     "KeepEveryNSteps",
     "KeepLastN",
@@ -226,3 +227,41 @@ class KeepAny:
                 )
             mask = [a or bool(b) for a, b in zip(mask, got, strict=True)]
         return mask
+
+
+def combined_policy(
+    *,
+    keep_last: int | None = None,
+    keep_best: int | None = None,
+    monitor: str | None = None,
+    mode: str = "min",
+    keep_every: int | None = None,
+    retention: Policy | Sequence[Policy] | None = None,
+) -> KeepAny | None:
+    """The one policy a manager applies, from its keyword arguments; None when nothing is pruned.
+
+    Raises:
+        UsageError: ``keep_best`` without ``monitor``, or a count that is not a positive int.
+
+    Example:
+        >>> combined_policy(keep_last=2, keep_every=10).keep([Record(step=s) for s in (10, 11, 12, 13)])
+        [True, False, True, True]
+        >>> combined_policy() is None
+        True
+    """
+    if keep_best is not None and not monitor:
+        raise UsageError(
+            "keep_best needs monitor=, the name of the metric that defines 'best' (e.g. 'val_loss')",
+            argument="monitor",
+        )
+    policies: list[Policy] = []
+    if keep_last is not None:
+        policies.append(KeepLastN(keep_last))
+    if keep_best is not None:
+        policies.append(KeepBestK(keep_best, str(monitor), mode))
+    if keep_every is not None:
+        policies.append(KeepEveryNSteps(keep_every))
+    if retention is not None:
+        extra = [retention] if isinstance(retention, Policy) else list(retention)
+        policies.extend(KeepAny(*extra).policies)
+    return KeepAny(*policies) if policies else None
