@@ -12,10 +12,16 @@ Reported, with the issue's targets:
 * an all-changing dedup save vs a plain save (≤ 1.05×);
 * loading a dedup step vs a plain one (speed ≥ 0.9×).
 
+With ``--lightning``, also a Lightning fine-tune (a frozen backbone of ``--size`` MiB and a small
+trained head, one ``ModelCheckpoint`` save per step, ``save_top_k=3``) under Lightning's default
+``TorchCheckpointIO`` (``torch.save``, no fsync), ``TorchkeepCheckpointIO()`` and
+``TorchkeepCheckpointIO(dedup=True)``: median save time and the disk the kept files use.
+
 Usage::
 
     PYTHONPATH=$PWD/src python benchmarks/dedup.py --size 256     # quick (~1 min)
     PYTHONPATH=$PWD/src python benchmarks/dedup.py                # 2 GiB: needs ~10 GiB disk, 6 GiB RAM
+    PYTHONPATH=$PWD/src python benchmarks/dedup.py --size 512 --lightning
 """
 
 from __future__ import annotations
@@ -106,12 +112,71 @@ def _loads(root: Path, state: State, repeat: int) -> tuple[list[float], list[flo
     return times["plain"], times["dedup"]
 
 
+def _lightning(root: Path, size_mib: int, saves: int) -> list[tuple[str, float, int]]:
+    """(plugin, median save seconds, bytes of the kept files) for each plugin, one fit after another."""
+    import lightning as L
+    from lightning.fabric.plugins import TorchCheckpointIO
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from torchkeep.integrations.lightning import TorchkeepCheckpointIO
+
+    width, layers = 1024, max(1, size_mib // 4)  # a Linear(1024, 1024) is 4 MiB
+
+    class FineTune(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.backbone = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
+            self.backbone.requires_grad_(False)
+            self.head = torch.nn.Linear(width, 16)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.head(self.backbone(batch[0])).pow(2).mean()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.head.parameters(), lr=1e-3)
+
+    def timed(base: type) -> Any:
+        class Timed(base):  # type: ignore[misc, valid-type]
+            def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+                start = time.perf_counter()
+                super().save_checkpoint(*args, **kwargs)
+                self.seconds.append(time.perf_counter() - start)
+
+        return Timed
+
+    data = torch.utils.data.TensorDataset(torch.randn(4 * saves, width))
+    results = []
+    for name, make in (
+        ("Lightning default (torch.save, no fsync)", lambda: timed(TorchCheckpointIO)()),
+        ("TorchkeepCheckpointIO()", lambda: timed(TorchkeepCheckpointIO)()),
+        ("TorchkeepCheckpointIO(dedup=True)", lambda: timed(TorchkeepCheckpointIO)(dedup=True)),
+    ):
+        io = make()
+        io.seconds = []
+        directory = root / "lightning" / name.split(" ")[0].replace("(", "-").replace(")", "").replace("=", "")
+        trainer = L.Trainer(
+            max_steps=saves,
+            plugins=[io],
+            callbacks=[
+                ModelCheckpoint(dirpath=directory, every_n_train_steps=1, save_top_k=3, monitor="step", mode="max")
+            ],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(FineTune(), torch.utils.data.DataLoader(data, batch_size=4))
+        results.append((name, statistics.median(io.seconds), _disk(directory)))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=2048, help="state size in MiB (default 2048)")
     parser.add_argument("--trainable", type=float, default=0.05, help="fraction that changes per save")
     parser.add_argument("--saves", type=int, default=10)
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--lightning", action="store_true", help="also a Lightning fine-tune under each plugin")
     args = parser.parse_args()
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     root = Path(args.dir or tempfile.mkdtemp(prefix="tk-dedup-bench-"))
@@ -123,6 +188,8 @@ def main() -> None:
         shutil.rmtree(root / "finetune")
         changing = max(4, args.saves // 2)
         all_plain, all_dedup = _side_by_side(root / "all", State(args.size, args.trainable), changing, everything=True)
+        shutil.rmtree(root / "all")
+        lightning = _lightning(root, args.size, args.saves) if args.lightning else []
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -153,7 +220,7 @@ def main() -> None:
         print(f"| {name} | {seconds:.3f} | {seconds / base:.2f}x |")
     print("\n| disk after the saves | MiB | vs one full checkpoint |\n|---|---:|---:|")
     print(f"| plain (keeps 3 steps) | {plain_disk / 2**20:.0f} | {plain_disk / full:.2f}x |")
-    print(f"| plain, no retention (10 steps, computed) | {args.saves * full / 2**20:.0f} | {args.saves:.2f}x |")
+    print(f"| plain, no retention ({args.saves} steps, computed) | {args.saves * full / 2**20:.0f} | {args.saves:.2f}x |")
     print(f"| dedup (keeps 3 steps) | {dedup_disk / 2**20:.0f} | {dedup_disk / full:.2f}x |")
     print("\ntargets:")
     print(f"  disk <= 1.2x one full checkpoint: {dedup_disk / full:.2f}x")
@@ -162,6 +229,20 @@ def main() -> None:
         f"  all-changing dedup save <= 1.05x plain: {statistics.median(all_dedup) / statistics.median(all_plain):.2f}x"
     )
     print(f"  dedup load speed >= 0.9x plain: {statistics.median(loads_plain) / statistics.median(loads_dedup):.2f}x")
+    if lightning:
+        _, default_s, _ = lightning[0]
+        _, _, one_full = lightning[1]
+        one_full //= 3  # TorchkeepCheckpointIO() keeps 3 whole files
+        print(
+            f"\nLightning fine-tune: frozen backbone {args.size} MiB + trained head, {args.saves} saves "
+            "(every_n_train_steps=1, save_top_k=3), one fit per plugin, one after another\n"
+        )
+        print("| plugin | save s (median) | save speed vs default | kept files MiB | vs one full checkpoint |")
+        print("|---|---:|---:|---:|---:|")
+        for name, seconds, size in lightning:
+            print(
+                f"| {name} | {seconds:.3f} | {default_s / seconds:.2f}x | {size / 2**20:.0f} | {size / one_full:.2f}x |"
+            )
 
 
 if __name__ == "__main__":
