@@ -52,8 +52,11 @@ class State:
         total = size_mib * 1024 * 1024 // 4
         train_numel = max(1024, int(total * trainable))
         frozen_numel = total - train_numel
+        # Random values: after `add_(1.0)` every tensor holds bytes no earlier step held. (Constants
+        # would not: in float32, 2**24 + 1 rounds back to 2**24, and c + 1 is the next tensor's c.)
+        g = torch.Generator().manual_seed(0)
         self.frozen = [
-            torch.full((min(CHUNK_NUMEL, frozen_numel - i),), 0.5 + i) for i in range(0, frozen_numel, CHUNK_NUMEL)
+            torch.randn(min(CHUNK_NUMEL, frozen_numel - i), generator=g) for i in range(0, frozen_numel, CHUNK_NUMEL)
         ]
         self.trainable = [torch.zeros(min(CHUNK_NUMEL, train_numel - i)) for i in range(0, train_numel, CHUNK_NUMEL)]
 
