@@ -333,6 +333,22 @@ def test_dedup_refuses_a_remote_dirpath_and_a_second_writer(tmp_path: Path) -> N
     second.teardown()
 
 
+def test_a_pickled_dedup_plugin_leaves_its_locks_behind(tmp_path: Path) -> None:
+    import pickle
+
+    state = {"state_dict": {"w": torch.ones(256, 256)}, "global_step": 1}
+    io = TorchkeepCheckpointIO(dedup=True)
+    io.save_checkpoint(state, tmp_path / "a.ckpt")  # holds the directory lock from here on
+    copy = pickle.loads(pickle.dumps(io))  # what process-spawning strategies do to plugins
+    assert copy.dedup and copy._locks == {}
+    with pytest.raises(tk.CheckpointLockedError):
+        copy.save_checkpoint(state, tmp_path / "b.ckpt")  # the original still holds it
+    io.teardown()
+    copy.save_checkpoint(state, tmp_path / "b.ckpt")
+    copy.teardown()
+    assert copy.load_checkpoint(tmp_path / "b.ckpt")["global_step"] == 1
+
+
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent.parent / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.run(

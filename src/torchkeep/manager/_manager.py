@@ -395,7 +395,6 @@ class CheckpointManager:
             self._storage,
             self._objects,
             which,
-            directory=self.directory,
             list_entries=lambda: self.entries,
             monitor=self.monitor,
             mode=self.mode,

@@ -21,7 +21,7 @@ from ..io import _format
 from ..io._storage import Storage
 from ._listing import CheckpointEntry, best_first, list_names
 
-__all__ = ["load_entry", "restore_step"]
+__all__ = ["restore_step"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ def restore_step(
     objects: Mapping[str, Any],
     which: Any,
     *,
-    directory: str,
     list_entries: Callable[[], list[CheckpointEntry]],
     monitor: str | None,
     mode: str,
@@ -42,7 +41,7 @@ def restore_step(
 ) -> CheckpointInfo | None:
     """Load step ``which`` (``"latest"``, ``"best"`` or a step number) of ``storage`` into ``objects``.
 
-    Returns its info, or None when the directory holds no checkpoint. See
+    Returns its info, or None when the directory holds no checkpoint (errors name ``storage.root``). See
     :meth:`torchkeep.CheckpointManager.restore` for the rules and the errors.
 
     Example:
@@ -51,10 +50,11 @@ def restore_step(
         >>> d = tempfile.mkdtemp()
         >>> with tk.CheckpointManager(d, model=torch.nn.Linear(1, 1)) as mgr:
         ...     _ = mgr.save(step=3)
-        >>> restore_step(LocalStorage(d), {"model": torch.nn.Linear(1, 1)}, "latest", directory=d,
+        >>> restore_step(LocalStorage(d), {"model": torch.nn.Linear(1, 1)}, "latest",
         ...              list_entries=lambda: tk.list_checkpoints(d), monitor=None, mode="min").step
         3
     """
+    directory = storage.root
     if not isinstance(which, (str, bool)) and hasattr(which, "__index__"):
         which = operator.index(which)  # numpy ints too
     if isinstance(which, int) and not isinstance(which, bool):
@@ -65,7 +65,7 @@ def restore_step(
             raise CheckpointNotFoundError(
                 f"{directory} has no checkpoint for step {which}; it has steps {steps}", path=directory
             )
-        return load_entry(storage, objects, matches[-1], map_location=map_location, strict=strict)
+        return _load_entry(storage, objects, matches[-1], map_location=map_location, strict=strict)
     if which not in ("latest", "best"):
         raise UsageError(f"which must be 'latest', 'best' or a step number, got {which!r}", argument="which")
     if which == "best" and not monitor:
@@ -85,7 +85,7 @@ def restore_step(
             if entry.path in skipped:
                 continue
             try:
-                return load_entry(storage, objects, entry, map_location=map_location, strict=strict)
+                return _load_entry(storage, objects, entry, map_location=map_location, strict=strict)
             except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
                 if entry.name not in list_names(storage):
                     logger.debug("%s vanished while it was being restored (%s); listing again", entry.path, exc)
@@ -119,7 +119,7 @@ def _best(entries: list[CheckpointEntry], directory: str, monitor: str | None, m
     return candidates
 
 
-def load_entry(
+def _load_entry(
     storage: Storage,
     objects: Mapping[str, Any],
     entry: CheckpointEntry,
@@ -127,20 +127,7 @@ def load_entry(
     map_location: _format.MapLocation = None,
     strict: bool = True,
 ) -> CheckpointInfo:
-    """Load one listed step into ``objects`` through its layout; a step whose header is unreadable raises.
-
-    Raises:
-        CorruptCheckpointError: the header could not be read, or a tensor fails its checksum.
-
-    Example:
-        >>> import torch, torchkeep as tk, tempfile
-        >>> from torchkeep.io._storage import LocalStorage
-        >>> d = tempfile.mkdtemp()
-        >>> with tk.CheckpointManager(d, model=torch.nn.Linear(1, 1)) as mgr:
-        ...     _ = mgr.save(step=4)
-        >>> load_entry(LocalStorage(d), {"model": torch.nn.Linear(1, 1)}, tk.list_checkpoints(d)[-1]).step
-        4
-    """
+    """Load one listed step into ``objects`` through its layout; an unreadable header raises."""
     if entry.error is not None:
         raise CorruptCheckpointError(entry.error, path=entry.path, reason="unreadable header")
     info = layout_for_kind(entry.kind).load(storage, entry.name, objects, map_location=map_location, strict=strict)
