@@ -121,6 +121,28 @@ def test_planner_list_indices_are_bounded_by_the_index_itself(
 
 
 @pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        (["optimizer", "param_groups", "float32"], "both as a list and as a dict"),  # found by the fuzzer
+        (["optimizer", "param_groups"], "both as a value and as a container"),
+    ],
+)
+def test_planner_paths_that_disagree_on_a_container_are_refused(
+    good: tuple[Path, dict[str, Any]], tmp_path: Path, parts: list[Any], message: str
+) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        planner = doc["dcp"]["planner_data"]
+        assert any(v[:3] == ["optimizer", "param_groups", 0] for v in planner.values())
+        planner["extra.key"] = parts
+
+    bad = _variant(good, tmp_path, edit)
+    with pytest.raises(tk.CorruptCheckpointError, match=message):
+        distributed.read_index(bad)
+    with pytest.raises(tk.CorruptCheckpointError):
+        tk.load(bad)
+
+
+@pytest.mark.parametrize(
     ("field", "value"),
     [
         ("objects", ["model"]),

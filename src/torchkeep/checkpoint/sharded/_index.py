@@ -270,6 +270,22 @@ def _parse_metadata(dcp: dict[str, Any], world: int, path: str, root: str) -> Me
             if type(p) is int:
                 lists[tuple(parts[:i])] = max(lists.get(tuple(parts[:i]), 0), p + 1)
         mappings[fqn] = tuple(parts)
+    # DCP rebuilds the tree by walking these paths: a container both indexed (list) and keyed
+    # (dict), or a value that is also a container, would fail inside torch with a raw error.
+    child_kind: dict[tuple[Any, ...], type] = {}
+    for parts in mappings.values():
+        for i in range(1, len(parts)):
+            prefix = parts[:i]
+            if child_kind.setdefault(prefix, type(parts[i])) is not type(parts[i]):
+                raise _bad(
+                    path, f"dcp.planner_data uses {list(prefix)} both as a list and as a dict; the index is damaged"
+                )
+    both = set(mappings.values()) & child_kind.keys()
+    if both:
+        raise _bad(
+            path,
+            f"dcp.planner_data uses {list(sorted(both, key=lambda parts: len(parts))[0])} both as a value and as a container",
+        )
     if sum(lists.values()) > max_slots:
         raise _bad(
             path,
