@@ -26,6 +26,7 @@ __all__ = ["restore_step"]
 logger = logging.getLogger(__name__)
 
 _RESCANS = 20  # listings of a directory whose steps keep vanishing before restore gives up on it
+_EMPTY_LISTINGS = 3  # empty listings in a row before a directory counts as empty
 
 
 def restore_step(
@@ -75,9 +76,16 @@ def restore_step(
             argument="which",
         )
     skipped: list[str] = []
+    empty = 0
     for _ in range(_RESCANS):
         entries = list_entries()
         if not entries:
+            # A listing taken while another process commits a step and deletes the one before can
+            # miss both names (a rename in and an unlink out during one readdir): read it again
+            # before an empty directory means "nothing to restore".
+            empty += 1
+            if empty < _EMPTY_LISTINGS:
+                continue
             return None
         candidates = entries[::-1] if which == "latest" else _best(entries, directory, monitor, mode)
         vanished = False
